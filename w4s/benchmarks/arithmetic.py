@@ -1,0 +1,64 @@
+"""A synthetic arithmetic benchmark generated from a seed: offline, and within reach of the
+embedded executor only when the workflow computes with code (see README)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from w4s.benchmarks.base import Benchmark, Item, register
+from w4s.benchmarks.numeric import numbers_match
+
+DIRECT = '''\
+def solver(agent, task: str) -> dict:
+    reply = agent.llm(task + "\\nReply with only the final number.", temperature=0.0)
+    return {"answer": reply.strip()}
+'''
+
+CHAIN_OF_THOUGHT = '''\
+def solver(agent, task: str) -> dict:
+    reply = agent.llm(task + "\\nThink step by step, then give the final number on the last line.",
+                      temperature=0.0)
+    return {"answer": reply.strip().splitlines()[-1] if reply.strip() else ""}
+'''
+
+CODE = '''\
+def solver(agent, task: str) -> dict:
+    code = agent.llm("Write one line of Python that prints the value of the expression.\\n"
+                     + task + "\\nReply with only the code.", temperature=0.0)
+    return {"answer": agent.execute_code(code)}
+'''
+
+
+@register("arithmetic")
+class Arithmetic(Benchmark):
+    """Expressions like `37*9+52`, seeded, with exact integer answers."""
+
+    name = "arithmetic"
+    kind = "math"
+    synthetic = True
+    description = (
+        "Evaluate an integer arithmetic expression (synthetic benchmark). "
+        "The answer is a single integer."
+    )
+
+    def __init__(self, *, size: int = 200, seed: int = 0) -> None:
+        self.size = size
+        self.seed = seed
+
+    def load(self) -> list[Item]:
+        rng = random.Random(self.seed)
+        items = []
+        for i in range(self.size):
+            a, b, c = rng.randint(2, 99), rng.randint(2, 20), rng.randint(1, 99)
+            op1, op2 = rng.choice("*+-"), rng.choice("+-")
+            expr = f"{a}{op1}{b}{op2}{c}"
+            gold = eval(expr, {"__builtins__": {}})  # noqa: S307 - our own digits and operators
+            items.append(Item(id=f"arith-{self.seed}-{i}", question=f"What is {expr}?", gold=gold))
+        return items
+
+    def score(self, item: Item, answer: Any) -> float:
+        return 1.0 if numbers_match(answer, item.gold) else 0.0
+
+    def seed_workflows(self) -> dict[str, str]:
+        return {"direct": DIRECT, "cot": CHAIN_OF_THOUGHT, "code": CODE}

