@@ -1,0 +1,1 @@
+"""Run folders, trajectories as Parquet queried with DuckDB, and the executor-call cache."""

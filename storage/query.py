@@ -1,0 +1,82 @@
+"""DuckDB reads over run folders; a fresh connection per call (connections are not
+thread-safe), and Parquet files are only ever read here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from w4s.errors import W4SError
+
+ITERATION_TABLE = """
+SELECT iteration,
+       count(*) AS candidates,
+       count(*) FILTER (WHERE status = 'ok') AS ran,
+       count(*) FILTER (WHERE status = 'skipped') AS skipped,
+       sum(repairs) AS repairs,
+       max(val_accuracy) AS best_val,
+       max(val_accuracy) FILTER (WHERE chosen) AS chosen_val,
+       round(avg(reward), 3) AS mean_reward,
+       sum(meta_completion_tokens) AS meta_tokens,
+       sum(executor_prompt_tokens + executor_completion_tokens) AS executor_tokens
+FROM read_parquet(?)
+GROUP BY iteration ORDER BY iteration
+"""
+
+
+def trajectory_glob(run_dir: Path) -> str:
+    return str(run_dir / "trajectories" / "*.parquet")
+
+
+def _has_parquet(run_dir: Path) -> bool:
+    return any((run_dir / "trajectories").glob("*.parquet"))
+
+
+def query(sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
+    with duckdb.connect() as con:
+        cur = con.execute(sql, params or [])
+        return [d[0] for d in cur.description], cur.fetchall()
+
+
+def iteration_table(run_dir: Path) -> tuple[list[str], list[tuple]]:
+    """Per-iteration summary of a run, straight from its Parquet rows."""
+    if not _has_parquet(run_dir):
+        raise W4SError(f"`run` {run_dir.name!r} has no trajectory rows yet")
+    return query(ITERATION_TABLE, [trajectory_glob(run_dir)])
+
+
+def candidates_view(con: duckdb.DuckDBPyConnection, runs_dir: Path) -> None:
+    """A `candidates` view over every run's trajectories, for ad-hoc SQL."""
+    pattern = str(runs_dir / "*" / "trajectories" / "*.parquet").replace("'", "''")
+    con.execute(
+        f"CREATE OR REPLACE VIEW candidates AS SELECT * FROM read_parquet('{pattern}', "
+        "union_by_name = true)"
+    )
+
+
+def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """Every run folder, newest first, with its summary when finished."""
+    out = []
+    if not runs_dir.is_dir():
+        return out
+    for d in sorted((p for p in runs_dir.iterdir() if (p / "config.json").is_file()),
+                    reverse=True):
+        cfg = json.loads((d / "config.json").read_text())["config"]
+        summary_path = d / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        rows = 0
+        if _has_parquet(d):
+            rows = query("SELECT count(*) FROM read_parquet(?)", [trajectory_glob(d)])[1][0][0]
+        out.append({
+            "run_id": d.name,
+            "benchmark": cfg["benchmark"],
+            "status": summary.get("status", "running or interrupted"),
+            "iterations": cfg["iterations"],
+            "rows": rows,
+            "best_val": summary.get("best_val_accuracy"),
+            "test": summary.get("test_accuracy"),
+        })
+    return out

@@ -1,0 +1,165 @@
+"""A run folder: config, fixed split, per-iteration state, candidates, trajectories, results.
+
+Stages exchange only the run folder path and ids; each reads what it needs from here.
+Writes are atomic (temp file + rename) so a crash never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.schema import TRAJECTORY_SCHEMA
+from w4s.config import OptimizeConfig
+from w4s.errors import W4SError
+from w4s.mdp import Candidate, State, hash_code
+
+CONFIG, SPLIT, SUMMARY = "config.json", "split.json", "summary.json"
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    atomic_write(path, json.dumps(value, indent=1, ensure_ascii=False, default=str))
+
+
+def new_run_id(config: OptimizeConfig) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    bench = "".join(ch if ch.isalnum() else "_" for ch in config.benchmark)[:24]
+    return f"{stamp}-{bench}-{secrets.token_hex(2)}"
+
+
+class RunStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def create(cls, runs_dir: Path, config: OptimizeConfig, run_id: str | None = None) -> RunStore:
+        run_id = run_id or new_run_id(config)
+        store = cls(runs_dir / run_id)
+        if (store.root / CONFIG).exists():
+            existing = store.config()
+            if existing.config_hash() != config.config_hash():
+                raise W4SError(
+                    f"`run_id` {run_id!r} exists with a different config; pick a new run id"
+                )
+            return store
+        _write_json(store.root / CONFIG, {
+            "run_id": run_id, "config_hash": config.config_hash(),
+            "config": config.model_dump(mode="json"),
+        })
+        return store
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    def exists(self) -> bool:
+        return (self.root / CONFIG).is_file()
+
+    def config(self) -> OptimizeConfig:
+        path = self.root / CONFIG
+        if not path.is_file():
+            raise W4SError(f"`run` {str(self.root)!r} is not a w4s run folder (no {CONFIG})")
+        return OptimizeConfig.model_validate(json.loads(path.read_text())["config"])
+
+    # -- split: item ids only; items are rebuilt from the benchmark, the test ids stay private
+    def save_split(self, validation: list[str], test: list[str]) -> None:
+        _write_json(self.root / SPLIT, {"validation": validation, "test": test})
+
+    def split_ids(self) -> dict[str, list[str]]:
+        return json.loads((self.root / SPLIT).read_text())
+
+    # -- state after each iteration (0 = after the seed workflows)
+    def _state_path(self, iteration: int) -> Path:
+        return self.root / "state" / f"iter-{iteration:04d}.json"
+
+    def save_state(self, iteration: int, state: State) -> None:
+        _write_json(self._state_path(iteration), state.to_json())
+
+    def load_state(self, iteration: int) -> State:
+        return State.from_json(json.loads(self._state_path(iteration).read_text()))
+
+    def has_state(self, iteration: int) -> bool:
+        return self._state_path(iteration).is_file()
+
+    # -- candidates, updated stage by stage
+    def _cand_path(self, iteration: int, index: int) -> Path:
+        return self.root / "candidates" / f"{iteration:04d}-{index:02d}.json"
+
+    def save_candidate(self, cand: Candidate) -> str:
+        _write_json(self._cand_path(cand.iteration, cand.index), cand.to_json())
+        return cand.id
+
+    def load_candidate(self, iteration: int, index: int) -> Candidate:
+        return Candidate.from_json(json.loads(self._cand_path(iteration, index).read_text()))
+
+    def candidates(self, iteration: int) -> list[Candidate]:
+        paths = sorted((self.root / "candidates").glob(f"{iteration:04d}-*.json"))
+        return [Candidate.from_json(json.loads(p.read_text())) for p in paths]
+
+    # -- trajectories: one Parquet file per iteration, written once
+    def trajectory_path(self, iteration: int) -> Path:
+        return self.root / "trajectories" / f"iter-{iteration:04d}.parquet"
+
+    def write_trajectory(
+        self, iteration: int, cands: list[Candidate], *, benchmark: str,
+        meta_model: str, executor_model: str,
+    ) -> Path:
+        config_hash = self.config().config_hash()
+        rows = [_row(c, benchmark, meta_model, executor_model, config_hash) for c in cands]
+        table = pa.Table.from_pylist(rows, schema=TRAJECTORY_SCHEMA)
+        path = self.trajectory_path(iteration)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        return path
+
+    # -- results
+    def save_workflow(self, name: str, code: str) -> Path:
+        path = self.root / "workflows" / f"{name}.py"
+        atomic_write(path, code)
+        return path
+
+    def save_summary(self, summary: dict[str, Any]) -> None:
+        _write_json(self.root / SUMMARY, summary)
+
+    def summary(self) -> dict[str, Any] | None:
+        path = self.root / SUMMARY
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _row(c: Candidate, benchmark: str, meta_model: str, executor_model: str,
+         config_hash: str) -> dict[str, Any]:
+    return {
+        "run_id": c.run_id, "iteration": c.iteration, "candidate": c.index, "kind": c.kind,
+        "seed_name": c.seed_name, "benchmark": benchmark, "prompt_hash": c.prompt_hash,
+        "prompt_json": json.dumps(c.prompt, ensure_ascii=False), "reply": c.reply,
+        "analysis": c.analysis, "code": c.code, "code_hash": hash_code(c.code),
+        "status": c.status, "error": c.error, "repairs": c.repairs,
+        "repair_log_json": json.dumps(c.repair_log, ensure_ascii=False),
+        "val_accuracy": c.accuracy, "failures_json": json.dumps(c.failures, ensure_ascii=False),
+        "reward": c.reward, "chosen": c.chosen, "best_so_far": c.best_so_far,
+        "last_accuracy": c.last_accuracy, "meta_prompt_tokens": c.meta_prompt_tokens,
+        "meta_completion_tokens": c.meta_completion_tokens, "executor_calls": c.executor_calls,
+        "executor_prompt_tokens": c.executor_prompt_tokens,
+        "executor_completion_tokens": c.executor_completion_tokens, "cost_usd": c.cost_usd,
+        "cache_hits": c.cache_hits, "meta_model": meta_model, "executor_model": executor_model,
+        "config_hash": config_hash, "created_at": c.created_at, "finished_at": c.finished_at,
+    }

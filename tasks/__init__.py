@@ -1,0 +1,1 @@
+"""Prefect tasks, one per stage; each wraps one plain function in `tasks.stages`."""
