@@ -1,0 +1,44 @@
+import pytest
+
+from w4s.config import OptimizeConfig, build_config, load_config_file
+from w4s.errors import ConfigError
+
+
+def test_wrong_type_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"^`iterations`: .*'three'"):
+        build_config({"iterations": "three"})
+
+
+def test_unknown_backend_names_the_nested_field():
+    with pytest.raises(ConfigError, match=r"^`executor.kind`"):
+        build_config({"executor": {"kind": "gpt5-magic"}})
+
+
+def test_unknown_field_rejected():
+    with pytest.raises(ConfigError, match="itertions"):
+        build_config({"itertions": 3})
+
+
+def test_openai_backend_requires_model():
+    with pytest.raises(ConfigError, match="model"):
+        build_config({"executor": {"kind": "openai"}})
+
+
+def test_yaml_and_toml_files_with_overrides(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("benchmark: arithmetic\niterations: 4\nexecutor:\n  max_new_tokens: 32\n")
+    t = tmp_path / "run.toml"
+    t.write_text('benchmark = "arithmetic"\niterations = 4\n[executor]\nmax_new_tokens = 32\n')
+    a = load_config_file(y, {"candidates": 2})
+    b = load_config_file(t, {"candidates": 2})
+    assert a == b and a.iterations == 4 and a.candidates == 2
+    assert a.config_hash() == b.config_hash() != OptimizeConfig().config_hash()
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("iterations = [")
+    with pytest.raises(ConfigError, match="not valid toml"):
+        load_config_file(bad)
