@@ -1,0 +1,142 @@
+"""The optimize flow end to end: scripted meta-agent + scripted executor through the real
+sandbox (fast), and the real embedded SmolLM2 in both roles (slow, still run in CI)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main as cli
+from flows.optimize import optimize
+from models.factory import clear_model_cache
+from storage.query import iteration_table
+from storage.run_store import RunStore
+from w4s.config import build_config
+
+# A workflow that computes the expression itself through the sandboxed code runner.
+GOOD = '''Direct answers fail; compute the expression with code instead.
+```python
+def solver(agent, task: str) -> dict:
+    expr = task.split("What is ")[1].rstrip("?")
+    return {"answer": agent.execute_code("print(" + expr + ")")}
+```'''
+NO_CODE = "I would use chain of thought here."
+RAISES = '''```python
+def solver(agent, task: str) -> dict:
+    raise RuntimeError("boom")
+```'''
+
+
+@pytest.fixture(autouse=True)
+def _fresh_models():
+    clear_model_cache()
+    yield
+    clear_model_cache()
+
+
+def _config(tmp_path, meta_replies, **extra):
+    return build_config({
+        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 2, "candidates": 3,
+        "val_size": 6, "test_size": 8, "max_repairs": 1, "runs_dir": str(tmp_path / "runs"),
+        "meta_agent": {"kind": "scripted", "replies": meta_replies},
+        "executor": {"kind": "scripted", "replies": ["I am not sure, maybe 7."]},
+        **extra,
+    })
+
+
+def test_flow_improves_logs_every_candidate_and_tests_once(tmp_path):
+    # iteration 1: 3 sampled replies, then one repair each for the two failing ones
+    # (both repairs get RAISES, whichever thread asks first); iteration 2: 3 good replies
+    cfg = _config(tmp_path, [GOOD, NO_CODE, RAISES, RAISES, RAISES, GOOD, GOOD, GOOD])
+    summary = optimize(cfg, run_id="run-a")
+    store = RunStore(tmp_path / "runs" / "run-a")
+
+    assert summary["status"] == "completed"
+    assert summary["best_val_accuracy"] == 1.0 and summary["test_accuracy"] == 1.0
+    assert summary["test_items"] == 8 and summary["best_iteration"] == 1
+    assert "execute_code" in (store.root / "workflows" / "best.py").read_text()
+
+    rows = [r for i in range(3) for r in pq.read_table(store.trajectory_path(i)).to_pylist()]
+    assert [(r["iteration"], r["candidate"]) for r in rows][:4] == [(0, 0), (1, 0), (1, 1), (1, 2)]
+    seed = rows[0]
+    assert seed["kind"] == "seed" and seed["val_accuracy"] == 0.0 and seed["chosen"]
+    it1 = [r for r in rows if r["iteration"] == 1]
+    assert [r["status"] for r in it1] == ["ok", "skipped", "skipped"]
+    assert [r["reward"] for r in it1] == [1.0, -0.1, -0.1]
+    assert it1[0]["chosen"] and it1[0]["val_accuracy"] == 1.0
+    assert all("boom" in r["error"] and r["repairs"] == 1 for r in it1[1:])
+    assert "code block" in json.loads(it1[1]["repair_log_json"])[0]["error"]
+    assert "boom" in json.loads(it1[2]["repair_log_json"])[0]["error"]
+    # the state holds the seed's feedback; test items never appear in any prompt
+    prompt = json.loads(it1[0]["prompt_json"])[1]["content"]
+    test_questions = [q for q in _questions(store, "test")]
+    assert "maybe 7" in prompt and not any(q in prompt for q in test_questions)
+
+    cols, table = iteration_table(store.root)
+    assert [r[0] for r in table] == [0, 1, 2]
+    assert dict(zip(cols, table[1], strict=True))["chosen_val"] == 1.0
+
+
+def _questions(store, which):
+    from w4s.benchmarks import get_benchmark
+
+    by_id = {it.id: it.question for it in get_benchmark("arithmetic").load()}
+    return [by_id[i] for i in store.split_ids()[which]]
+
+
+def test_rerun_with_same_run_id_skips_finished_stages(tmp_path):
+    cfg = _config(tmp_path, [GOOD, GOOD, GOOD])
+    first = optimize(cfg, run_id="run-b")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "run-b").rglob("*.parquet")}
+    clear_model_cache()
+    second = optimize(cfg, run_id="run-b")
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert before == after  # no stage redone
+    assert first["best_val_accuracy"] == second["best_val_accuracy"] == 1.0
+
+
+def test_cli_runs_and_show(tmp_path, capsys):
+    cfg = _config(tmp_path, [GOOD, GOOD, GOOD], iterations=1)
+    optimize(cfg, run_id="run-c")
+    capsys.readouterr()
+    assert cli(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "run-c" in out and "completed" in out
+    assert cli(["show", "run-c", "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "chosen_val" in out and "test 1.00" in out
+
+
+def test_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    assert cli(["optimize", "--benchmark", "nope", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("w4s: error:") and "unknown benchmark 'nope'" in err
+    assert len(err.splitlines()) == 1
+    assert cli(["optimize", "--set", "iterations=many", "--runs-dir", str(tmp_path)]) == 2
+    assert "`iterations`" in capsys.readouterr().err
+    assert cli(["optimize", "--set", "executor.kind=gpt", "--runs-dir", str(tmp_path)]) == 2
+    assert "`executor.kind`" in capsys.readouterr().err
+    assert cli(["show", "missing", "--runs-dir", str(tmp_path)]) == 2
+    assert "not a w4s run folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_flow_on_the_real_embedded_model(tmp_path):
+    """SmolLM2-135M as meta-agent and executor: the loop runs, every candidate is logged."""
+    cfg = build_config({
+        "benchmark": "arithmetic", "seed_workflow": "code", "iterations": 1, "candidates": 2,
+        "val_size": 3, "test_size": 3, "max_repairs": 1, "runs_dir": str(tmp_path / "runs"),
+        "meta_agent": {"kind": "embedded", "max_new_tokens": 160},
+        "executor": {"kind": "embedded", "max_new_tokens": 32},
+    })
+    summary = optimize(cfg, run_id="real")
+    store = RunStore(tmp_path / "runs" / "real")
+    rows = pq.read_table(store.trajectory_path(1)).to_pylist()
+    assert len(rows) == 2
+    assert all(r["meta_completion_tokens"] > 0 for r in rows)
+    assert all(r["status"] in ("ok", "skipped") for r in rows)
+    assert summary["executor_tokens"] > 0 and 0.0 <= summary["test_accuracy"] <= 1.0
+    cols, table = iteration_table(store.root)
+    assert [r[0] for r in table] == [0, 1]
