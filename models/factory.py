@@ -1,0 +1,98 @@
+"""Build a ChatModel from a BackendConfig, once per process per config.
+
+Prefect runs many tasks in one process; loading a local model per task would cost seconds
+and gigabytes each time, so built models are cached by the config's content. Secrets are
+never part of the key: the key holds the env var's name, not its value.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from w4s.config import BackendConfig
+from w4s.errors import ConfigError
+from w4s.protocols import ChatModel
+
+_cache: dict[str, ChatModel] = {}
+_cache_lock = threading.Lock()
+_key_locks: dict[str, threading.Lock] = {}
+
+
+def build_chat_model(
+    cfg: BackendConfig, *, role: str | None = None, cache: bool = True
+) -> ChatModel:
+    """The model `cfg` describes; `role` ("executor", "meta_agent") names fields in errors.
+
+    Equal configs share one instance (also across roles), including a `scripted` model's
+    position in its replies. `cache=False` builds a fresh one.
+    """
+    if not cache:
+        return _build(cfg, role)
+    key = cfg.model_dump_json()
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+        key_lock = _key_locks.setdefault(key, threading.Lock())
+    with key_lock:  # two threads asking for the same model load it once
+        with _cache_lock:
+            if key in _cache:
+                return _cache[key]
+        model = _build(cfg, role)
+        with _cache_lock:
+            _cache[key] = model
+    return model
+
+
+def clear_model_cache() -> None:
+    """Forget every built model (tests, or to free memory between runs)."""
+    with _cache_lock:
+        _cache.clear()
+        _key_locks.clear()
+
+
+def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
+    prefix = f"{role}." if role else ""
+    if cfg.kind == "scripted":
+        from models.scripted import ScriptedChatModel
+
+        if not cfg.replies:
+            raise ConfigError(f"`{prefix}replies` must hold at least one reply for kind 'scripted'")
+        # a configured run makes an unknown number of calls, so the script cycles
+        return ScriptedChatModel(cfg.replies, model_id=cfg.model or "scripted", cycle=True)
+    if cfg.kind == "openai":
+        from models.openai_compat import OpenAICompatChatModel, resolve_api_key
+
+        return OpenAICompatChatModel(
+            model=cfg.model or "",
+            base_url=cfg.base_url,
+            api_key=resolve_api_key(cfg.api_key_env, field=f"{prefix}api_key_env"),
+            api_key_env=cfg.api_key_env,
+            timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            max_new_tokens=cfg.max_new_tokens,
+        )
+    if cfg.kind == "embedded":
+        from models.embedded import load_embedded_chat_model
+
+        return load_embedded_chat_model(device=cfg.device, max_new_tokens=cfg.max_new_tokens)
+    if cfg.kind == "transformers":
+        from models.transformers_local import TransformersChatModel
+
+        path = Path(cfg.model or "").expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"`{prefix}model`: folder {str(path)!r} does not exist")
+        if cfg.gguf_file and not (path / cfg.gguf_file).is_file():
+            raise ConfigError(f"`{prefix}gguf_file`: {cfg.gguf_file!r} is not a file in {path}")
+        return TransformersChatModel.from_path(
+            path,
+            gguf_file=cfg.gguf_file,
+            device=cfg.device,
+            max_new_tokens=cfg.max_new_tokens,
+            field_prefix=prefix,
+        )
+    if cfg.kind == "llamacpp":
+        from models.llamacpp import LlamaCppChatModel
+
+        return LlamaCppChatModel.from_config(cfg, field_prefix=prefix)
+    raise ConfigError(f"`{prefix}kind`: unknown backend {cfg.kind!r}")  # pydantic rejects first

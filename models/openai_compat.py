@@ -1,0 +1,221 @@
+"""Chat completions over the OpenAI HTTP API: OpenAI itself, a vLLM server, llama.cpp's server.
+
+The openai client's own retries are off (max_retries=0); this module retries with exponential
+backoff and jitter so the policy is logged, counted in `Completion.extra["retries"]`, and
+testable against a local server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from w4s.errors import BackendError, ConfigError
+from w4s.protocols import Completion, Message
+
+if TYPE_CHECKING:
+    import openai
+
+log = logging.getLogger(__name__)
+
+_NO_KEY = "EMPTY"  # what vLLM and llama.cpp servers accept when they run without a key
+
+
+def resolve_api_key(api_key_env: str | None, *, field: str = "api_key_env") -> str:
+    """The key from the env var named in config; local servers without a key pass None."""
+    if api_key_env is None:
+        return _NO_KEY
+    value = os.environ.get(api_key_env)
+    if not value:
+        raise ConfigError(
+            f"`{field}`: environment variable {api_key_env!r} is not set; export it, "
+            "or set `api_key_env: null` for a server that needs no key"
+        )
+    return value
+
+
+class OpenAICompatChatModel:
+    """A ChatModel backed by `/v1/chat/completions`; thread-safe (one httpx client, no state).
+
+    Retries 408/409/429/5xx, connection errors and timeouts up to `max_retries` times; fails
+    at once with a one-line BackendError on other 4xx (bad key, unknown model, bad request).
+    If the server answers `n > 1` with a 400, or returns fewer choices than asked, the rest
+    are fetched with single calls from then on (seeds `seed + i`, so seeded samples differ).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None,
+        api_key: str,
+        api_key_env: str | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 4,
+        max_new_tokens: int | None = None,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        import openai
+
+        self.model_id = model
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.max_retries = max_retries
+        self.max_new_tokens = max_new_tokens
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._n_supported = True
+        self._client = openai.OpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return str(self._client.base_url)
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        json_mode: bool = False,
+        seed: int | None = None,
+    ) -> Completion:
+        """Ask for n replies; `max_tokens` is capped at the config's `max_new_tokens`."""
+        if n < 1:
+            raise ValueError(f"`n` must be at least 1, but received {n!r}")
+        if self.max_new_tokens is not None:
+            max_tokens = min(max_tokens, self.max_new_tokens)
+        base: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+        }
+        if json_mode:
+            base["response_format"] = {"type": "json_object"}
+        texts: list[str] = []
+        finish: list[str | None] = []
+        prompt_tokens = completion_tokens = retries = 0
+        calls = 0
+        while len(texts) < n:
+            want = n - len(texts) if self._n_supported else 1
+            kwargs = dict(base)
+            if want > 1:
+                kwargs["n"] = want
+            if seed is not None:
+                kwargs["seed"] = seed + len(texts)
+            try:
+                resp, tries = self._create(kwargs)
+            except _NRejectedError as e:
+                log.info("%s: n=%d rejected (%s); using single calls", self.model_id, want, e)
+                self._n_supported = False
+                continue
+            calls += 1
+            retries += tries
+            if not resp.choices:
+                raise BackendError(f"no choices returned by {self.endpoint}", model=self.model_id)
+            for choice in resp.choices[:want]:
+                texts.append(choice.message.content or "")
+                finish.append(choice.finish_reason)
+            if resp.usage is not None:
+                prompt_tokens += resp.usage.prompt_tokens or 0
+                completion_tokens += resp.usage.completion_tokens or 0
+            if want > 1 and len(resp.choices) < want:
+                # llama.cpp's server ignores n; ask for the rest one at a time
+                self._n_supported = False
+        return Completion(
+            texts=tuple(texts),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            model=self.model_id,
+            extra={"retries": retries, "calls": calls, "finish_reasons": finish},
+        )
+
+    def _create(self, kwargs: dict[str, Any]) -> tuple[Any, int]:
+        """One request with our retry loop; returns the response and how many retries it took."""
+        import openai
+
+        attempt = 0
+        while True:
+            try:
+                return self._client.chat.completions.create(**kwargs), attempt
+            except openai.APIStatusError as e:
+                status = e.status_code
+                if status == 400 and kwargs.get("n", 1) > 1:
+                    # maybe n itself; a single call will surface any other cause
+                    raise _NRejectedError(_one_line(e)) from e
+                if status not in (408, 409, 429) and status < 500:
+                    raise BackendError(self._fatal_message(e), model=self.model_id) from e
+                reason, retry_after, err = f"HTTP {status}", _retry_after_s(e), e
+            except openai.APIConnectionError as e:  # includes APITimeoutError
+                timed_out = isinstance(e, openai.APITimeoutError)
+                reason, retry_after, err = ("timed out" if timed_out else "unreachable"), None, e
+            if attempt >= self.max_retries:
+                raise BackendError(
+                    f"{reason} at {self.endpoint} after {attempt + 1} attempts: {_one_line(err)}",
+                    model=self.model_id,
+                ) from err
+            delay = self._delay(attempt, retry_after)
+            log.warning(
+                "%s: %s at %s; retry %d/%d in %.2fs",
+                self.model_id,
+                reason,
+                self.endpoint,
+                attempt + 1,
+                self.max_retries,
+                delay,
+            )
+            time.sleep(delay)
+            attempt += 1
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter; a server's Retry-After replaces it (capped)."""
+        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+        delay = delay / 2 + random.uniform(0, delay / 2)
+        if retry_after is not None:
+            delay = min(max(retry_after, 0.0), self.max_backoff_s)
+        return delay
+
+    def _fatal_message(self, e: openai.APIStatusError) -> str:
+        status = e.status_code
+        where = self.endpoint
+        key_hint = (
+            f"check {self.api_key_env}"
+            if self.api_key_env
+            else "the server wants an API key; set `api_key_env`"
+        )
+        if status == 401:
+            return f"authentication failed (401) at {where}: {key_hint}"
+        if status == 403:
+            return f"permission denied (403) at {where}: {key_hint} and its access to the model"
+        if status == 404:
+            return (
+                f"not found (404) at {where}: check `model` {self.model_id!r} and `base_url` "
+                "(it usually ends in /v1)"
+            )
+        return f"request rejected ({status}) at {where}: {_one_line(e)}"
+
+
+class _NRejectedError(Exception):
+    """The server refused n > 1; the caller falls back to single calls."""
+
+
+def _retry_after_s(e: Any) -> float | None:
+    try:
+        value = e.response.headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _one_line(e: Exception, limit: int = 200) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
