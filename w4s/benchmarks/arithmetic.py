@@ -35,6 +35,7 @@ class Arithmetic(Benchmark):
     """Expressions like `37*9+52`, seeded, with exact integer answers."""
 
     name = "arithmetic"
+    title = "Arithmetic"
     kind = "math"
     synthetic = True
     description = (

@@ -31,9 +31,11 @@ class Benchmark(ABC):
     """A family of items with a scorer. Scores are in [0, 1]; accuracy is their mean."""
 
     name: str = ""
+    title: str = ""  # human-readable name, e.g. "GSM8K"; falls back to `name`
     kind: str = "math"  # "math" | "code" | "qa" | "choice"
     description: str = ""
     synthetic: bool = False  # labelled in every output when True
+    default_val_size: int = 128  # the paper's validation size unless a family says otherwise
 
     @abstractmethod
     def load(self) -> list[Item]:
@@ -47,12 +49,25 @@ class Benchmark(ABC):
     def seed_workflows(self) -> dict[str, str]:
         """Named starting workflows (source code defining `solver`)."""
 
+    def score_many(self, items: Sequence[Item], answers: Sequence[Any]) -> list[float]:
+        """Batch scoring; code benchmarks override it to run all programs in one sandbox call."""
+        if len(items) != len(answers):
+            raise ValueError(f"`answers` has {len(answers)} entries for {len(items)} items")
+        return [self.score(item, answer) for item, answer in zip(items, answers, strict=True)]
+
     @property
     def display_name(self) -> str:
-        return f"{self.name} (synthetic)" if self.synthetic else self.name
+        label = self.title or self.name
+        return f"{label} (synthetic)" if self.synthetic else label
 
-    def split(self, *, seed: int, val_size: int, test_size: int | None = None) -> Split:
-        return split_items(self.load(), seed=seed, val_size=val_size, test_size=test_size)
+    def split(
+        self, *, seed: int, val_size: int | None = None, test_size: int | None = None
+    ) -> Split:
+        """`val_size=None` takes the family's `default_val_size` (capped to leave a test set)."""
+        items = self.load()
+        if val_size is None:
+            val_size = min(self.default_val_size, max(1, len(items) // 2))
+        return split_items(items, seed=seed, val_size=val_size, test_size=test_size)
 
 
 def split_items(
@@ -65,6 +80,8 @@ def split_items(
         raise BenchmarkError(
             f"`val_size` {val_size} leaves no test items: the benchmark has {len(items)}"
         )
+    if test_size is not None and test_size < 1:
+        raise BenchmarkError(f"`test_size` must be at least 1 or None, but received {test_size!r}")
     order = list(items)
     random.Random(seed).shuffle(order)
     validation = order[:val_size]
@@ -74,6 +91,7 @@ def split_items(
 
 
 _REGISTRY: dict[str, Callable[..., Benchmark]] = {}
+FILE_PREFIX = "file:"
 
 
 def register(name: str) -> Callable[[Callable[..., Benchmark]], Callable[..., Benchmark]]:
@@ -89,9 +107,22 @@ def benchmark_names() -> list[str]:
 
 
 def get_benchmark(name: str, **options: Any) -> Benchmark:
-    """Build a benchmark by name; unknown names get one line listing the known ones."""
+    """Build a benchmark by name, or `file:PATH` for a custom file; unknown names get one line."""
+    if name.startswith(FILE_PREFIX):
+        from w4s.benchmarks.custom import CustomBenchmark
+
+        return CustomBenchmark(path=name[len(FILE_PREFIX) :], **options)
     if name not in _REGISTRY:
         raise BenchmarkError(
-            f"unknown benchmark {name!r}; choose from: {', '.join(benchmark_names())}"
+            f"unknown benchmark {name!r}; choose from: {', '.join(benchmark_names())}, "
+            f"or {FILE_PREFIX}PATH for a custom file"
         )
-    return _REGISTRY[name](**options)
+    try:
+        return _REGISTRY[name](**options)
+    except TypeError as e:  # an option the family does not take
+        raise BenchmarkError(f"`{name}`: {e}") from e
+
+
+def get_benchmarks(names: Sequence[str], **options: Any) -> list[Benchmark]:
+    """Several benchmarks for transfer evaluation; `options` go to each (use for shared ones)."""
+    return [get_benchmark(name, **options) for name in names]
