@@ -1,0 +1,206 @@
+"""OpenAICompatChatModel against a scripted HTTP server on 127.0.0.1 (no network)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from models.factory import build_chat_model
+from models.openai_compat import OpenAICompatChatModel
+from w4s.config import BackendConfig
+from w4s.errors import BackendError, ConfigError
+
+MESSAGES = [{"role": "user", "content": "What is 2+3?"}]
+
+
+def ok_body(request: dict, texts: list[str] | None = None) -> dict:
+    n = request.get("n", 1)
+    texts = texts or [f"reply {i}" for i in range(n)]
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": request["model"],
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": t},
+                "finish_reason": "stop",
+            }
+            for i, t in enumerate(texts)
+        ],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 3 * len(texts), "total_tokens": 0},
+    }
+
+
+class FakeServer:
+    """Answers each POST with the next scripted (status, body-or-callable); records requests."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, object]] = []
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                server.headers.append({k.lower(): v for k, v in self.headers.items()})
+                status, reply = server.script.pop(0) if server.script else (200, ok_body)
+                payload = reply(body) if callable(reply) else reply
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.handle_error = lambda *args: None  # a client that timed out hung up
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+
+    def model(self, **kwargs: object) -> OpenAICompatChatModel:
+        options = {"max_retries": 3, "timeout_s": 5.0, "backoff_s": 0.001, "max_backoff_s": 0.01}
+        options.update(kwargs)
+        return OpenAICompatChatModel(
+            model="m", base_url=self.url, api_key="sk-test", api_key_env="TEST_KEY", **options
+        )
+
+
+@pytest.fixture()
+def server() -> Iterator[FakeServer]:
+    fake = FakeServer()
+    fake.thread.start()
+    yield fake
+    fake.httpd.shutdown()
+    fake.httpd.server_close()
+
+
+def error(status: int, message: str) -> tuple[int, dict]:
+    return status, {"error": {"message": message, "type": "x", "code": status}}
+
+
+def test_success_reports_usage_and_sends_the_request(server: FakeServer) -> None:
+    out = server.model(max_new_tokens=100).complete(MESSAGES, max_tokens=500, temperature=0.3)
+    assert out.texts == ("reply 0",)
+    assert (out.prompt_tokens, out.completion_tokens) == (11, 3)
+    assert out.model == "m" and out.extra["retries"] == 0
+    sent = server.requests[0]
+    assert sent["messages"] == MESSAGES and sent["model"] == "m"
+    assert sent["max_tokens"] == 100, "max_tokens was not capped at max_new_tokens"
+    assert sent["temperature"] == 0.3
+    assert "response_format" not in sent and "n" not in sent
+    assert server.headers[0]["authorization"] == "Bearer sk-test"
+
+
+def test_n_in_one_call_and_json_mode_and_seed(server: FakeServer) -> None:
+    out = server.model().complete(MESSAGES, n=3, json_mode=True, seed=5)
+    assert out.texts == ("reply 0", "reply 1", "reply 2")
+    assert out.completion_tokens == 9 and len(server.requests) == 1
+    assert server.requests[0]["n"] == 3
+    assert server.requests[0]["response_format"] == {"type": "json_object"}
+    assert server.requests[0]["seed"] == 5
+
+
+def test_n_falls_back_to_single_calls_when_rejected(server: FakeServer) -> None:
+    server.script = [error(400, "n must be 1")]
+    model = server.model()
+    out = model.complete(MESSAGES, n=3, seed=10)
+    assert len(out.texts) == 3
+    assert [r.get("n") for r in server.requests] == [3, None, None, None]
+    assert [r["seed"] for r in server.requests[1:]] == [10, 11, 12]
+    model.complete(MESSAGES, n=2)
+    assert "n" not in server.requests[-1], "n>1 was tried again after the server rejected it"
+
+
+def test_server_that_ignores_n_is_topped_up(server: FakeServer) -> None:
+    server.script = [(200, lambda req: ok_body(req, ["only one"]))]
+    out = server.model().complete(MESSAGES, n=2)
+    assert out.texts == ("only one", "reply 0")
+    assert out.prompt_tokens == 22 and out.extra["calls"] == 2
+
+
+def test_429_is_retried_and_counted(server: FakeServer) -> None:
+    server.script = [error(429, "slow down"), error(503, "busy")]
+    out = server.model().complete(MESSAGES)
+    assert out.text == "reply 0" and out.extra["retries"] == 2
+    assert len(server.requests) == 3
+
+
+def test_500_forever_gives_up_after_max_retries(server: FakeServer) -> None:
+    server.script = [error(500, "boom")] * 10
+    with pytest.raises(BackendError, match=r"^\[m\] HTTP 500 at .* after 3 attempts") as info:
+        server.model(max_retries=2).complete(MESSAGES)
+    assert len(server.requests) == 3
+    assert "\n" not in str(info.value)
+
+
+def test_401_fails_at_once_with_one_line(server: FakeServer) -> None:
+    server.script = [error(401, "bad key")]
+    with pytest.raises(BackendError) as info:
+        server.model().complete(MESSAGES)
+    assert str(info.value) == (f"[m] authentication failed (401) at {server.url}/: check TEST_KEY")
+    assert len(server.requests) == 1
+
+
+def test_404_names_model_and_base_url(server: FakeServer) -> None:
+    server.script = [error(404, "no such model")]
+    with pytest.raises(BackendError, match=r"not found \(404\).*`model` 'm' and `base_url`"):
+        server.model().complete(MESSAGES)
+    assert len(server.requests) == 1
+
+
+def test_timeout_is_retried_then_reported(server: FakeServer) -> None:
+    def slow(request: dict) -> dict:
+        time.sleep(0.6)
+        return ok_body(request)
+
+    server.script = [(200, slow), (200, slow)]
+    with pytest.raises(BackendError, match=r"^\[m\] timed out at .* after 2 attempts"):
+        server.model(timeout_s=0.2, max_retries=1).complete(MESSAGES)
+    assert len(server.requests) == 2
+
+
+def test_server_down_is_a_backend_error() -> None:
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model = OpenAICompatChatModel(
+        model="m",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        api_key="k",
+        max_retries=1,
+        backoff_s=0.001,
+        timeout_s=2.0,
+    )
+    with pytest.raises(BackendError, match=r"^\[m\] unreachable at .* after 2 attempts"):
+        model.complete(MESSAGES)
+
+
+def test_factory_names_the_missing_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("W4S_TEST_MISSING_KEY", raising=False)
+    cfg = BackendConfig(kind="openai", model="gpt-4o-mini", api_key_env="W4S_TEST_MISSING_KEY")
+    with pytest.raises(
+        ConfigError,
+        match=r"^`executor.api_key_env`: environment variable 'W4S_TEST_MISSING_KEY' is not set",
+    ):
+        build_chat_model(cfg, role="executor")
+
+
+def test_factory_builds_a_keyless_local_server_client(server: FakeServer) -> None:
+    cfg = BackendConfig(kind="openai", model="m", base_url=server.url, api_key_env=None)
+    model = build_chat_model(cfg, role="executor")
+    assert model.complete(MESSAGES).text == "reply 0"
+    assert server.headers[0]["authorization"] == "Bearer EMPTY"
+    assert build_chat_model(cfg) is model
