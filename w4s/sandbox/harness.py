@@ -1,0 +1,376 @@
+"""Evaluate untrusted workflows on benchmark items: parallel, sandboxed, cached, metered.
+
+One function handles one item (`_run_item`); everything else hands items to it through a
+bounded thread pool. A failure is a value: every item ends as an ItemOutcome, whatever the
+workflow, the executor or the worker did.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import select
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from w4s.cost import Meter, PriceTable, Spend
+from w4s.errors import BackendError, BudgetExceeded, ConfigError
+from w4s.sandbox import worker as _w
+from w4s.sandbox.cache import CallCache, call_key
+from w4s.sandbox.pool import WorkerDied, WorkerPool
+from w4s.sandbox.static import check_workflow_source
+from w4s.sandbox.types import EvalResult, ItemOutcome, SandboxSettings
+
+if TYPE_CHECKING:
+    from w4s.benchmarks.base import Benchmark, Item
+    from w4s.protocols import ChatModel
+
+log = logging.getLogger("w4s.sandbox")
+
+BUDGET_ERROR = "budget exceeded"
+_MAX_REPLY_CHARS = 200_000  # per executor text handed back to a workflow
+
+
+class _ItemRun:
+    """Per-item state shared by the reader thread and the executor-call threads."""
+
+    def __init__(self, job: int) -> None:
+        self.job = job
+        self.lock = threading.Lock()
+        self.closed = False  # no replies may be sent once the job is over
+        self.budget_hit = False
+        self.spend = Spend()
+        self._next_index: dict[str, int] = {}
+
+    def take_indexes(self, request_key: str, n: int) -> int:
+        """First of n fresh sample indexes for a repeated request (deterministic on rerun)."""
+        with self.lock:
+            first = self._next_index.get(request_key, 0)
+            self._next_index[request_key] = first + n
+            return first
+
+    def add(self, spend: Spend) -> None:
+        with self.lock:
+            self.spend = self.spend + spend
+
+
+class Harness:
+    """Owns a warm worker pool, the executor-call cache and the run's spend meter."""
+
+    def __init__(
+        self,
+        executor: ChatModel,
+        *,
+        settings: SandboxSettings = SandboxSettings(),  # noqa: B008 - frozen, shared safely
+        cache: CallCache | None = None,
+        prices: PriceTable | None = None,
+        budget_usd: float | None = None,
+        budget_tokens: int | None = None,
+    ) -> None:
+        self.executor = executor
+        self.settings = settings
+        self.cache = cache
+        self.prices = prices or PriceTable()
+        if budget_usd is not None and self.prices.price(executor.model_id) is None:
+            raise ConfigError(
+                f"`budget_usd` needs a price for executor model {executor.model_id!r}: "
+                "add it to `prices` or set `budget_tokens` instead"
+            )
+        self._meter = Meter(budget_usd=budget_usd, budget_tokens=budget_tokens)
+        self._pool = WorkerPool(settings.concurrency)
+        self._items = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="w4s-item")
+        self._calls = ThreadPoolExecutor(
+            min(256, max(16, 4 * settings.concurrency)), thread_name_prefix="w4s-call"
+        )
+        self._jobs = itertools.count(1)
+        self._closed = False
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def meter(self) -> Meter:
+        """Totals for the whole run: calls, tokens, cost, cache hits and misses."""
+        return self._meter
+
+    def evaluate(self, code: str, items: Sequence[Item], benchmark: Benchmark) -> EvalResult:
+        return self.evaluate_many([code], items, benchmark)[0]
+
+    def evaluate_many(
+        self, codes: Sequence[str], items: Sequence[Item], benchmark: Benchmark
+    ) -> list[EvalResult]:
+        """Several workflows at once; their items share the `concurrency` budget."""
+        self._check_open()
+        items = list(items)
+        static = [check_workflow_source(c) for c in codes]
+        futures: dict[tuple[int, int], Future[ItemOutcome]] = {}
+        for ii, item in enumerate(items):  # item-major, so candidates progress together
+            for ci, code in enumerate(codes):
+                if static[ci] is None:
+                    futures[ci, ii] = self._items.submit(self._run_item, code, item, benchmark)
+        results = []
+        for ci in range(len(codes)):
+            outcomes = [
+                futures[ci, ii].result() if static[ci] is None
+                else _failed(item.id, static[ci], 0.0)
+                for ii, item in enumerate(items)
+            ]
+            results.append(self._summarize(outcomes))
+        return results
+
+    def self_check(self, code: str, item: Item, benchmark: Benchmark | None = None) -> str | None:
+        """Run one item: None if the solver returned a dict with "answer", else the error."""
+        self._check_open()
+        err = check_workflow_source(code)
+        if err is not None:
+            return err
+        return self._items.submit(self._run_item, code, item, None).result().error
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._items.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
+        self._calls.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ one item
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Harness is closed; create a new one")
+
+    def _run_item(self, code: str, item: Item, benchmark: Benchmark | None) -> ItemOutcome:
+        start = time.monotonic()
+        if self._meter.exceeded:
+            return _failed(item.id, BUDGET_ERROR, 0.0)
+        run = _ItemRun(next(self._jobs))
+        try:
+            raw, answer, error = self._execute(code, item, run)
+        except Exception as e:  # a bug of ours must not end the run: record it on the item
+            log.exception("sandbox: item %s failed inside the harness", item.id)
+            raw, answer, error = None, None, f"internal harness error: {type(e).__name__}: {e}"
+        if run.budget_hit and error is not None:
+            error = BUDGET_ERROR
+        score = 0.0
+        if error is None and benchmark is not None:
+            try:
+                score = float(benchmark.score(item, raw))
+            except Exception as e:  # noqa: BLE001 - the scorer's failure is this item's
+                error = f"scorer failed: {type(e).__name__}: {e}"
+                score = 0.0
+            if not math.isfinite(score):
+                score, error = 0.0, f"scorer returned {score!r}"
+        s = run.spend
+        return ItemOutcome(
+            item_id=item.id, answer=answer, score=score, error=error,
+            executor_calls=s.executor_calls, prompt_tokens=s.prompt_tokens,
+            completion_tokens=s.completion_tokens, cost_usd=s.cost_usd,
+            seconds=time.monotonic() - start, cache_hits=s.cache_hits,
+            cache_misses=s.cache_misses,
+        )
+
+    def _execute(self, code: str, item: Item, run: _ItemRun) -> tuple[Any, str | None, str | None]:
+        """Run the solver in a worker: (raw answer, its text, error)."""
+        st = self.settings
+        job = {
+            "op": "item", "job": run.job, "code": code, "task": item.question,
+            "limit": st.max_output_chars, "code_timeout_s": st.code_timeout_s,
+            "memory_mb": st.memory_mb, "cpu_s": st.item_timeout_s,
+        }
+        deadline = time.monotonic() + st.item_timeout_s
+        for attempt in range(2):  # a worker found dead before the job starts is replaced once
+            try:
+                with self._pool.worker() as w:
+                    try:
+                        _w.send_frame(w.ctrl, job)
+                    except OSError as e:
+                        w.kill()
+                        raise WorkerDied(str(e)) from e
+                    try:
+                        return self._converse(w, run, deadline)
+                    finally:
+                        with run.lock:
+                            run.closed = True
+            except WorkerDied as e:
+                if attempt == 1:
+                    return None, None, f"sandbox worker failed: {e}"
+        raise AssertionError("unreachable")
+
+    def _converse(self, w, run: _ItemRun, deadline: float) -> tuple[Any, str | None, str | None]:
+        """Serve the child's executor calls until the zygote reports it finished."""
+        limit = 4 * self.settings.max_output_chars + 65_536
+        result: dict | None = None
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                ready, _, _ = select.select([w.data, w.ctrl], [], [], left)
+                if w.data in ready:
+                    frame = _w.recv_frame(w.data, deadline=deadline, max_bytes=limit)
+                    op = frame.get("op")
+                    if op == "call":
+                        self._calls.submit(self._serve_call, w, run, frame)
+                    elif op == "result" and result is None:
+                        result = frame
+                    else:
+                        raise _w.ProtocolError(f"unexpected frame {op!r} from the solver")
+                elif w.ctrl in ready:
+                    done = _w.recv_frame(w.ctrl, deadline=deadline)
+                    if result is None:  # the result may still sit in the data socket
+                        result = self._drain_result(w, limit)
+                    break
+        except TimeoutError:
+            w.kill()
+            return None, None, f"timeout after {self.settings.item_timeout_s:g}s"
+        except (EOFError, OSError, _w.ProtocolError) as e:
+            w.kill()
+            if result is None:
+                return None, None, f"worker failed: {type(e).__name__} {e}".strip()
+            done = {}
+        if result is None:
+            return None, None, str(done.get("exit") or "worker exited without a result")
+        if "error" in result:
+            return None, None, _w.clip(str(result["error"]), self.settings.max_output_chars)
+        answer = str(result.get("answer_str", ""))
+        raw: Any = answer
+        if "answer_json" in result:
+            try:
+                raw = json.loads(result["answer_json"])
+            except (ValueError, TypeError, RecursionError):
+                raw = answer
+        return raw, answer, None
+
+    @staticmethod
+    def _drain_result(w, limit: int) -> dict | None:
+        while select.select([w.data], [], [], 0)[0]:
+            frame = _w.recv_frame(w.data, deadline=time.monotonic() + 1.0, max_bytes=limit)
+            if frame.get("op") == "result":
+                return frame
+        return None
+
+    # ------------------------------------------------------------ executor calls
+
+    def _serve_call(self, w, run: _ItemRun, frame: dict) -> None:
+        try:
+            texts = self._complete(run, frame)
+            reply: dict = {"op": "reply", "id": frame.get("id"), "job": run.job, "texts": texts}
+        except BudgetExceeded:
+            run.budget_hit = True
+            reply = {"error": BUDGET_ERROR}
+        except BackendError as e:
+            reply = {"error": f"BackendError: {e}"}
+        except (KeyError, TypeError, ValueError) as e:
+            reply = {"error": f"bad executor request: {type(e).__name__}: {e}"}
+        except Exception as e:  # noqa: BLE001 - an executor bug fails the item, not the run
+            log.exception("sandbox: executor call failed")
+            reply = {"error": f"executor failed: {type(e).__name__}: {e}"}
+        reply.update(op="reply", id=frame.get("id"), job=run.job)
+        with run.lock:
+            if run.closed:
+                return
+            try:
+                _w.send_frame(w.data_out, reply)
+            except OSError:
+                pass  # the child is gone; the reader thread reports why
+
+    def _complete(self, run: _ItemRun, frame: dict) -> list[str]:
+        messages = frame["messages"]
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str)
+            and isinstance(m.get("role"), str) for m in messages
+        ):
+            raise TypeError("`messages` must be a list of {'role': str, 'content': str}")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        n, temperature = int(frame["n"]), float(frame["temperature"])
+        max_tokens = frame.get("max_tokens")
+        max_tokens = None if max_tokens is None else int(max_tokens)
+        json_mode = bool(frame.get("json_mode", False))
+        if not 1 <= n <= 64:
+            raise ValueError(f"`n` must be in [1, 64], got {n}")
+        model = self.executor.model_id
+        request = {"model": model, "messages": messages, "temperature": temperature,
+                   "max_tokens": max_tokens, "json_mode": json_mode}
+        first = 0
+        if temperature > 0:  # repeated identical sampling calls get fresh sample indexes
+            first = run.take_indexes(call_key(**request, sample_index=-1), n)
+        keys = [call_key(**request, sample_index=first + i) for i in range(n)]
+        texts: list[str | None] = [None] * n
+        if self.cache is not None:
+            for i, key in enumerate(keys):
+                try:
+                    hit = self.cache.get(key)
+                except Exception as e:  # noqa: BLE001 - a broken cache degrades to misses
+                    log.warning("sandbox: call cache read failed: %s", e)
+                    hit = None
+                if isinstance(hit, dict) and isinstance(hit.get("text"), str):
+                    texts[i] = hit["text"]
+        missing = [i for i, t in enumerate(texts) if t is None]
+        spend = Spend(cache_hits=n - len(missing), cache_misses=len(missing))
+        if missing:
+            self._meter.check()
+            kwargs: dict[str, Any] = {"n": len(missing), "temperature": temperature,
+                                      "json_mode": json_mode}
+            if max_tokens is not None:
+                kwargs["max_tokens"] = max_tokens
+            comp = self.executor.complete(messages, **kwargs)
+            got = list(comp.texts)
+            if len(got) < len(missing):
+                raise BackendError(f"asked for {len(missing)} replies, got {len(got)}",
+                                   model=model)
+            if comp.cached:  # the backend served it from its own cache: no new spend
+                spend = Spend(cache_hits=n, cache_misses=0)
+            else:
+                cost = self.prices.cost(comp.model or model, comp.prompt_tokens,
+                                        comp.completion_tokens)
+                if cost is None and comp.model and comp.model != model:
+                    cost = self.prices.cost(model, comp.prompt_tokens, comp.completion_tokens)
+                spend = spend + Spend(executor_calls=1, prompt_tokens=comp.prompt_tokens,
+                                      completion_tokens=comp.completion_tokens, cost_usd=cost)
+            per_sample = comp.completion_tokens // max(1, len(missing))
+            for j, i in enumerate(missing):
+                texts[i] = str(got[j])
+                if self.cache is not None:
+                    value = {"text": texts[i], "model": comp.model or model,
+                             "prompt_tokens": comp.prompt_tokens,
+                             "completion_tokens": per_sample}
+                    try:
+                        self.cache.put(keys[i], value)
+                    except Exception as e:  # noqa: BLE001
+                        log.warning("sandbox: call cache write failed: %s", e)
+        self._meter.add(spend)
+        run.add(spend)
+        return [_w.clip(t or "", _MAX_REPLY_CHARS) for t in texts]
+
+    # ------------------------------------------------------------ totals
+
+    def _summarize(self, outcomes: list[ItemOutcome]) -> EvalResult:
+        total = Spend()
+        for o in outcomes:
+            total = total + Spend(o.executor_calls, o.prompt_tokens, o.completion_tokens,
+                                  o.cost_usd, o.cache_hits, o.cache_misses)
+        budget = any(o.error == BUDGET_ERROR for o in outcomes) or self._meter.exceeded
+        return EvalResult(
+            outcomes=outcomes,
+            accuracy=sum(o.score for o in outcomes) / len(outcomes) if outcomes else 0.0,
+            executor_calls=total.executor_calls, prompt_tokens=total.prompt_tokens,
+            completion_tokens=total.completion_tokens, cost_usd=total.cost_usd,
+            cache_hits=total.cache_hits, cache_misses=total.cache_misses,
+            budget_exceeded=budget,
+        )
+
+
+def _failed(item_id: str, error: str, seconds: float) -> ItemOutcome:
+    return ItemOutcome(item_id=item_id, answer=None, score=0.0, error=error, executor_calls=0,
+                       prompt_tokens=0, completion_tokens=0, cost_usd=0.0, seconds=seconds)

@@ -1,0 +1,318 @@
+"""Warm sandbox workers: isolation detection, launching, killing, and a bounded pool.
+
+Each worker is `worker.py` run by a fresh interpreter with a scrubbed environment, inside
+new network, mount and PID namespaces when `unshare` works here, with its own cgroup
+(pids limit) when cgroup v1 is writable. The strongest available level is detected once,
+and `isolation_report()` says which one is active.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from w4s.sandbox import worker as _w
+
+log = logging.getLogger("w4s.sandbox")
+
+WORKER_SCRIPT = str(Path(_w.__file__).resolve())
+NOBODY_UID = 65534
+CGROUP_PIDS_ROOT = Path("/sys/fs/cgroup/pids")
+PIDS_MAX = 128  # processes and threads per worker
+START_TIMEOUT_S = 20.0
+_ENV_ALLOW = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
+_UNSHARE_LEVELS = (
+    ("net+mount+pid", ["--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child"]),
+    ("net+mount", ["--net", "--mount"]),
+    ("net", ["--net"]),
+)
+
+
+def worker_env() -> dict[str, str]:
+    """An allowlisted environment: no API keys or cloud credentials reach a worker."""
+    env = {k: os.environ[k] for k in _ENV_ALLOW if k in os.environ}
+    env.update(PATH="/usr/local/bin:/usr/bin:/bin", PYTHONHASHSEED="0",
+               PYTHONDONTWRITEBYTECODE="1", PYTHONIOENCODING="utf-8", HOME="/nonexistent")
+    return env
+
+
+def _probe(cmd: list[str]) -> bool:
+    try:
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=10, env=worker_env())
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+@functools.lru_cache(maxsize=1)
+def detect_isolation() -> dict:
+    """What this machine allows, probed once per process (a few ms of subprocesses)."""
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    namespaces, prefix = "none", []
+    unshare = shutil.which("unshare") if sys.platform.startswith("linux") else None
+    if unshare:
+        for name, flags in _UNSHARE_LEVELS:
+            if _probe([unshare, *flags, "--", "true"]):
+                namespaces, prefix = name, [unshare, *flags, "--"]
+                break
+    cgroup = None
+    if root and CGROUP_PIDS_ROOT.is_dir() and os.access(CGROUP_PIDS_ROOT, os.W_OK):
+        base = CGROUP_PIDS_ROOT / "w4s"
+        try:
+            base.mkdir(exist_ok=True)
+            _prune_cgroups(base)
+            cgroup = str(base)
+        except OSError:
+            cgroup = None
+    uid = None
+    if root:
+        try:
+            import pwd
+
+            uid = pwd.getpwnam("nobody").pw_uid
+        except (ImportError, KeyError):
+            uid = NOBODY_UID
+    return {
+        "namespaces": namespaces,
+        "unshare_prefix": prefix,
+        "cgroup_base": cgroup,
+        "uid": uid,
+        "landlock_abi": _w.landlock_abi(),
+    }
+
+
+def _prune_cgroups(base: Path) -> None:
+    """Remove empty worker cgroups left by processes that died without cleaning up."""
+    for d in base.iterdir():
+        owner = d.name.split("-")[0]
+        if d.is_dir() and owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def level_of(report: dict) -> str:
+    """strong: namespaces + Landlock/uid drop + process cap; basic: rlimits and timeouts only."""
+    ns = report.get("namespaces", "none")
+    confined_fs = report.get("landlock_abi", 0) > 0 or report.get("private_tmp", False)
+    capped = report.get("cgroup_pids", False) or report.get("pid_namespace", False)
+    if ns == "net+mount+pid" and confined_fs and report.get("uid_drop") and capped:
+        return "strong"
+    if ns != "none" or confined_fs or report.get("uid_drop"):
+        return "partial"
+    return "basic"
+
+
+class WorkerDied(Exception):
+    """The worker process is gone or unusable; the pool replaces it."""
+
+
+class Worker:
+    """One warm zygote process and its two sockets (control: zygote; data: item child)."""
+
+    _seq = itertools.count()
+
+    def __init__(self) -> None:
+        iso = detect_isolation()
+        self.seq = next(Worker._seq)
+        self.cgroup: str | None = None
+        self.tmp_root: str | None = None
+        ctrl_parent, ctrl_child = socket.socketpair()
+        data_parent, data_child = socket.socketpair()
+        try:
+            if iso["cgroup_base"]:
+                self.cgroup = os.path.join(iso["cgroup_base"], f"{os.getpid()}-{self.seq}")
+                try:
+                    os.mkdir(self.cgroup)
+                    Path(self.cgroup, "pids.max").write_text(str(PIDS_MAX))
+                except OSError as e:
+                    log.warning("no cgroup for sandbox worker (%s); relying on rlimits", e)
+                    self.cgroup = None
+            mount_tmp = "mount" in iso["namespaces"]
+            if not mount_tmp:
+                self.tmp_root = tempfile.mkdtemp(prefix="w4s-sandbox-")
+                os.chmod(self.tmp_root, 0o711)
+            cfg = {
+                "ctrl_fd": ctrl_child.fileno(), "data_fd": data_child.fileno(),
+                "cgroup": self.cgroup, "uid": iso["uid"], "mount_tmp": mount_tmp,
+                "tmp_root": self.tmp_root or "/tmp/w4s", "landlock": True,
+            }
+            cmd = [*iso["unshare_prefix"], sys.executable, "-s", "-B", WORKER_SCRIPT,
+                   json.dumps(cfg)]
+            self.proc = subprocess.Popen(
+                cmd, pass_fds=(ctrl_child.fileno(), data_child.fileno()),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=worker_env(), cwd="/", start_new_session=True,
+            )
+        except BaseException:
+            for s in (ctrl_parent, data_parent):
+                s.close()
+            self._remove_dirs()
+            raise
+        finally:
+            ctrl_child.close()
+            data_child.close()
+        self.ctrl = ctrl_parent
+        self.data = data_parent
+        # replies to the item child are sent from executor threads on their own socket
+        # object (shared fd), so their timeout never fights the reader's
+        self.data_out = socket.socket(fileno=os.dup(data_parent.fileno()))
+        self.data_out.settimeout(10.0)
+        self.send_lock = threading.Lock()
+        self.alive = True
+        try:
+            hello = _w.recv_frame(self.ctrl, deadline=time.monotonic() + START_TIMEOUT_S)
+        except (TimeoutError, EOFError, OSError, _w.ProtocolError) as e:
+            self.kill()
+            raise WorkerDied(f"sandbox worker did not start: {type(e).__name__} {e}") from e
+        self.isolation = {
+            "namespaces": iso["namespaces"],
+            "pid_namespace": "pid" in iso["namespaces"],
+            **hello.get("isolation", {}),
+        }
+
+    def kill(self) -> None:
+        """Kill the zygote, its jailed children and anything they left, then clean up."""
+        if not self.alive:
+            return
+        self.alive = False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._kill_cgroup()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        for s in (self.ctrl, self.data, self.data_out):
+            s.close()
+        self._remove_dirs()
+
+    def _kill_cgroup(self) -> None:
+        if not self.cgroup:
+            return
+        procs = Path(self.cgroup, "cgroup.procs")
+        for _ in range(100):
+            try:
+                pids = [int(p) for p in procs.read_text().split()]
+            except OSError:
+                return
+            if not pids:
+                return
+            for p in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGKILL)
+            time.sleep(0.01)
+
+    def _remove_dirs(self) -> None:
+        if self.cgroup:
+            for _ in range(50):
+                try:
+                    os.rmdir(self.cgroup)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    self._kill_cgroup()
+                    time.sleep(0.02)
+        if self.tmp_root:
+            shutil.rmtree(self.tmp_root, ignore_errors=True)
+
+
+class WorkerPool:
+    """At most `size` warm workers, started lazily; a dead worker is replaced on next use."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"`size` must be at least 1, but received {size!r}")
+        self.size = size
+        self._idle: list[Worker] = []
+        self._all: set[Worker] = set()
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def worker(self) -> Iterator[Worker]:
+        """Borrow a worker; it goes back to the pool unless it was killed meanwhile."""
+        self._slots.acquire()
+        w: Worker | None = None
+        try:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("the sandbox pool is closed")
+                while self._idle and w is None:
+                    cand = self._idle.pop()
+                    if cand.alive and cand.proc.poll() is None:
+                        w = cand
+                    else:
+                        self._forget(cand)
+            if w is None:
+                w = Worker()
+                with self._lock:
+                    self._all.add(w)
+            yield w
+        finally:
+            if w is not None:
+                with self._lock:
+                    if w.alive and not self._closed:
+                        self._idle.append(w)
+                    else:
+                        self._forget(w)
+            self._slots.release()
+
+    def _forget(self, w: Worker) -> None:
+        w.kill()
+        self._all.discard(w)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+        for w in workers:
+            w.kill()
+
+
+_shared: WorkerPool | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool() -> WorkerPool:
+    """The process-wide pool for `run_programs` and `isolation_report` (lazily started).
+
+    Kept apart from every Harness's pool, so a benchmark scorer running programs from
+    inside a busy harness never waits on the harness's own workers.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = WorkerPool(max(2, os.cpu_count() or 2))
+            atexit.register(_shared.close)
+        return _shared
+
+
+def isolation_report() -> dict:
+    """The isolation level active for workers started by this process, and its parts."""
+    with shared_pool().worker() as w:
+        report = dict(w.isolation)
+    report["level"] = level_of(report)
+    report["rlimits"] = ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE"] + (
+        [] if report.get("cgroup_pids") or not report.get("uid_drop") else ["RLIMIT_NPROC"]
+    )
+    report["env"] = "allowlist: " + ", ".join(sorted(worker_env()))
+    report.pop("pid_in_namespace", None)
+    return report

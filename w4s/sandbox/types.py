@@ -1,0 +1,82 @@
+"""Records the sandbox returns: plain frozen dataclasses, no behavior beyond small properties."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSettings:
+    """Limits for running untrusted workflows and programs."""
+
+    item_timeout_s: float = 60.0  # hard wall clock per item (the whole solver call)
+    code_timeout_s: float = 5.0  # agent.execute_code and each test program
+    concurrency: int = 4  # items in flight at once across the harness
+    memory_mb: int = 2048  # address-space limit per jailed process
+    max_output_chars: int = 20_000  # caps on answers, stdout and tracebacks coming back
+
+    def __post_init__(self) -> None:
+        for name in ("item_timeout_s", "code_timeout_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"`{name}` must be positive, but received {value!r}")
+        if not 1 <= self.concurrency <= 512:
+            raise ValueError(
+                f"`concurrency` must be in [1, 512], but received {self.concurrency!r}"
+            )
+        if self.memory_mb < 64:
+            raise ValueError(f"`memory_mb` must be at least 64, but received {self.memory_mb!r}")
+        if self.max_output_chars < 200:
+            raise ValueError(
+                f"`max_output_chars` must be at least 200, but received {self.max_output_chars!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """One item of one workflow. Token counts and cost are new spend (cache hits are free)."""
+
+    item_id: str
+    answer: str | None  # str(answer), truncated; None when the solver gave no answer
+    score: float  # benchmark.score(item, raw answer); 0.0 on error
+    error: str | None  # traceback or one-line reason; None on success
+    executor_calls: int  # calls that reached the executor (cache misses)
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None  # None when a called model has no known price
+    seconds: float
+    cache_hits: int = 0  # samples served from the call cache
+    cache_misses: int = 0  # samples the executor had to produce
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    """One workflow on a list of items, in item order."""
+
+    outcomes: list[ItemOutcome]
+    accuracy: float  # mean score, 0.0 when empty
+    executor_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None  # None when any call's model price is unknown
+    cache_hits: int
+    cache_misses: int
+    budget_exceeded: bool
+
+    @property
+    def failures(self) -> list[ItemOutcome]:
+        return [o for o in self.outcomes if o.score < 1]
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for o in self.outcomes if o.error is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramResult:
+    """A standalone program run in the sandbox. ok: it ran to the end without an exception."""
+
+    ok: bool
+    error: str | None
+    stdout: str
+    seconds: float
