@@ -49,13 +49,10 @@ def embedded_gguf_path() -> Path:
 
 
 def models_cache_root() -> Path:
-    """$W4S_HOME/models if W4S_HOME is set, else the user cache dir (never the cwd)."""
-    home = os.environ.get("W4S_HOME")
-    if home:
-        return Path(home).expanduser() / "models"
-    import platformdirs
+    """Converted local models live under the w4s cache dir ($W4S_HOME/cache if set)."""
+    from w4s.paths import cache_dir
 
-    return Path(platformdirs.user_cache_dir("w4s")) / "models"
+    return cache_dir() / "models"
 
 
 def embedded_cache_dir(gguf: Path | None = None) -> Path:

