@@ -27,21 +27,22 @@ def format_options(options: Sequence[str]) -> str:
 def extract_choice(answer: Any, n_options: int, options: Sequence[str] = ()) -> str | None:
     """The letter the answer picks, or None.
 
-    Tried in order: a bare letter ("C", "(C)", "C. ..."), the last "answer is (C)" /
-    "Answer: C", the last \\boxed{C}, an answer equal to an option's text, the last "(C)".
-    Bare capitals inside prose are never taken ("A" is also an article).
+    Tried in order: a bare letter ("C", "(C)"), the last "answer is (C)" / "Answer: C", the
+    last \\boxed{C}, a leading "C." or "C)", an answer equal to an option's text, the last
+    "(C)". Bare capitals inside prose are never taken ("A" is also an article, and "A:" opens
+    many replies).
     """
     if answer is None:
         return None
     valid = LETTERS[:n_options]
     text = _MARKDOWN.sub("", str(answer)).strip()
-    found: list[str] = []
     alone = _ALONE.match(text)
-    if alone and (len(text) <= 3 or alone.group(0).rstrip()[-1:] in ".:)"):
-        found = [alone.group(1)]
+    found: list[str] = [alone.group(1)] if alone and len(text) <= 3 else []
     for pattern in (_ANSWER_IS, _BOXED):
         if not found:
             found = pattern.findall(text)
+    if not found and alone and alone.group(0).rstrip()[-1:] in ".)":
+        found = [alone.group(1)]
     if not found and options:
         normal = text.lower().rstrip(".")
         found = [LETTERS[i] for i, o in enumerate(options) if str(o).strip().lower() == normal]

@@ -77,8 +77,8 @@ def read_rows(path: str | Path, *, columns: tuple[str, ...] | None = None) -> li
     except UnicodeDecodeError as e:
         raise BenchmarkError(f"`{path}`: not UTF-8 text: {e}") from e
     if kind == "jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
+        rows = []  # split on "\n" only: str.splitlines also breaks at U+0085 inside strings
+        for n, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 rows.append(Row(source, n, _json_object(line, source, n)))
         return rows

@@ -110,11 +110,12 @@ def parse_gold(gold: Any) -> float:
 
 
 def numbers_match(answer: Any, gold: Any, *, tolerance: float = 1e-6) -> bool:
-    """Numeric equality up to an absolute `tolerance` (1e-6: exact for integer golds)."""
+    """Numeric equality up to an absolute `tolerance` (1e-6: exact for integer golds); the tiny
+    relative slack only absorbs float rounding of huge values, never an off-by-one."""
     value = extract_number(answer)
     if value is None:
         return False
-    return math.isclose(value, parse_gold(gold), rel_tol=1e-9, abs_tol=tolerance)
+    return math.isclose(value, parse_gold(gold), rel_tol=1e-13, abs_tol=tolerance)
 
 
 def decimals(text: str) -> int:
