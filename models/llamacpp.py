@@ -1,0 +1,149 @@
+"""A GGUF model served in-process by llama.cpp (the `xllamacpp` wheel): several times faster on
+CPU than transformers for the embedded SmolLM2, with no dequantized copy on disk.
+
+`xllamacpp.Server` runs llama.cpp's server loop in this process (it also binds a port on
+127.0.0.1, unused here); `handle_chat_completions` takes and returns OpenAI-shaped dicts and
+blocks the calling thread. Concurrent callers land in separate slots that llama.cpp decodes
+together (continuous batching), so this backend needs no batching code of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from w4s.errors import BackendError, ConfigError
+from w4s.protocols import Completion, Message
+
+if TYPE_CHECKING:
+    from w4s.config import BackendConfig
+
+log = logging.getLogger(__name__)
+
+_INSTALL_HINT = "pip install xllamacpp"
+
+
+class LlamaCppChatModel:
+    """ChatModel over an in-process llama.cpp server; thread-safe.
+
+    `n > 1` is sent as n single requests, so each reports its exact usage (llama.cpp's own
+    `n` reports only the first choice's). Unseeded, they run concurrently and llama.cpp
+    decodes them in one batch; seeded (`seed + i`), they run one after another, because the
+    batch a row shares changes its numerics and so its samples. Seeded calls are therefore
+    reproducible only when no other call overlaps them. `json_mode` uses llama.cpp's JSON
+    grammar, so replies are valid JSON unless cut by `max_tokens` (transformers: no grammar).
+    One unified KV cache of `n_ctx` tokens is shared by `n_parallel` slots, so one long
+    prompt may use the whole context.
+    """
+
+    def __init__(
+        self,
+        gguf_path: str | Path,
+        *,
+        model_id: str | None = None,
+        max_new_tokens: int = 512,
+        n_parallel: int = 8,
+        n_ctx: int = 0,
+        n_threads: int | None = None,
+    ) -> None:
+        try:
+            import xllamacpp
+        except ImportError as e:
+            raise ConfigError(
+                f"`kind: llamacpp` needs the package 'xllamacpp': {_INSTALL_HINT}"
+            ) from e
+        path = Path(gguf_path)
+        self.model_id = model_id or path.stem
+        self.max_new_tokens = max_new_tokens
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_parallel = n_parallel
+        params.n_ctx = n_ctx  # 0: the model's own context length
+        params.kv_unified = True
+        params.warmup = False
+        params.verbosity = -1  # llama.cpp logs every request to stderr otherwise
+        threads = n_threads or os.cpu_count() or 1
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        start = time.perf_counter()
+        try:
+            self._server = xllamacpp.Server(params)
+        except (RuntimeError, ValueError) as e:
+            raise BackendError(
+                f"llama.cpp cannot load {str(path)!r}: {e}", model=self.model_id
+            ) from e
+        log.info("llama.cpp loaded %s in %.2fs", path.name, time.perf_counter() - start)
+        self._pool = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="llamacpp-n")
+
+    @classmethod
+    def from_config(cls, cfg: BackendConfig, *, field_prefix: str = "") -> LlamaCppChatModel:
+        """`model` is a GGUF path, a folder with `gguf_file`, or "smollm2-135m-instruct"."""
+        from models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path
+
+        if cfg.model == EMBEDDED_MODEL_ID:
+            return cls(
+                embedded_gguf_path(), model_id=EMBEDDED_MODEL_ID, max_new_tokens=cfg.max_new_tokens
+            )
+        path = Path(cfg.model or "").expanduser()
+        if cfg.gguf_file:
+            path = path / cfg.gguf_file
+        if not path.is_file():
+            field = "gguf_file" if cfg.gguf_file else "model"
+            raise ConfigError(f"`{field_prefix}{field}`: GGUF file {str(path)!r} does not exist")
+        return cls(path, max_new_tokens=cfg.max_new_tokens)
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        json_mode: bool = False,
+        seed: int | None = None,
+    ) -> Completion:
+        if n < 1:
+            raise ValueError(f"`n` must be at least 1, but received {n!r}")
+        request: dict[str, Any] = {
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "max_tokens": min(max_tokens, self.max_new_tokens),
+            "temperature": temperature,
+        }
+        if json_mode:
+            request["response_format"] = {"type": "json_object"}
+        if n == 1:
+            replies = [self._one(request, seed)]
+        elif seed is not None:  # batch composition changes the numerics, hence the samples
+            replies = [self._one(request, seed + i) for i in range(n)]
+        else:
+            replies = list(self._pool.map(lambda _: self._one(request, None), range(n)))
+        return Completion(
+            texts=tuple(text for text, _, _ in replies),
+            prompt_tokens=replies[0][1],
+            completion_tokens=sum(c for _, _, c in replies),
+            model=self.model_id,
+        )
+
+    def _one(self, request: dict[str, Any], seed: int | None) -> tuple[str, int, int]:
+        if seed is not None:
+            request = {**request, "seed": seed}
+        try:
+            resp = self._server.handle_chat_completions(request)
+        except (RuntimeError, ValueError) as e:
+            raise BackendError(f"llama.cpp rejected the request: {e}", model=self.model_id) from e
+        if "error" in resp:
+            err = resp["error"]
+            msg = err.get("message", err) if isinstance(err, dict) else err
+            raise BackendError(f"llama.cpp error: {msg}", model=self.model_id)
+        usage = resp.get("usage") or {}
+        text = resp["choices"][0]["message"].get("content") or ""
+        return text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+
+    def close(self) -> None:
+        """Stop the helper threads; the llama.cpp server stops when this object is freed."""
+        self._pool.shutdown(wait=False)

