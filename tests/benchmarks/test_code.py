@@ -1,0 +1,107 @@
+"""Code scoring builds the right programs and runs them in one sandbox batch (a subprocess
+stand-in here); a stub, an early exit or a wrong answer fails."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from w4s.benchmarks import get_benchmark
+from w4s.errors import BenchmarkError
+
+from .test_loading import HE_ROW, MBPP_ROW, write_jsonl
+
+
+@pytest.fixture
+def humaneval(tmp_path):
+    bench = get_benchmark("humaneval", path=write_jsonl(tmp_path / "h.jsonl", [HE_ROW]))
+    return bench, bench.load()[0]
+
+
+@pytest.fixture
+def mbpp(tmp_path):
+    bench = get_benchmark("mbpp", path=write_jsonl(tmp_path / "m.jsonl", [MBPP_ROW]))
+    return bench, bench.load()[0]
+
+
+def test_humaneval_body_full_function_and_fenced_answers_pass(humaneval, subprocess_sandbox):
+    bench, item = humaneval
+    answers = [
+        "    return a + b\n",
+        "def add(a, b):\n    return a + b\n",
+        "Sure!\n```python\ndef add(a, b):\n    return b + a\n```\nDone.",
+    ]
+    assert bench.score_many([item] * 3, answers) == [1.0, 1.0, 1.0]
+    assert subprocess_sandbox == [3]  # one sandbox call for the whole batch
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "    return a - b\n",
+        "def add(a, b):\n    raise NotImplementedError\n",
+        "import sys\nsys.exit(0)\n",  # exits 'normally' before the tests ran
+        "import os\nos._exit(0)\n",
+        "    return a +\n",  # syntax error
+        "",
+        None,
+    ],
+)
+def test_humaneval_wrong_answers_fail(humaneval, subprocess_sandbox, answer):
+    bench, item = humaneval
+    assert bench.score(item, answer) == 0.0
+
+
+def test_chatty_solution_cannot_hide_the_pass_marker(humaneval, monkeypatch):
+    """A sandbox that keeps only the head of stdout must still see the marker."""
+    import w4s.sandbox
+
+    from .conftest import _run_subprocess
+
+    def capped(sources, *, timeout_s=5.0):
+        results = _run_subprocess(sources, timeout_s=timeout_s)
+        for r in results:
+            r.stdout = r.stdout[:100]
+        return results
+
+    monkeypatch.setattr(w4s.sandbox, "run_programs", capped, raising=False)
+    bench, item = humaneval
+    assert bench.score(item, "    print('x' * 10000)\n    return a + b\n") == 1.0
+
+
+def test_mbpp_full_function_and_body_pass(mbpp, subprocess_sandbox):
+    bench, item = mbpp
+    assert bench.score(item, item.gold) == 1.0
+    assert bench.score(item, "    return a + b") == 1.0  # completes the prompt's signature
+    assert bench.score(item, "def add(a, b):\n    return a * b") == 0.0
+
+
+def test_mbpp_test_imports_are_available(tmp_path, subprocess_sandbox):
+    row = dict(MBPP_ROW, test_imports=["import math"],
+               test="def check():\n    assert add(math.floor(1.5), 2) == 3\n")
+    bench = get_benchmark("mbpp", path=write_jsonl(tmp_path / "m.jsonl", [row]))
+    assert bench.score(bench.load()[0], MBPP_ROW["code"]) == 1.0
+
+
+def test_mbpp_split_files_give_the_fixed_split(tmp_path):
+    rows = [dict(MBPP_ROW, task_id=k) for k in range(5)]
+    val = write_jsonl(tmp_path / "v.jsonl", rows[:2])
+    test = write_jsonl(tmp_path / "t.jsonl", rows[2:])
+    split = get_benchmark("mbpp", split_files=(val, test)).split(seed=123)
+    assert [i.id for i in split.validation] == ["mbpp-0", "mbpp-1"]
+    assert [i.id for i in split.test] == ["mbpp-2", "mbpp-3", "mbpp-4"]
+
+
+def test_missing_sandbox_is_a_one_line_error(humaneval, monkeypatch):
+    import w4s.sandbox
+
+    monkeypatch.delattr(w4s.sandbox, "run_programs", raising=False)
+    bench, item = humaneval
+    with pytest.raises(BenchmarkError, match="sandbox"):
+        bench.score(item, "    return a + b\n")
+
+
+def test_item_metadata_is_json_serializable(humaneval, mbpp):
+    for _, item in (humaneval, mbpp):
+        json.dumps(item.metadata)
