@@ -10,18 +10,16 @@ import pytest
 from w4s.benchmarks import get_benchmark
 from w4s.errors import BenchmarkError
 
-from .test_loading import HE_ROW, MBPP_ROW, write_jsonl
-
 
 @pytest.fixture
-def humaneval(tmp_path):
-    bench = get_benchmark("humaneval", path=write_jsonl(tmp_path / "h.jsonl", [HE_ROW]))
+def humaneval(tmp_path, write_jsonl, he_row):
+    bench = get_benchmark("humaneval", path=write_jsonl(tmp_path / "h.jsonl", [he_row]))
     return bench, bench.load()[0]
 
 
 @pytest.fixture
-def mbpp(tmp_path):
-    bench = get_benchmark("mbpp", path=write_jsonl(tmp_path / "m.jsonl", [MBPP_ROW]))
+def mbpp(tmp_path, write_jsonl, mbpp_row):
+    bench = get_benchmark("mbpp", path=write_jsonl(tmp_path / "m.jsonl", [mbpp_row]))
     return bench, bench.load()[0]
 
 
@@ -53,14 +51,12 @@ def test_humaneval_wrong_answers_fail(humaneval, subprocess_sandbox, answer):
     assert bench.score(item, answer) == 0.0
 
 
-def test_chatty_solution_cannot_hide_the_pass_marker(humaneval, monkeypatch):
+def test_chatty_solution_cannot_hide_the_pass_marker(humaneval, monkeypatch, run_subprocess):
     """A sandbox that keeps only the head of stdout must still see the marker."""
     import w4s.sandbox
 
-    from .conftest import _run_subprocess
-
     def capped(sources, *, timeout_s=5.0):
-        results = _run_subprocess(sources, timeout_s=timeout_s)
+        results = run_subprocess(sources, timeout_s=timeout_s)
         for r in results:
             r.stdout = r.stdout[:100]
         return results
@@ -77,15 +73,15 @@ def test_mbpp_full_function_and_body_pass(mbpp, subprocess_sandbox):
     assert bench.score(item, "def add(a, b):\n    return a * b") == 0.0
 
 
-def test_mbpp_test_imports_are_available(tmp_path, subprocess_sandbox):
-    row = dict(MBPP_ROW, test_imports=["import math"],
+def test_mbpp_test_imports_are_available(tmp_path, subprocess_sandbox, write_jsonl, mbpp_row):
+    row = dict(mbpp_row, test_imports=["import math"],
                test="def check():\n    assert add(math.floor(1.5), 2) == 3\n")
     bench = get_benchmark("mbpp", path=write_jsonl(tmp_path / "m.jsonl", [row]))
-    assert bench.score(bench.load()[0], MBPP_ROW["code"]) == 1.0
+    assert bench.score(bench.load()[0], mbpp_row["code"]) == 1.0
 
 
-def test_mbpp_split_files_give_the_fixed_split(tmp_path):
-    rows = [dict(MBPP_ROW, task_id=k) for k in range(5)]
+def test_mbpp_split_files_give_the_fixed_split(tmp_path, write_jsonl, mbpp_row):
+    rows = [dict(mbpp_row, task_id=k) for k in range(5)]
     val = write_jsonl(tmp_path / "v.jsonl", rows[:2])
     test = write_jsonl(tmp_path / "t.jsonl", rows[2:])
     split = get_benchmark("mbpp", split_files=(val, test)).split(seed=123)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,40 +12,13 @@ from w4s.benchmarks.loading import read_rows
 from w4s.errors import BenchmarkError
 
 
-def write_jsonl(path: Path, rows: list[dict], *, gz: bool = False) -> Path:
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    if gz:
-        path.write_bytes(gzip.compress(text.encode()))
-    else:
-        path.write_text(text)
-    return path
-
-
-HE_ROW = {
-    "task_id": "HumanEval/0",
-    "prompt": 'def add(a, b):\n    """Add.\n    >>> add(1, 2)\n    3\n    """\n',
-    "canonical_solution": "    return a + b\n",
-    "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n",
-    "entry_point": "add",
-}
-MBPP_ROW = {
-    "task_id": 7,
-    "prompt": "Write a function to add two numbers.\n\ndef add(a, b):",
-    "code": "def add(a, b):\n    return a + b",
-    "test_imports": [],
-    "test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4"],
-    "entry_point": "add",
-    "test": "def check():\n    assert add(1, 2) == 3\n    assert add(2, 2) == 4\n",
-}
-
-
-def test_gsm8k(tmp_path):
+def test_gsm8k(tmp_path, write_jsonl):
     path = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q?", "answer": "work\n#### 1,234"}])
     (item,) = get_benchmark("gsm8k", path=path).load()
     assert (item.question, item.gold) == ("Q?", 1234)
 
 
-def test_gsm_hard_gsm_plus_aime(tmp_path):
+def test_gsm_hard_gsm_plus_aime(tmp_path, write_jsonl):
     hard = write_jsonl(tmp_path / "h.jsonl", [{"input": "Q", "code": "", "target": 2.5}])
     assert get_benchmark("gsm_hard", path=hard).load()[0].gold == 2.5
     plus = write_jsonl(
@@ -81,7 +53,7 @@ def test_mgsm_tsv_folder_and_single_language(tmp_path):
         get_benchmark("mgsm", language="xx")
 
 
-def test_math_gold_from_answer_or_boxed_solution(tmp_path):
+def test_math_gold_from_answer_or_boxed_solution(tmp_path, write_jsonl):
     m500 = write_jsonl(
         tmp_path / "m5.jsonl",
         [{"problem": "P", "solution": "s", "answer": "\\frac{1}{2}", "unique_id": "t/1.json"}],
@@ -94,7 +66,7 @@ def test_math_gold_from_answer_or_boxed_solution(tmp_path):
     assert (item.id, item.gold) == ("math-4", "\\sqrt{2}")
 
 
-def test_drop_and_mmlu_pro(tmp_path):
+def test_drop_and_mmlu_pro(tmp_path, write_jsonl):
     row = {"context": "Passage... Answer:", "completion": "x", "ref_text": "a|b"}
     drop = write_jsonl(tmp_path / "d.jsonl", [row])
     assert get_benchmark("drop", path=drop).load()[0].gold == ["a", "b"]
@@ -116,13 +88,13 @@ def test_gpqa_csv_shuffles_options_reproducibly(tmp_path):
         assert item.metadata["options"]["ABCD".index(item.gold)] == "right"
 
 
-def test_humaneval_and_mbpp_files(tmp_path):
-    item = get_benchmark("humaneval", path=write_jsonl(tmp_path / "h.jsonl", [HE_ROW])).load()[0]
+def test_humaneval_and_mbpp_files(tmp_path, write_jsonl, he_row, mbpp_row):
+    item = get_benchmark("humaneval", path=write_jsonl(tmp_path / "h.jsonl", [he_row])).load()[0]
     assert item.metadata["public_tests"] == ["assert add(1, 2) == 3"]
-    item = get_benchmark("mbpp", path=write_jsonl(tmp_path / "m.jsonl", [MBPP_ROW])).load()[0]
+    item = get_benchmark("mbpp", path=write_jsonl(tmp_path / "m.jsonl", [mbpp_row])).load()[0]
     assert item.question.endswith("assert add(1, 2) == 3")
     assert item.metadata["signature"] == "def add(a, b):"
-    original = {k: MBPP_ROW[k] for k in ("task_id", "code", "test_list", "test_imports")}
+    original = {k: mbpp_row[k] for k in ("task_id", "code", "test_list", "test_imports")}
     original["prompt"] = "Write a function to add two numbers."
     item = get_benchmark("mbpp", path=write_jsonl(tmp_path / "o.jsonl", [original])).load()[0]
     assert item.metadata["entry_point"] == "add" and "def check" in item.metadata["test"]
@@ -163,7 +135,7 @@ def test_missing_file_names_the_file(tmp_path):
     assert "nope.jsonl" in one_line(e) and "not found" in one_line(e)
 
 
-def test_missing_field_names_file_row_and_field(tmp_path):
+def test_missing_field_names_file_row_and_field(tmp_path, write_jsonl):
     rows = [{"question": "Q", "answer": "#### 1"}, {"q": "Q", "answer": "#### 2"}]
     path = write_jsonl(tmp_path / "g.jsonl", rows)
     with pytest.raises(BenchmarkError) as e:
@@ -172,7 +144,7 @@ def test_missing_field_names_file_row_and_field(tmp_path):
     assert "g.jsonl" in message and "row 2" in message and "'question'" in message
 
 
-def test_bad_value_names_the_field(tmp_path):
+def test_bad_value_names_the_field(tmp_path, write_jsonl):
     path = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q", "answer": "no final line"}])
     with pytest.raises(BenchmarkError) as e:
         get_benchmark("gsm8k", path=path).load()
@@ -188,7 +160,7 @@ def test_bad_json_and_unknown_suffix(tmp_path):
         get_benchmark("gsm8k", path=tmp_path / "g.txt").load()
 
 
-def test_default_path_comes_from_the_data_dir(tmp_path, monkeypatch):
+def test_default_path_comes_from_the_data_dir(tmp_path, monkeypatch, write_jsonl):
     monkeypatch.delenv("W4S_DATA_DIR", raising=False)
     with pytest.raises(BenchmarkError) as e:
         get_benchmark("gsm8k").load()

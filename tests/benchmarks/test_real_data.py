@@ -4,12 +4,11 @@ a small oracle pass per file. The full pass is benchmarks/oracle_check.py."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import oracle_check  # noqa: E402
 
 COUNTS = {
