@@ -27,6 +27,11 @@ from w4s.errors import W4SError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / ".." / "shared" / "datasets"
+# Canonical solutions that are broken in the source file itself, reported but not failing.
+KNOWN_BAD = {
+    "mbpp-630": "the W4S file rewrote the signature to adjac(test_tup) but the body still "
+    "uses the original parameters `ele` and `sub` (NameError)",
+}
 FAR_OFF = "\\boxed{\\frac{7919}{104729}}"  # equals no gold in the files
 
 
@@ -132,7 +137,11 @@ def run_check(check: Check, root: Path, limit: int | None) -> Outcome:
     items = bench.load()[:limit] if limit else bench.load()
     right = bench.score_many(items, [check.right(i) for i in items])
     wrong = bench.score_many(items, [check.wrong(i) for i in items])
-    failures = [f"{i.id}: right={r}" for i, r in zip(items, right, strict=True) if r != 1.0]
+    failures = [
+        f"{i.id}: right={r}"
+        for i, r in zip(items, right, strict=True)
+        if r != 1.0 and i.id not in KNOWN_BAD
+    ]
     failures += [f"{i.id}: wrong={w}" for i, w in zip(items, wrong, strict=True) if w != 0.0]
     if check.also_right is not None:
         full = bench.score_many(items, [check.also_right(i) for i in items])
@@ -148,6 +157,11 @@ def run_check(check: Check, root: Path, limit: int | None) -> Outcome:
         check.file, bench.name, len(items), sum(right) / n, sum(wrong) / n,
         time.perf_counter() - start, failures,
     )
+
+
+def _ids(check: Check, root: Path, limit: int | None) -> list[str]:
+    items = check.build(root).load()
+    return [i.id for i in (items[:limit] if limit else items)]
 
 
 def explain(bench_file: str, root: Path, item_id: str) -> str:
@@ -189,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{outcome.file:<28} {outcome.benchmark:<10} {outcome.items:>6} "
             f"{outcome.right:>7.4f} {outcome.wrong:>7.4f} {outcome.seconds:>7.1f}"
         )
+        for item_id in KNOWN_BAD.keys() & set(_ids(check, root, args.limit)):
+            print(f"    known data defect: {item_id}: {KNOWN_BAD[item_id]}")
         for failure in outcome.failures[:10]:
             item_id = failure.split(":")[0]
             why = explain(check.file, root, item_id) if check.is_code else ""

@@ -101,3 +101,14 @@ def test_missing_sandbox_is_a_one_line_error(humaneval, monkeypatch):
 def test_item_metadata_is_json_serializable(humaneval, mbpp):
     for _, item in (humaneval, mbpp):
         json.dumps(item.metadata)
+
+
+def test_with_the_real_sandbox(humaneval):
+    """Integration: the real `w4s.sandbox.run_programs`, when it is importable here."""
+    try:
+        from w4s.sandbox import run_programs  # noqa: F401
+    except ImportError:
+        pytest.skip("w4s.sandbox.run_programs is not available")
+    bench, item = humaneval
+    answers = ["    return a + b\n", "import sys\nsys.exit(0)\n", "    return a - b\n"]
+    assert bench.score_many([item] * 3, answers) == [1.0, 0.0, 0.0]
