@@ -1,0 +1,279 @@
+"""Hostile workflows: each is contained with a clear error, and the run goes on unharmed."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from w4s.sandbox import isolation_report
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def iso() -> dict:
+    return isolation_report()
+
+
+ECHO = 'def solver(agent, task):\n    return {"answer": agent.llm("ECHO: " + task)}\n'
+HANG = 'def solver(agent, task):\n    return {"answer": agent.llm("HANG")}\n'
+FAIL = 'def solver(agent, task):\n    return {"answer": agent.llm("FAIL")}\n'
+
+
+def run_one(harness, code: str):
+    (item,) = _ONE.load()
+    return harness.evaluate(code, [item], _ONE).outcomes[0]
+
+
+def assert_still_works(harness) -> None:
+    result = harness.evaluate(ECHO, _TWO.load(), _TWO)
+    assert result.accuracy == 1.0, [o.error for o in result.outcomes]
+
+
+@pytest.fixture(autouse=True)
+def _benches(make_bench):
+    global _ONE, _TWO
+    _ONE, _TWO = make_bench(1), make_bench(2)
+
+
+def test_infinite_loop_times_out(hostile_harness):
+    start = time.monotonic()
+    out = run_one(hostile_harness, "def solver(agent, task):\n    while True:\n        pass\n")
+    assert out.error == "timeout after 3s"
+    assert out.score == 0.0 and out.answer is None
+    assert time.monotonic() - start < 8
+    assert_still_works(hostile_harness)
+
+
+def test_hang_inside_executor_call_times_out(hostile_harness):
+    start = time.monotonic()
+    out = run_one(hostile_harness, HANG)
+    assert out.error == "timeout after 3s"
+    assert time.monotonic() - start < 8, "the item timeout must fire while the call is served"
+    assert_still_works(hostile_harness)
+
+
+def test_fork_bomb_is_capped_and_cleaned_up(hostile_harness, iso):
+    code = (
+        "import os\n"
+        "def solver(agent, task):\n"
+        "    while True:\n"
+        "        try:\n"
+        "            os.fork()\n"
+        "        except OSError:\n"
+        "            pass\n"
+    )
+    start = time.monotonic()
+    out = run_one(hostile_harness, code)
+    assert out.error == "timeout after 3s"
+    assert time.monotonic() - start < 15
+    if iso["cgroup_pids"]:
+        leftovers = [
+            p for d in Path("/sys/fs/cgroup/pids/w4s").glob(f"{os.getpid()}-*")
+            for p in (d / "cgroup.procs").read_text().split()
+        ]
+        assert leftovers == [], f"fork-bomb processes survived: {leftovers[:5]}"
+    assert_still_works(hostile_harness)
+
+
+def test_uncaught_fork_bomb_fails_fast(hostile_harness, iso):
+    if not (iso["cgroup_pids"] or iso["uid_drop"]):
+        pytest.skip("no process cap on this machine (no cgroup, no uid drop)")
+    out = run_one(hostile_harness, "import os\ndef solver(agent, task):\n"
+                                   "    for _ in range(100_000):\n        os.fork()\n")
+    assert out.error is not None
+    assert "BlockingIOError" in out.error or out.error.startswith("timeout"), out.error
+    assert_still_works(hostile_harness)
+
+
+def test_allocating_50_gb_gives_memory_error(hostile_harness):
+    out = run_one(hostile_harness,
+                  "def solver(agent, task):\n    x = bytearray(50 * 1024**3)\n    return {}\n")
+    assert out.error is not None and "MemoryError" in out.error
+    assert_still_works(hostile_harness)
+
+
+def test_writes_outside_the_temp_dir_are_denied(hostile_harness, tmp_path):
+    target = tmp_path / "pwned.txt"
+    os.chmod(tmp_path, 0o777)  # even a world-writable folder must stay out of reach
+    code = f"""
+import os
+def solver(agent, task):
+    results = []
+    for path in [{str(target)!r}, {str(REPO / 'pwned.txt')!r}, "/tmp/pwned.txt",
+                 "/var/tmp/pwned.txt", os.path.expanduser("~/../pwned.txt")]:
+        try:
+            with open(path, "w") as f:
+                f.write("x")
+            results.append("WROTE " + path)
+        except OSError as e:
+            results.append(type(e).__name__)
+    with open("scratch.txt", "w") as f:  # its own temp dir is writable
+        f.write("ok")
+    return {{"answer": " ".join(results)}}
+"""
+    out = run_one(hostile_harness, code)
+    assert out.error is None, out.error
+    assert "WROTE" not in out.answer, out.answer
+    assert not target.exists() and not (REPO / "pwned.txt").exists()
+
+
+def test_parent_environment_secrets_are_not_visible(hostile_harness, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-456")
+    code = """
+import os
+def solver(agent, task):
+    seen = [repr(dict(os.environ))]
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    seen.append(f.read().decode(errors="replace"))
+            except OSError:
+                pass
+    return {"answer": " ".join(seen)}
+"""
+    out = run_one(hostile_harness, code)
+    assert out.error is None, out.error
+    assert "sk-test-secret-123" not in out.answer
+    assert "aws-secret-456" not in out.answer
+    assert "OPENAI_API_KEY" not in out.answer
+
+
+def test_network_connections_are_refused(hostile_harness, iso):
+    if iso["namespaces"] == "none" and iso["landlock_abi"] < 4:
+        pytest.skip("no network namespace and no Landlock network rules here")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def accept() -> None:
+        try:
+            accepted.append(server.accept())
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept)
+    t.start()
+    code = f"""
+import socket
+def solver(agent, task):
+    try:
+        socket.create_connection(("127.0.0.1", {port}), timeout=1).close()
+        return {{"answer": "connected"}}
+    except OSError as e:
+        return {{"answer": "refused " + type(e).__name__}}
+"""
+    out = run_one(hostile_harness, code)
+    t.join()
+    server.close()
+    assert out.error is None, out.error
+    assert out.answer.startswith("refused"), out.answer
+    assert accepted == []
+
+
+def test_killing_the_parent_fails_and_parent_survives(hostile_harness, iso):
+    code = f"""
+import os, signal
+def solver(agent, task):
+    outcomes = []
+    for pid in ({os.getpid()}, {os.getppid()}, 1, -1):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            outcomes.append(f"{{pid}}:sent")
+        except OSError as e:
+            outcomes.append(f"{{pid}}:{{type(e).__name__}}")
+    return {{"answer": " ".join(outcomes)}}
+"""
+    out = run_one(hostile_harness, code)
+    assert out.error is None, out.error
+    if iso["pid_namespace"] or iso["uid_drop"]:
+        assert f"{os.getpid()}:sent" not in out.answer, out.answer
+    assert_still_works(hostile_harness)
+
+
+def test_parent_pid_is_invisible_in_a_pid_namespace(hostile_harness, iso):
+    if not iso["pid_namespace"]:
+        pytest.skip("no PID namespace here")
+    me = os.getpid()
+    code = ("import os\ndef solver(agent, task):\n"
+            f"    return {{'answer': os.path.exists('/proc/{me}') or os.getpid() == {me}}}\n")
+    out = run_one(hostile_harness, code)
+    assert out.error is None and out.answer == "False", (out.error, out.answer)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("import sys\n    sys.exit(3)", "solver called sys.exit(3)"),
+        ("import os\n    os._exit(0)", "worker exited with code 0 before returning a result"),
+        ("import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)",
+         "worker crashed (signal 9)"),
+    ],
+)
+def test_exiting_the_process_is_an_error(hostile_harness, body, expected):
+    out = run_one(hostile_harness, f"def solver(agent, task):\n    {body}\n")
+    assert out.error is not None and out.error.startswith(expected), out.error
+    assert_still_works(hostile_harness)
+
+
+def test_printing_a_gigabyte_is_discarded(hostile_harness):
+    code = ("def solver(agent, task):\n    line = 'x' * (1 << 20)\n"
+            "    for _ in range(1024):\n        print(line)\n    return {'answer': 'done'}\n")
+    out = run_one(hostile_harness, code)
+    assert out.error is None and out.answer == "done", out.error
+
+
+def test_huge_answer_is_truncated(hostile_harness):
+    out = run_one(hostile_harness,
+                  "def solver(agent, task):\n    return {'answer': 'y' * 50_000_000}\n")
+    assert out.error is None, out.error
+    assert len(out.answer) <= hostile_harness.settings.max_output_chars
+    assert out.answer.startswith("yyyy") and out.answer.endswith("chars truncated]")
+
+
+def test_deep_recursion_is_a_recursion_error(hostile_harness):
+    out = run_one(hostile_harness, "def f(n):\n    return f(n + 1)\n"
+                                   "def solver(agent, task):\n    return {'answer': f(0)}\n")
+    assert out.error is not None and "RecursionError" in out.error
+    assert 'File "<workflow>", line 2, in f' in out.error
+    assert "return f(n + 1)" in out.error  # the failing line of the workflow source
+
+
+def test_stack_overflow_crash_is_recorded(hostile_harness):
+    """C-level recursion past the stack (repr of a deeply nested list) kills the process."""
+    code = ("import sys\ndef solver(agent, task):\n    sys.setrecursionlimit(10**8)\n"
+            "    x = []\n    for _ in range(200_000):\n        x = [x]\n"
+            "    return {'answer': repr(x)}\n")
+    out = run_one(hostile_harness, code)
+    assert out.error is not None and out.error.startswith("worker crashed (signal 11)"), out.error
+    assert_still_works(hostile_harness)
+
+
+def test_executor_failure_is_an_item_error(hostile_harness):
+    out = run_one(hostile_harness, FAIL)
+    assert out.error is not None and "BackendError" in out.error and "endpoint down" in out.error
+    assert_still_works(hostile_harness)
+
+
+def test_hostile_outcomes_do_not_affect_neighbours(hostile_harness, make_bench):
+    """A crashing, a looping and a good workflow evaluated together: only the good scores."""
+    bench = make_bench(3)
+    codes = [
+        "import os\ndef solver(agent, task):\n    os._exit(1)\n",
+        "def solver(agent, task):\n    while True:\n        pass\n",
+        ECHO,
+    ]
+    crashed, looped, good = hostile_harness.evaluate_many(codes, bench.load(), bench)
+    assert all(o.error and "exited with code 1" in o.error for o in crashed.outcomes)
+    assert all(o.error == "timeout after 3s" for o in looped.outcomes)
+    assert good.accuracy == 1.0
