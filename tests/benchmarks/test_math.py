@@ -16,6 +16,10 @@ from w4s.benchmarks.math import MATH500, math_equal
         ("\\text{Monday}", "\\text{Monday}"),
         ("10", "10"),
         ("\\boxed{[-2, 7)}", "[-2,7)"),
+        ("The answer is $\\frac{1}{2}$.", "\\frac12"),
+        ("So the final answer is 0.5", "\\frac{1}{2}"),
+        ("Answer: \\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}"),
+        ("The answer is: 7", "7"),
     ],
 )
 def test_equivalent_answers(answer, gold):
@@ -24,7 +28,15 @@ def test_equivalent_answers(answer, gold):
 
 @pytest.mark.parametrize(
     ("answer", "gold"),
-    [("\\boxed{11}", "10"), ("0.51", "\\frac{1}{2}"), ("x^2-1", "x^2+1"), (None, "1"), ("", "1")],
+    [
+        ("\\boxed{11}", "10"),
+        ("The answer is 13", "12"),
+        ("x" * 5000, "1"),
+        ("0.51", "\\frac{1}{2}"),
+        ("x^2-1", "x^2+1"),
+        (None, "1"),
+        ("", "1"),
+    ],
 )
 def test_different_answers(answer, gold):
     assert not math_equal(answer, gold)

@@ -2,7 +2,9 @@
 
 Equivalence comes from `math-verify` (symbolic and numeric comparison of parsed LaTeX); when
 it cannot parse an answer, a normalized string comparison decides. `math-verify` bounds its
-work with SIGALRM, which only exists on the main thread, so other threads run without it.
+work with SIGALRM, which only exists on the main thread, so other threads run without it;
+answers longer than a few hundred characters are compared as strings only, which keeps
+pathological inputs from stalling a worker thread.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 
 from w4s.benchmarks.base import Item, register
 from w4s.benchmarks.loading import DatasetBenchmark, FieldError
-from w4s.benchmarks.numeric import last_boxed
+from w4s.benchmarks.numeric import final_answer_text, last_boxed
 from w4s.benchmarks.seeds import MATH_SEEDS
 from w4s.errors import BenchmarkError
 
+_MAX_CHARS = 400
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _STRIP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "^\\circ",
           "^{\\circ}", "\\%", "%", "\\$", "$", " ", "\n")
@@ -54,10 +57,10 @@ def _parse_gold(gold: str) -> Any:
 
 
 def candidate_text(answer: Any) -> str:
-    """The final answer the model gave: its last \\boxed{} content, else the text itself."""
-    text = str(answer).strip()
-    boxed = last_boxed(text)
-    return boxed if boxed is not None else text
+    """The final answer the model gave: its last \\boxed{} content, else the text after its last
+    answer marker ("the answer is ..."), else the whole text."""
+    span, _ = final_answer_text(str(answer).strip())
+    return span.strip().rstrip(".").strip()
 
 
 def math_equal(answer: Any, gold: str) -> bool:
@@ -65,14 +68,17 @@ def math_equal(answer: Any, gold: str) -> bool:
     if answer is None:
         return False
     candidate = candidate_text(answer)
+    if not candidate:
+        return False
     if normalize_latex(candidate) == normalize_latex(gold):
         return True
+    if len(candidate) > _MAX_CHARS:  # a whole derivation, not an answer: too slow to parse
+        return False
     parse, verify = _verifier()
     gold_parsed = _parse_gold(gold)
     if not gold_parsed:
         return False
-    text = str(answer)
-    source = text if last_boxed(text) is not None else "\\boxed{" + candidate + "}"
+    source = candidate if "$" in candidate else "\\boxed{" + candidate + "}"
     parsed = parse(source, parsing_timeout=_timeout())
     return bool(parsed) and verify(gold_parsed, parsed, timeout_seconds=_timeout())
 

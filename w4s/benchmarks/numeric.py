@@ -18,7 +18,9 @@ _NUMBER = re.compile(rf"{_NUM}|(?:(?<![\w)])[-\u2212])?\.\d+")
 _FRACTION = re.compile(rf"({_NUM})\s*/\s*({_NUM})")
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
 _LATEX_FRAC_SHORT = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")  # \frac12
-_MARKER = re.compile(r"(?:final answer|the answer is|answer\s*:|####)", re.IGNORECASE)
+_MARKER = re.compile(
+    r"(?:final answer(?:\s*is)?|the answer is|answer\s*:|####)\s*:?", re.IGNORECASE
+)
 
 
 def last_boxed(text: str) -> str | None:
