@@ -191,6 +191,8 @@ class TransformersChatModel:
         )
 
     def _encode(self, messages: Sequence[Message]) -> list[int]:
+        from jinja2 import TemplateError
+
         tok = self.tokenizer
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
         try:
@@ -199,7 +201,7 @@ class TransformersChatModel:
             else:  # a base model: a plain transcript is the best we can do
                 text = "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
             return list(tok(text, add_special_tokens=False)["input_ids"])
-        except (ValueError, TypeError, KeyError) as e:
+        except (TemplateError, ValueError, TypeError, KeyError) as e:
             msg = f"cannot render the chat prompt: {_one_line(e)}"
             raise BackendError(msg, model=self.model_id) from e
 
@@ -225,23 +227,19 @@ class TransformersChatModel:
 
     def _run_batch(self, batch: list[_Request]) -> None:
         results: list[tuple[tuple[str, ...], int]] | None = None
-        error: BaseException | None = None
+        message, cause = "generation was interrupted", None
         try:
             results = self._generate(batch)
-        except BackendError as e:
-            error = e
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
-            error = BackendError(f"generation failed: {_one_line(e)}", model=self.model_id)
-            error.__cause__ = e
+            message, cause = f"generation failed: {_one_line(e)}", e
         finally:
             with self._cond:
                 for i, req in enumerate(batch):
                     if results is not None:
                         req.texts, req.completion_tokens = results[i]
-                    else:
-                        req.error = error or BackendError(
-                            "generation was interrupted", model=self.model_id
-                        )
+                    else:  # one error object per caller: each thread raises its own
+                        req.error = BackendError(message, model=self.model_id)
+                        req.error.__cause__ = cause
                     req.done = True
                 self._cond.notify_all()
 

@@ -10,7 +10,7 @@ import pytest
 from models.factory import build_chat_model
 from models.transformers_local import TransformersChatModel
 from w4s.config import BackendConfig
-from w4s.errors import ConfigError
+from w4s.errors import BackendError, ConfigError
 
 PROMPTS = [
     "What is 2+3?",
@@ -147,3 +147,32 @@ def test_factory_names_a_missing_folder(tmp_path: Path) -> None:
     cfg = BackendConfig(kind="transformers", model=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match=r"^`executor.model`: folder .*nope' does not exist$"):
         build_chat_model(cfg, role="executor")
+
+
+def test_generate_failure_reaches_every_waiting_caller(
+    tiny: TransformersChatModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(**kwargs: object) -> None:
+        raise RuntimeError("out of memory\nsecond line")
+
+    monkeypatch.setattr(tiny.model, "generate", boom)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            tiny.complete(ask("hi"), max_tokens=3)
+        except BackendError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(errors) == 4
+    assert all(str(e) == "[tiny] generation failed: out of memory second line" for e in errors)
+    assert len({id(e) for e in errors}) == 4
+    monkeypatch.undo()
+    assert tiny.complete(ask("hi"), max_tokens=3).completion_tokens == 3, "model stuck busy"
