@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from w4s.errors import ConfigError
+from w4s.errors import BackendError, ConfigError
 
 if TYPE_CHECKING:
     from models.transformers_local import TransformersChatModel
@@ -86,6 +86,9 @@ def ensure_embedded_folder() -> Path:
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
         )
+    except (ImportError, OSError, ValueError) as e:  # e.g. accelerate missing: its text says so
+        raise ConfigError(f"`kind: embedded`: cannot read {gguf.name}: {_one_line(e)}") from e
+    try:
         # transformers refuses to save a GGUF-loaded model until the quantizer is gone, and
         # the weights are plain fp32 now: drop the GGUF marker so reloads take the fast path
         model.hf_quantizer = None
@@ -93,11 +96,13 @@ def ensure_embedded_folder() -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished first; its folder is as good as ours
-            if not (final / "config.json").is_file():
-                raise
+        os.rename(tmp, final)
+    except OSError as e:
+        if not (final / "config.json").is_file():  # else another process finished first
+            raise BackendError(
+                f"cannot write the model cache in {final.parent}: {_one_line(e)}",
+                model=EMBEDDED_MODEL_ID,
+            ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("embedded model cached in %.1fs", time.perf_counter() - start)
@@ -114,3 +119,8 @@ def load_embedded_chat_model(
     return TransformersChatModel.from_path(
         folder, model_id=EMBEDDED_MODEL_ID, device=device, max_new_tokens=max_new_tokens
     )
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
