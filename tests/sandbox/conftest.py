@@ -119,3 +119,18 @@ def hostile_harness():
 def make_bench():
     """make_bench(n) -> an ExactBench over n items whose gold answers equal the questions."""
     return lambda n: ExactBench(make_items(n))
+
+
+@pytest.fixture(scope="module")
+def quick_harness():
+    """A 2-second item timeout, shared by a module."""
+    settings = SandboxSettings(item_timeout_s=2.0, code_timeout_s=1.0, concurrency=2)
+    h = Harness(FakeExecutor(), settings=settings, cache=MemoryCallCache())
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def fake_cls() -> type[FakeExecutor]:
+    """The fake executor class, for tests that need one with another model id."""
+    return FakeExecutor
