@@ -59,6 +59,51 @@ class _ItemRun:
             self.spend = self.spend + spend
 
 
+class _Call:
+    """One executor request from a workflow: validated, keyed per sample, partly cached."""
+
+    __slots__ = ("messages", "n", "temperature", "max_tokens", "json_mode", "model", "keys",
+                 "texts")
+
+    def __init__(self, messages: list[dict], n: int, temperature: float,
+                 max_tokens: int | None, json_mode: bool, model: str, keys: list[str]) -> None:
+        self.messages, self.n, self.temperature = messages, n, temperature
+        self.max_tokens, self.json_mode, self.model, self.keys = max_tokens, json_mode, model, keys
+        self.texts: list[str | None] = [None] * n
+
+    @classmethod
+    def parse(cls, frame: dict, model: str, run: _ItemRun) -> _Call:
+        """Validate a frame from the (untrusted) worker and derive its cache keys."""
+        messages = frame["messages"]
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str)
+            and isinstance(m.get("role"), str) for m in messages
+        ):
+            raise TypeError("`messages` must be a list of {'role': str, 'content': str}")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        n, temperature = int(frame["n"]), float(frame["temperature"])
+        if not 1 <= n <= 64:
+            raise ValueError(f"`n` must be in [1, 64], got {n}")
+        if not 0.0 <= temperature <= 2.0:
+            raise ValueError(f"`temperature` must be in [0, 2], got {temperature}")
+        max_tokens = None if frame.get("max_tokens") is None else int(frame["max_tokens"])
+        json_mode = bool(frame.get("json_mode", False))
+        request = {"model": model, "messages": messages, "temperature": temperature,
+                   "max_tokens": max_tokens, "json_mode": json_mode}
+        first = 0
+        if temperature > 0:  # repeated identical sampling calls get fresh sample indexes
+            first = run.take_indexes(call_key(**request, sample_index=-1), n)
+        keys = [call_key(**request, sample_index=first + i) for i in range(n)]
+        return cls(messages, n, temperature, max_tokens, json_mode, model, keys)
+
+    @property
+    def missing(self) -> list[int]:
+        return [i for i, t in enumerate(self.texts) if t is None]
+
+    def reply_texts(self) -> list[str]:
+        return [_w.clip(t or "", _MAX_REPLY_CHARS) for t in self.texts]
+
+
 class Harness:
     """Owns a warm worker pool, the executor-call cache and the run's spend meter."""
 
@@ -221,7 +266,7 @@ class Harness:
                     frame = _w.recv_frame(w.data, deadline=deadline, max_bytes=limit)
                     op = frame.get("op")
                     if op == "call":
-                        self._calls.submit(self._serve_call, w, run, frame)
+                        self._on_call(w, run, frame)
                     elif op == "result" and result is None:
                         result = frame
                     else:
@@ -262,20 +307,37 @@ class Harness:
 
     # ------------------------------------------------------------ executor calls
 
-    def _serve_call(self, w, run: _ItemRun, frame: dict) -> None:
+    def _on_call(self, w, run: _ItemRun, frame: dict) -> None:
+        """Serve a call from the reader thread when the cache has every sample; otherwise
+        hand it to an executor thread, so the item's deadline keeps ticking meanwhile."""
         try:
-            texts = self._complete(run, frame)
-            reply: dict = {"op": "reply", "id": frame.get("id"), "job": run.job, "texts": texts}
+            call = _Call.parse(frame, self.executor.model_id, run)
+            self._lookup(call)
+        except (KeyError, TypeError, ValueError) as e:
+            self._reply(w, run, frame, {"error": f"bad executor request: {type(e).__name__}: {e}"})
+            return
+        if call.missing:
+            self._calls.submit(self._serve_call, w, run, frame, call)
+        else:
+            self._account(run, Spend(cache_hits=call.n))
+            self._reply(w, run, frame, {"texts": call.reply_texts()})
+
+    def _serve_call(self, w, run: _ItemRun, frame: dict, call: _Call) -> None:
+        try:
+            self._fetch(run, call)
+            reply: dict = {"texts": call.reply_texts()}
         except BudgetExceeded:
             run.budget_hit = True
             reply = {"error": BUDGET_ERROR}
         except BackendError as e:
             reply = {"error": f"BackendError: {e}"}
-        except (KeyError, TypeError, ValueError) as e:
-            reply = {"error": f"bad executor request: {type(e).__name__}: {e}"}
         except Exception as e:  # noqa: BLE001 - an executor bug fails the item, not the run
             log.exception("sandbox: executor call failed")
             reply = {"error": f"executor failed: {type(e).__name__}: {e}"}
+        self._reply(w, run, frame, reply)
+
+    @staticmethod
+    def _reply(w, run: _ItemRun, frame: dict, reply: dict) -> None:
         reply.update(op="reply", id=frame.get("id"), job=run.job)
         with run.lock:
             if run.closed:
@@ -285,73 +347,56 @@ class Harness:
             except OSError:
                 pass  # the child is gone; the reader thread reports why
 
-    def _complete(self, run: _ItemRun, frame: dict) -> list[str]:
-        messages = frame["messages"]
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str)
-            and isinstance(m.get("role"), str) for m in messages
-        ):
-            raise TypeError("`messages` must be a list of {'role': str, 'content': str}")
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-        n, temperature = int(frame["n"]), float(frame["temperature"])
-        max_tokens = frame.get("max_tokens")
-        max_tokens = None if max_tokens is None else int(max_tokens)
-        json_mode = bool(frame.get("json_mode", False))
-        if not 1 <= n <= 64:
-            raise ValueError(f"`n` must be in [1, 64], got {n}")
-        model = self.executor.model_id
-        request = {"model": model, "messages": messages, "temperature": temperature,
-                   "max_tokens": max_tokens, "json_mode": json_mode}
-        first = 0
-        if temperature > 0:  # repeated identical sampling calls get fresh sample indexes
-            first = run.take_indexes(call_key(**request, sample_index=-1), n)
-        keys = [call_key(**request, sample_index=first + i) for i in range(n)]
-        texts: list[str | None] = [None] * n
-        if self.cache is not None:
-            for i, key in enumerate(keys):
+    def _lookup(self, call: _Call) -> None:
+        if self.cache is None:
+            return
+        for i, key in enumerate(call.keys):
+            try:
+                hit = self.cache.get(key)
+            except Exception as e:  # noqa: BLE001 - a broken cache degrades to misses
+                log.warning("sandbox: call cache read failed: %s", e)
+                hit = None
+            if isinstance(hit, dict) and isinstance(hit.get("text"), str):
+                call.texts[i] = hit["text"]
+
+    def _fetch(self, run: _ItemRun, call: _Call) -> None:
+        """Ask the executor for the samples the cache lacks; meter and cache them."""
+        missing = call.missing
+        self._meter.check()
+        kwargs: dict[str, Any] = {"n": len(missing), "temperature": call.temperature,
+                                  "json_mode": call.json_mode}
+        if call.max_tokens is not None:
+            kwargs["max_tokens"] = call.max_tokens
+        comp = self.executor.complete(call.messages, **kwargs)
+        got = list(comp.texts)
+        if len(got) < len(missing):
+            raise BackendError(f"asked for {len(missing)} replies, got {len(got)}",
+                               model=call.model)
+        if comp.cached:  # the backend served it from its own cache: no new spend
+            spend = Spend(cache_hits=call.n)
+        else:
+            cost = self.prices.cost(comp.model or call.model, comp.prompt_tokens,
+                                    comp.completion_tokens)
+            if cost is None and comp.model and comp.model != call.model:
+                cost = self.prices.cost(call.model, comp.prompt_tokens, comp.completion_tokens)
+            spend = Spend(executor_calls=1, prompt_tokens=comp.prompt_tokens,
+                          completion_tokens=comp.completion_tokens, cost_usd=cost,
+                          cache_hits=call.n - len(missing), cache_misses=len(missing))
+        per_sample = comp.completion_tokens // max(1, len(missing))
+        for j, i in enumerate(missing):
+            call.texts[i] = str(got[j])
+            if self.cache is not None:
+                value = {"text": call.texts[i], "model": comp.model or call.model,
+                         "prompt_tokens": comp.prompt_tokens, "completion_tokens": per_sample}
                 try:
-                    hit = self.cache.get(key)
-                except Exception as e:  # noqa: BLE001 - a broken cache degrades to misses
-                    log.warning("sandbox: call cache read failed: %s", e)
-                    hit = None
-                if isinstance(hit, dict) and isinstance(hit.get("text"), str):
-                    texts[i] = hit["text"]
-        missing = [i for i, t in enumerate(texts) if t is None]
-        spend = Spend(cache_hits=n - len(missing), cache_misses=len(missing))
-        if missing:
-            self._meter.check()
-            kwargs: dict[str, Any] = {"n": len(missing), "temperature": temperature,
-                                      "json_mode": json_mode}
-            if max_tokens is not None:
-                kwargs["max_tokens"] = max_tokens
-            comp = self.executor.complete(messages, **kwargs)
-            got = list(comp.texts)
-            if len(got) < len(missing):
-                raise BackendError(f"asked for {len(missing)} replies, got {len(got)}",
-                                   model=model)
-            if comp.cached:  # the backend served it from its own cache: no new spend
-                spend = Spend(cache_hits=n, cache_misses=0)
-            else:
-                cost = self.prices.cost(comp.model or model, comp.prompt_tokens,
-                                        comp.completion_tokens)
-                if cost is None and comp.model and comp.model != model:
-                    cost = self.prices.cost(model, comp.prompt_tokens, comp.completion_tokens)
-                spend = spend + Spend(executor_calls=1, prompt_tokens=comp.prompt_tokens,
-                                      completion_tokens=comp.completion_tokens, cost_usd=cost)
-            per_sample = comp.completion_tokens // max(1, len(missing))
-            for j, i in enumerate(missing):
-                texts[i] = str(got[j])
-                if self.cache is not None:
-                    value = {"text": texts[i], "model": comp.model or model,
-                             "prompt_tokens": comp.prompt_tokens,
-                             "completion_tokens": per_sample}
-                    try:
-                        self.cache.put(keys[i], value)
-                    except Exception as e:  # noqa: BLE001
-                        log.warning("sandbox: call cache write failed: %s", e)
+                    self.cache.put(call.keys[i], value)
+                except Exception as e:  # noqa: BLE001
+                    log.warning("sandbox: call cache write failed: %s", e)
+        self._account(run, spend)
+
+    def _account(self, run: _ItemRun, spend: Spend) -> None:
         self._meter.add(spend)
         run.add(spend)
-        return [_w.clip(t or "", _MAX_REPLY_CHARS) for t in texts]
 
     # ------------------------------------------------------------ totals
 

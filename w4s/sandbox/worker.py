@@ -3,8 +3,9 @@
 Runs as a script (`python -I worker.py CONFIG_JSON`), standard library only, so it starts in
 a scrubbed environment and imports nothing of w4s. The zygote runs only this trusted code:
 it receives a job on its control socket, forks a child, and the child enters the jail
-(cgroup, rlimits, Landlock, uid drop) before it touches untrusted code. Forking per job
-keeps the worker warm (imports are paid once) while no job can leak state into the next.
+(rlimits, Landlock, uid drop; it is born in the zygote's cgroup) before it touches untrusted
+code. Forking per job keeps the worker warm (imports are paid once) while no job can leak
+state into the next.
 
 Jobs (frames are 4-byte big-endian length + UTF-8 JSON, see `send_frame`):
   {"op": "item", ...}     run a workflow's `solver(agent, task)`; the child talks to the
@@ -207,6 +208,12 @@ class Jail:
 
     def __init__(self, cfg: dict) -> None:
         self.cgroup: str | None = cfg.get("cgroup")
+        if self.cgroup:  # join once: children are born in it (a v1 attach costs ~1 ms each)
+            try:
+                with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError:
+                self.cgroup = None
         self.uid: int | None = cfg.get("uid")
         self.landlock = landlock_abi() if cfg.get("landlock", True) else 0
         self.tmp_root = cfg["tmp_root"]
@@ -288,9 +295,6 @@ class Jail:
     def enter(self, workdir: str, *, cpu_s: float, memory_mb: int, fsize_mb: int) -> None:
         """Called in the forked child, before any untrusted code: irreversible."""
         os.setsid()
-        if self.cgroup:
-            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
         os.chdir(workdir)
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
         cpu = max(1, int(cpu_s + 1))
@@ -522,6 +526,9 @@ def jail_cleanup(jail: Jail) -> None:
                     pids = [int(p) for p in f.read().split()]
             except OSError:
                 break
+            if not pids:
+                break
+            pids = [p for p in pids if p != os.getpid()]
             if not pids:
                 break
             for p in pids:

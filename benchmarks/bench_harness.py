@@ -1,0 +1,202 @@
+"""Harness throughput against a real HTTP executor with a fixed latency, on loopback only.
+
+A tiny OpenAI-compatible server (a subprocess of this script) answers
+/v1/chat/completions after `--latency` seconds; the executor is the project's
+`OpenAICompatChatModel` (the `openai` client). Each workflow makes 3 sequential calls.
+
+Targets: 128 items at concurrency 32 within 1.1x of ceil(128/32) * 3 * latency;
+m=3 candidates concurrently within 1.3x of one (when together they fit the concurrency);
+a cached rerun makes 0 executor calls and is at least 10x faster.
+Run: .venv/bin/python benchmarks/bench_harness.py [--items 128 --concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+WORKFLOW = '''
+def solver(agent, task):
+    a = agent.llm("{tag} step 1: " + task)
+    b = agent.llm("{tag} step 2: " + a)
+    c = agent.llm("{tag} step 3: " + b)
+    return {{"answer": c}}
+'''
+
+
+# ------------------------------------------------------------------ the fake endpoint
+
+
+def serve(port_file: str, latency: float) -> None:
+    """Answer chat completions after `latency` s; GET /stats returns the request count."""
+    count = [0]
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._send({"requests": count[0]})
+
+        def do_POST(self) -> None:  # noqa: N802
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:
+                count[0] += 1
+            time.sleep(latency)
+            last = req["messages"][-1]["content"]
+            n = int(req.get("n", 1))
+            text = "r" + hashlib.sha256(last.encode()).hexdigest()[:12]
+            self._send({
+                "id": "bench", "object": "chat.completion", "created": 0,
+                "model": req["model"],
+                "choices": [{"index": i, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}
+                            for i in range(n)],
+                "usage": {"prompt_tokens": len(last.split()), "completion_tokens": n,
+                          "total_tokens": len(last.split()) + n},
+            })
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.request_queue_size = 256
+    Path(port_file).write_text(str(server.server_address[1]))
+    server.serve_forever()
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen, int]:
+    port_file = Path(tempfile.mkdtemp()) / "port"
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port_file),
+                             "--latency", str(latency)])
+    for _ in range(200):
+        if port_file.exists() and port_file.read_text():
+            return proc, int(port_file.read_text())
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the benchmark server did not start")
+
+
+def server_requests(port: int) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as r:
+        return json.loads(r.read())["requests"]
+
+
+# ------------------------------------------------------------------ the measurements
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.latency)
+        return
+
+    from models.openai_compat import OpenAICompatChatModel
+    from w4s.benchmarks.base import Benchmark, Item
+    from w4s.cost import PriceTable
+    from w4s.sandbox import Harness, MemoryCallCache, SandboxSettings
+
+    class Everything(Benchmark):
+        name = "bench"
+
+        def load(self) -> list[Item]:
+            return []
+
+        def score(self, item: Item, answer: Any) -> float:
+            return 1.0 if str(answer).startswith("r") else 0.0
+
+        def seed_workflows(self) -> dict[str, str]:
+            return {}
+
+    proc, port = start_server(args.latency)
+    try:
+        executor = OpenAICompatChatModel(model="bench-model", base_url=f"http://127.0.0.1:{port}/v1",
+                                         api_key="sk-bench-not-a-key", max_retries=0)
+        bench = Everything()
+        items = [Item(id=f"i{k}", question=f"question {k}", gold=None) for k in range(args.items)]
+        settings = SandboxSettings(concurrency=args.concurrency, item_timeout_s=60)
+        prices = PriceTable({"bench-model": (0.15, 0.60)})
+        lat, c = args.latency, args.concurrency
+        with Harness(executor, settings=settings, prices=prices) as h:
+            h.evaluate(WORKFLOW.format(tag="warm"), items[:c], bench)  # start the workers
+
+            t = time.perf_counter()
+            r = h.evaluate(WORKFLOW.format(tag="one"), items, bench)
+            t_one = time.perf_counter() - t
+            ideal = math.ceil(len(items) / c) * 3 * lat
+            assert r.accuracy == 1.0, r.failures[:1]
+            print(f"{len(items)} items x 3 calls, concurrency {c}, latency {lat}s: "
+                  f"{t_one:.2f}s vs ideal {ideal:.2f}s = {t_one / ideal:.3f}x (target <= 1.1) "
+                  f"{'OK' if t_one / ideal <= 1.1 else 'MISS'}")
+
+            small = items[: c // 3]
+            t = time.perf_counter()
+            h.evaluate(WORKFLOW.format(tag="m1"), small, bench)
+            t1 = time.perf_counter() - t
+            t = time.perf_counter()
+            rs = h.evaluate_many([WORKFLOW.format(tag=f"m3-{k}") for k in range(3)], small, bench)
+            t3 = time.perf_counter() - t
+            assert all(x.accuracy == 1.0 for x in rs)
+            print(f"m=3 candidates x {len(small)} items concurrently: {t3:.2f}s vs one "
+                  f"{t1:.2f}s = {t3 / t1:.2f}x (target <= 1.3) "
+                  f"{'OK' if t3 / t1 <= 1.3 else 'MISS'}")
+            t = time.perf_counter()
+            h.evaluate_many([WORKFLOW.format(tag=f"m3-full-{k}") for k in range(3)], items, bench)
+            t3_full = time.perf_counter() - t
+            print(f"m=3 candidates x {len(items)} items (saturated, shared concurrency): "
+                  f"{t3_full:.2f}s = {t3_full / t_one:.2f}x one (3x expected: budget shared)")
+
+        with tempfile.TemporaryDirectory() as tmp:
+            from storage.call_cache import SQLiteCallCache
+
+            for label, cache in (("memory", MemoryCallCache()),
+                                 ("sqlite", SQLiteCallCache(Path(tmp) / "calls.sqlite"))):
+                with Harness(executor, settings=settings, cache=cache, prices=prices) as h:
+                    h.evaluate(WORKFLOW.format(tag=f"warm-{label}"), items[:c], bench)
+                    t = time.perf_counter()
+                    first = h.evaluate(WORKFLOW.format(tag=f"cache-{label}"), items, bench)
+                    t_first = time.perf_counter() - t
+                    before = server_requests(port)
+                    t = time.perf_counter()
+                    again = h.evaluate(WORKFLOW.format(tag=f"cache-{label}"), items, bench)
+                    t_again = time.perf_counter() - t
+                    new_requests = server_requests(port) - before
+                assert [o.answer for o in first.outcomes] == [o.answer for o in again.outcomes]
+                ok = new_requests == 0 and again.executor_calls == 0 and t_first / t_again >= 10
+                print(f"cached rerun ({label}): {t_again:.3f}s vs {t_first:.2f}s = "
+                      f"{t_first / t_again:.1f}x faster (target >= 10), {new_requests} new "
+                      f"requests, {again.cache_hits} hits, {again.cache_misses} misses "
+                      f"{'OK' if ok else 'MISS'}")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    main()
