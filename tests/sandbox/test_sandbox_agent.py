@@ -129,3 +129,33 @@ def test_non_json_answers_arrive_as_text(quick_harness, make_bench):
     code = "def solver(agent, task):\n    return {'answer': 7}\n"
     _, raw = answer_of(quick_harness, make_bench, code)
     assert raw == 7 and json.dumps(raw) == "7"
+
+
+def test_flooding_executor_calls_is_capped(fake_cls, make_bench):
+    from w4s.sandbox import Harness
+    from w4s.sandbox.harness import MAX_CALLS_IN_FLIGHT
+
+    code = f"""
+import threading
+def solver(agent, task):
+    out = []
+    def call(i):
+        try:
+            agent.llm(f"ECHO: {{i}}")
+            out.append("ok")
+        except Exception as e:
+            out.append(type(e).__name__ + ": " + str(e))
+    threads = [threading.Thread(target=call, args=(i,)) for i in range({MAX_CALLS_IN_FLIGHT + 6})]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {{"answer": sorted(set(out))}}
+"""
+    bench = make_bench(1)
+    with Harness(fake_cls(latency_s=1.0)) as h:
+        out = h.evaluate(code, bench.load(), bench).outcomes[0]
+    assert out.error is None, out.error
+    assert bench.scored[-1] == [
+        "ExecutorError: too many executor calls in flight (limit 64 per item)", "ok"]
+    assert out.executor_calls <= MAX_CALLS_IN_FLIGHT

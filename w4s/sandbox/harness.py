@@ -34,6 +34,7 @@ log = logging.getLogger("w4s.sandbox")
 
 BUDGET_ERROR = "budget exceeded"
 _MAX_REPLY_CHARS = 200_000  # per executor text handed back to a workflow
+MAX_CALLS_IN_FLIGHT = 64  # per item: a workflow flooding requests gets errors, not threads
 
 
 class _ItemRun:
@@ -44,6 +45,7 @@ class _ItemRun:
         self.lock = threading.Lock()
         self.closed = False  # no replies may be sent once the job is over
         self.budget_hit = False
+        self.in_flight = 0  # executor calls being served for this item
         self.spend = Spend()
         self._next_index: dict[str, int] = {}
 
@@ -129,9 +131,9 @@ class Harness:
         self._meter = Meter(budget_usd=budget_usd, budget_tokens=budget_tokens)
         self._pool = WorkerPool(settings.concurrency)
         self._items = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="w4s-item")
-        self._calls = ThreadPoolExecutor(
-            min(256, max(16, 4 * settings.concurrency)), thread_name_prefix="w4s-call"
-        )
+        # threads start on demand; many, because an abandoned (timed-out) call holds one
+        # until the backend's own timeout ends it
+        self._calls = ThreadPoolExecutor(256, thread_name_prefix="w4s-call")
         self._jobs = itertools.count(1)
         self._closed = False
 
@@ -233,7 +235,6 @@ class Harness:
             "limit": st.max_output_chars, "code_timeout_s": st.code_timeout_s,
             "memory_mb": st.memory_mb, "cpu_s": st.item_timeout_s,
         }
-        deadline = time.monotonic() + st.item_timeout_s
         for attempt in range(2):  # a worker found dead before the job starts is replaced once
             try:
                 with self._pool.worker() as w:
@@ -242,6 +243,8 @@ class Harness:
                     except OSError as e:
                         w.kill()
                         raise WorkerDied(str(e)) from e
+                    # the clock starts once a warm worker has the job, not while one starts
+                    deadline = time.monotonic() + st.item_timeout_s
                     try:
                         return self._converse(w, run, deadline)
                     finally:
@@ -254,7 +257,7 @@ class Harness:
 
     def _converse(self, w, run: _ItemRun, deadline: float) -> tuple[Any, str | None, str | None]:
         """Serve the child's executor calls until the zygote reports it finished."""
-        limit = 4 * self.settings.max_output_chars + 65_536
+        limit = _w.MAX_FRAME  # prompts may be long; answers are clipped by the child
         result: dict | None = None
         try:
             while True:
@@ -317,6 +320,13 @@ class Harness:
             self._reply(w, run, frame, {"error": f"bad executor request: {type(e).__name__}: {e}"})
             return
         if call.missing:
+            with run.lock:
+                busy = run.in_flight >= MAX_CALLS_IN_FLIGHT
+                run.in_flight += 0 if busy else 1
+            if busy:
+                self._reply(w, run, frame, {"error": "too many executor calls in flight "
+                                                     f"(limit {MAX_CALLS_IN_FLIGHT} per item)"})
+                return
             self._calls.submit(self._serve_call, w, run, frame, call)
         else:
             self._account(run, Spend(cache_hits=call.n))
@@ -334,6 +344,9 @@ class Harness:
         except Exception as e:  # noqa: BLE001 - an executor bug fails the item, not the run
             log.exception("sandbox: executor call failed")
             reply = {"error": f"executor failed: {type(e).__name__}: {e}"}
+        finally:
+            with run.lock:
+                run.in_flight -= 1
         self._reply(w, run, frame, reply)
 
     @staticmethod

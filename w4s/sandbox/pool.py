@@ -41,6 +41,7 @@ _UNSHARE_LEVELS = (
     ("net+mount", ["--net", "--mount"]),
     ("net", ["--net"]),
 )
+_USERNS = ["--user", "--map-root-user"]  # lets a non-root user create the others, if enabled
 
 
 def worker_env() -> dict[str, str]:
@@ -68,8 +69,11 @@ def detect_isolation() -> dict:
     unshare = shutil.which("unshare") if sys.platform.startswith("linux") else None
     if unshare:
         for name, flags in _UNSHARE_LEVELS:
+            flags = flags if root else [*_USERNS, *flags]
             if _probe([unshare, *flags, "--", "true"]):
                 namespaces, prefix = name, [unshare, *flags, "--"]
+                if not root:
+                    namespaces = "user+" + name
                 break
     cgroup = None
     if root and CGROUP_PIDS_ROOT.is_dir() and os.access(CGROUP_PIDS_ROOT, os.W_OK):
@@ -89,6 +93,7 @@ def detect_isolation() -> dict:
         except (ImportError, KeyError):
             uid = NOBODY_UID
     return {
+        "host_root": root,
         "namespaces": namespaces,
         "unshare_prefix": prefix,
         "cgroup_base": cgroup,
@@ -111,7 +116,7 @@ def level_of(report: dict) -> str:
     ns = report.get("namespaces", "none")
     confined_fs = report.get("landlock_abi", 0) > 0 or report.get("private_tmp", False)
     capped = report.get("cgroup_pids", False) or report.get("pid_namespace", False)
-    if ns == "net+mount+pid" and confined_fs and report.get("uid_drop") and capped:
+    if ns.endswith("net+mount+pid") and confined_fs and report.get("uid_drop") and capped:
         return "strong"
     if ns != "none" or confined_fs or report.get("uid_drop"):
         return "partial"
@@ -151,6 +156,7 @@ class Worker:
                 "ctrl_fd": ctrl_child.fileno(), "data_fd": data_child.fileno(),
                 "cgroup": self.cgroup, "uid": iso["uid"], "mount_tmp": mount_tmp,
                 "tmp_root": self.tmp_root or "/tmp/w4s", "landlock": True,
+                "host_root": iso["host_root"],
             }
             cmd = [*iso["unshare_prefix"], sys.executable, "-s", "-B", WORKER_SCRIPT,
                    json.dumps(cfg)]
@@ -311,7 +317,7 @@ def isolation_report() -> dict:
         report = dict(w.isolation)
     report["level"] = level_of(report)
     report["rlimits"] = ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE"] + (
-        [] if report.get("cgroup_pids") or not report.get("uid_drop") else ["RLIMIT_NPROC"]
+        [] if report.get("cgroup_pids") or detect_isolation()["host_root"] else ["RLIMIT_NPROC"]
     )
     report["env"] = "allowlist: " + ", ".join(sorted(worker_env()))
     report.pop("pid_in_namespace", None)

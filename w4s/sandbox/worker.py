@@ -229,6 +229,8 @@ class Jail:
             self.unreadable = sorted(_hidden_ancestors(_import_dirs()))
         if self.unreadable:  # the dropped uid could not import the standard library
             self.uid = None
+        # jobs that keep host root are not bound by RLIMIT_NPROC; everyone else is
+        self.host_root = bool(cfg.get("host_root")) and self.uid is None
         os.makedirs(self.tmp_root, mode=0o711, exist_ok=True)
         self._seq = itertools.count()
 
@@ -306,8 +308,8 @@ class Jail:
         ]
         if memory_mb > 0 and hasattr(resource, "RLIMIT_AS"):
             limits.append((resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20)))
-        if hasattr(resource, "RLIMIT_NPROC") and self.cgroup is None and (self.uid or os.getuid()):
-            limits.append((resource.RLIMIT_NPROC, (256, 256)))  # binds only non-root uids
+        if hasattr(resource, "RLIMIT_NPROC") and self.cgroup is None and not self.host_root:
+            limits.append((resource.RLIMIT_NPROC, (256, 256)))  # never binds host root
         for which, value in limits:
             try:
                 resource.setrlimit(which, value)
