@@ -276,6 +276,10 @@ class Harness:
                         raise _w.ProtocolError(f"unexpected frame {op!r} from the solver")
                 elif w.ctrl in ready:
                     done = _w.recv_frame(w.ctrl, deadline=deadline)
+                    if done.get("op") == "started":
+                        w.job_pid = done.get("pid")
+                        continue
+                    w.job_pid = None
                     if result is None:  # the result may still sit in the data socket
                         result = self._drain_result(w, limit)
                     break

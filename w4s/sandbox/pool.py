@@ -135,6 +135,8 @@ class Worker:
     def __init__(self) -> None:
         iso = detect_isolation()
         self.seq = next(Worker._seq)
+        self.isolation: dict = {}
+        self.job_pid: int | None = None  # the running item's session, in the zygote's view
         self.cgroup: str | None = None
         self.tmp_root: str | None = None
         ctrl_parent, ctrl_child = socket.socketpair()
@@ -155,7 +157,7 @@ class Worker:
             cfg = {
                 "ctrl_fd": ctrl_child.fileno(), "data_fd": data_child.fileno(),
                 "cgroup": self.cgroup, "uid": iso["uid"], "mount_tmp": mount_tmp,
-                "tmp_root": self.tmp_root or "/tmp/w4s", "landlock": True,
+                "tmp_root": self.tmp_root or "/tmp/w4s", "landlock": iso["landlock_abi"] > 0,
                 "host_root": iso["host_root"],
             }
             cmd = [*iso["unshare_prefix"], sys.executable, "-s", "-B", WORKER_SCRIPT,
@@ -179,7 +181,6 @@ class Worker:
         # object (shared fd), so their timeout never fights the reader's
         self.data_out = socket.socket(fileno=os.dup(data_parent.fileno()))
         self.data_out.settimeout(10.0)
-        self.send_lock = threading.Lock()
         self.alive = True
         try:
             hello = _w.recv_frame(self.ctrl, deadline=time.monotonic() + START_TIMEOUT_S)
@@ -199,6 +200,10 @@ class Worker:
         self.alive = False
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.job_pid and not self.isolation.get("pid_namespace"):
+            # without a PID namespace the job's own session outlives the zygote
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.job_pid, signal.SIGKILL)
         self._kill_cgroup()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)

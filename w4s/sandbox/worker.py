@@ -471,7 +471,7 @@ def run_program(
     status, timed_out = wait_child(pid, timeout_s)
     seconds = time.monotonic() - start
     if jail is not None:
-        jail_cleanup(jail)
+        jail_cleanup(jail, pid)
     stdout = _read_capped(out_path, limit)
     record = None
     if not timed_out:
@@ -514,8 +514,10 @@ def _nested_dir() -> str:
     return path
 
 
-def jail_cleanup(jail: Jail) -> None:
+def jail_cleanup(jail: Jail, pgid: int | None = None) -> None:
     """Kill whatever a finished job left running (daemonized or forked descendants)."""
+    if pgid is not None:
+        kill_group(pgid)
     if os.getpid() == 1:  # init of our own PID namespace: everyone else is a job leftover
         try:
             os.kill(-1, signal.SIGKILL)
@@ -807,8 +809,10 @@ def serve(ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
             pid = os.fork()
             if pid == 0:
                 _item_child(ctrl, data, jail, job, workdir)
+            # the job's session id, so a parent without our PID namespace can kill it
+            send_frame(ctrl, {"op": "started", "job": job["job"], "pid": pid})
             status, _ = wait_child(pid, None)
-            jail_cleanup(jail)
+            jail_cleanup(jail, pid)
             shutil.rmtree(workdir, ignore_errors=True)
             reply = {"op": "done", "job": job["job"], "status": status,
                      "exit": None if status is None else describe_exit(status)}
