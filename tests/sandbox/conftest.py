@@ -123,8 +123,8 @@ def make_bench():
 
 @pytest.fixture(scope="module")
 def quick_harness():
-    """A 2-second item timeout, shared by a module."""
-    settings = SandboxSettings(item_timeout_s=2.0, code_timeout_s=1.0, concurrency=2)
+    """A 4-second item timeout (room for a 1-second nested code timeout under load)."""
+    settings = SandboxSettings(item_timeout_s=4.0, code_timeout_s=1.0, concurrency=2)
     h = Harness(FakeExecutor(), settings=settings, cache=MemoryCallCache())
     yield h
     h.close()

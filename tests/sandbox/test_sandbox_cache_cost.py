@@ -204,3 +204,13 @@ def test_failures_property(make_bench, fake_cls):
     with Harness(fake_cls()) as h:
         result = h.evaluate(code, bench.load(), bench)
     assert [o.item_id for o in result.failures] == ["q0"]
+
+
+def test_random_is_seeded_per_item_so_reruns_agree(make_bench, fake_cls):
+    bench = make_bench(4)
+    code = ("import random\ndef solver(agent, task):\n"
+            "    return {'answer': agent.llm('ECHO: ' + str(random.random()))}\n")
+    with Harness(fake_cls(), settings=SandboxSettings(concurrency=4)) as h:
+        first = [o.answer for o in h.evaluate(code, bench.load(), bench).outcomes]
+        again = [o.answer for o in h.evaluate(code, bench.load(), bench).outcomes]
+    assert first == again and len(set(first)) == 4  # same per item, different across items

@@ -141,11 +141,11 @@ def _landlock_fs_rights(abi: int) -> int:
     return rights
 
 
-def landlock_confine_writes(abi: int, writable_dir: str) -> None:
-    """Allow file writes only beneath `writable_dir` (and to /dev/null); reads stay open.
-
-    From ABI 4 also deny TCP bind/connect, from ABI 6 signals and abstract unix sockets
-    that leave this domain (so the workflow cannot signal the parent).
+def landlock_ruleset(abi: int, writable_dir: str) -> int:
+    """A ruleset fd allowing file writes only beneath `writable_dir` (and to /dev/null);
+    reads stay open. From ABI 4 it also denies TCP bind/connect, from ABI 6 signals and
+    abstract unix sockets that leave the domain (so a workflow cannot signal the parent).
+    Built once per worker; each job only enforces it (`landlock_restrict`).
     """
     libc = _get_libc()
     fs = _landlock_fs_rights(abi)
@@ -169,12 +169,20 @@ def landlock_confine_writes(abi: int, writable_dir: str) -> None:
                     raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
             finally:
                 os.close(pfd)
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS) failed")
-        if libc.syscall(_SYS_RESTRICT, fd, 0) != 0:
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def landlock_restrict(ruleset_fd: int) -> None:
+    """Enforce the ruleset on this process and its future children: irreversible."""
+    libc = _get_libc()
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS) failed")
+    if libc.syscall(_SYS_RESTRICT, ruleset_fd, 0) != 0:
+        raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    os.close(ruleset_fd)
 
 
 # ---------------------------------------------------------------- the jail
@@ -232,6 +240,12 @@ class Jail:
         # jobs that keep host root are not bound by RLIMIT_NPROC; everyone else is
         self.host_root = bool(cfg.get("host_root")) and self.uid is None
         os.makedirs(self.tmp_root, mode=0o711, exist_ok=True)
+        self.ruleset: int | None = None  # writes confined to tmp_root (job dirs live there)
+        if self.landlock:
+            try:
+                self.ruleset = landlock_ruleset(self.landlock, self.tmp_root)
+            except OSError:
+                self.landlock = 0
         self._seq = itertools.count()
 
     @staticmethod
@@ -316,8 +330,8 @@ class Jail:
             except (ValueError, OSError):
                 pass  # e.g. macOS rejects RLIMIT_AS; the wall clock still holds
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail, not kill
-        if self.landlock:
-            landlock_confine_writes(self.landlock, workdir)
+        if self.ruleset is not None:
+            landlock_restrict(self.ruleset)
         if self.uid is not None:
             os.setgroups([])
             os.setgid(self.uid)
@@ -414,6 +428,7 @@ def _one_line_error(exc: BaseException) -> str:
 def run_source_in_child(source: str, filename: str, want_solution: bool) -> dict:
     """Exec `source` as __main__ (runs in the jailed child). Returns the result record."""
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    seed_random(source)
     glb: dict = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         exec(compile(source, filename, "exec"), glb)  # noqa: S102 - inside the jail
@@ -737,10 +752,19 @@ def _strip_fences(code: str) -> str:
     return body.strip("\n")
 
 
+def seed_random(*parts: str) -> None:
+    """Seed `random` from the job's content: reruns, and any worker, draw the same numbers."""
+    import hashlib
+    import random
+
+    random.seed(hashlib.sha256("\0".join(parts).encode()).digest())
+
+
 def run_item(sock: socket.socket, job: dict) -> dict:
     """Child side of an item: exec the workflow, call its solver, shape the result."""
     limit = int(job["limit"])
     code = job["code"]
+    seed_random(code, job["task"])
     linecache.cache[WORKFLOW_FILE] = (len(code), None, code.splitlines(True), WORKFLOW_FILE)
     agent = Agent(_Channel(sock, job["job"]), code_timeout_s=float(job["code_timeout_s"]),
                   memory_mb=int(job["memory_mb"]), limit=limit)
