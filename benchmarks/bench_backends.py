@@ -78,13 +78,24 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=3, help="sequential requests timed")
     parser.add_argument("--skip-llamacpp", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="compute threads of both backends (default: all cpus); 1 wins on a busy machine",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(f"# {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"# {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}, {args}", flush=True)
 
     def load_transformers() -> ChatModel:
+        import torch
+
         from models.embedded import load_embedded_chat_model
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
 
         return load_embedded_chat_model(max_new_tokens=args.max_tokens)
 
@@ -95,7 +106,10 @@ def main() -> None:
 
         def load_llamacpp() -> ChatModel:
             return LlamaCppChatModel(
-                embedded_gguf_path(), model_id=EMBEDDED_MODEL_ID, max_new_tokens=args.max_tokens
+                embedded_gguf_path(),
+                model_id=EMBEDDED_MODEL_ID,
+                max_new_tokens=args.max_tokens,
+                n_threads=args.threads,
             )
 
         rows.append(_measure("llamacpp", load_llamacpp, args))
