@@ -264,7 +264,7 @@ class Harness:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError
-                ready, _, _ = select.select([w.data, w.ctrl], [], [], left)
+                ready = _readable(w.data, w.ctrl, timeout=left)
                 if w.data in ready:
                     frame = _w.recv_frame(w.data, deadline=deadline, max_bytes=limit)
                     op = frame.get("op")
@@ -306,7 +306,7 @@ class Harness:
 
     @staticmethod
     def _drain_result(w, limit: int) -> dict | None:
-        while select.select([w.data], [], [], 0)[0]:
+        while _readable(w.data, timeout=0):
             frame = _w.recv_frame(w.data, deadline=time.monotonic() + 1.0, max_bytes=limit)
             if frame.get("op") == "result":
                 return frame
@@ -431,6 +431,15 @@ class Harness:
             cache_hits=total.cache_hits, cache_misses=total.cache_misses,
             budget_exceeded=budget,
         )
+
+
+def _readable(*socks, timeout: float) -> list:
+    """The sockets ready to read; poll(), unlike select(), takes fds above 1024."""
+    poller = select.poll()
+    for s in socks:
+        poller.register(s, select.POLLIN | select.POLLHUP | select.POLLERR)
+    ready = {fd for fd, _ in poller.poll(max(0, math.ceil(timeout * 1000)))}
+    return [s for s in socks if s.fileno() in ready]
 
 
 def _failed(item_id: str, error: str, seconds: float) -> ItemOutcome:

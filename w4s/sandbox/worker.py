@@ -379,7 +379,9 @@ def wait_child(pid: int, timeout_s: float | None) -> tuple[int | None, bool]:
                 os.waitpid(pid, 0)
                 return None, True
             if pidfd >= 0:
-                select.select([pidfd], [], [], left)
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                poller.poll(None if left is None else max(1, int(left * 1000)))
             else:
                 time.sleep(delay if left is None else min(delay, left))
                 delay = min(delay * 2, 0.02)
