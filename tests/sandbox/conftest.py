@@ -108,7 +108,7 @@ def bench() -> ExactBench:
 @pytest.fixture(scope="module")
 def hostile_harness():
     """Short timeouts; shared by a module so workers stay warm between tests."""
-    settings = SandboxSettings(item_timeout_s=3.0, code_timeout_s=1.0, concurrency=2,
+    settings = SandboxSettings(item_timeout_s=5.0, code_timeout_s=1.0, concurrency=2,
                                memory_mb=1024)
     h = Harness(FakeExecutor(hang_s=60.0), settings=settings, cache=MemoryCallCache())
     yield h

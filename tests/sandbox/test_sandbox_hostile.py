@@ -44,17 +44,17 @@ def _benches(make_bench):
 def test_infinite_loop_times_out(hostile_harness):
     start = time.monotonic()
     out = run_one(hostile_harness, "def solver(agent, task):\n    while True:\n        pass\n")
-    assert out.error == "timeout after 3s"
+    assert out.error == "timeout after 5s"
     assert out.score == 0.0 and out.answer is None
-    assert time.monotonic() - start < 8
+    assert time.monotonic() - start < 12
     assert_still_works(hostile_harness)
 
 
 def test_hang_inside_executor_call_times_out(hostile_harness):
     start = time.monotonic()
     out = run_one(hostile_harness, HANG)
-    assert out.error == "timeout after 3s"
-    assert time.monotonic() - start < 8, "the item timeout must fire while the call is served"
+    assert out.error == "timeout after 5s"
+    assert time.monotonic() - start < 12, "the item timeout must fire while the call is served"
     assert_still_works(hostile_harness)
 
 
@@ -70,7 +70,7 @@ def test_fork_bomb_is_capped_and_cleaned_up(hostile_harness, iso):
     )
     start = time.monotonic()
     out = run_one(hostile_harness, code)
-    assert out.error == "timeout after 3s"
+    assert out.error == "timeout after 5s"
     assert time.monotonic() - start < 15
     if iso["cgroup_pids"]:  # only the (root) zygotes may remain in our workers' cgroups
         leftovers = [
@@ -284,5 +284,5 @@ def test_hostile_outcomes_do_not_affect_neighbours(hostile_harness, make_bench):
     ]
     crashed, looped, good = hostile_harness.evaluate_many(codes, bench.load(), bench)
     assert all(o.error and "exited with code 1" in o.error for o in crashed.outcomes)
-    assert all(o.error == "timeout after 3s" for o in looped.outcomes)
+    assert all(o.error == "timeout after 5s" for o in looped.outcomes)
     assert good.accuracy == 1.0

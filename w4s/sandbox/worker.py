@@ -427,7 +427,7 @@ def _one_line_error(exc: BaseException) -> str:
 # ---------------------------------------------------------------- running a program
 
 
-def run_source_in_child(source: str, filename: str, want_solution: bool) -> dict:
+def run_source_in_child(source: str, filename: str, want_solution: bool, limit: int) -> dict:
     """Exec `source` as __main__ (runs in the jailed child). Returns the result record."""
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     seed_random(source)
@@ -444,7 +444,8 @@ def run_source_in_child(source: str, filename: str, want_solution: bool) -> dict
         return {"ok": False, "error": f"SystemExit: program exited with code {e.code!r}",
                 "line": f"Error: SystemExit: {e.code!r}"}
     except BaseException as e:  # noqa: BLE001 - every failure becomes a result
-        return {"ok": False, "error": _error_text(e, 20_000), "line": _one_line_error(e)}
+        line = clip(_one_line_error(e), limit)
+        return {"ok": False, "error": _error_text(e, limit), "line": line}
 
 
 def run_program(
@@ -476,7 +477,7 @@ def run_program(
                 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
                 os.chdir(workdir)
             _redirect_stdio(out_path)
-            record = run_source_in_child(source, PROGRAM_FILE, want_solution)
+            record = run_source_in_child(source, PROGRAM_FILE, want_solution, limit)
             if record.get("result") is not None:
                 record["result"] = clip(record["result"], limit)
             sys.stdout.flush()
@@ -805,8 +806,13 @@ def _item_child(ctrl: socket.socket, sock: socket.socket, jail: Jail, job: dict,
     code = 1
     try:
         ctrl.close()
-        jail.enter(workdir, cpu_s=float(job["cpu_s"]), memory_mb=int(job["memory_mb"]),
-                   fsize_mb=16)
+        try:
+            jail.enter(workdir, cpu_s=float(job["cpu_s"]), memory_mb=int(job["memory_mb"]),
+                       fsize_mb=16)
+        except OSError as e:
+            send_frame(sock, {"op": "result", "job": job["job"],
+                              "error": f"sandbox setup failed: {type(e).__name__}: {e}"})
+            return
         _redirect_stdio(None)
         me = os.getpid()
         record = run_item(sock, job)
