@@ -81,13 +81,19 @@ class LlamaCppChatModel:
         self._pool = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="llamacpp-n")
 
     @classmethod
-    def from_config(cls, cfg: BackendConfig, *, field_prefix: str = "") -> LlamaCppChatModel:
-        """`model` is a GGUF path, a folder with `gguf_file`, or "smollm2-135m-instruct"."""
+    def from_config(
+        cls, cfg: BackendConfig, *, field_prefix: str = "", **options: Any
+    ) -> LlamaCppChatModel:
+        """`model` is a GGUF path, a folder with `gguf_file`, or "smollm2-135m-instruct";
+        `options` go to the constructor (n_parallel, n_ctx, n_threads)."""
         from models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path
 
         if cfg.model == EMBEDDED_MODEL_ID:
             return cls(
-                embedded_gguf_path(), model_id=EMBEDDED_MODEL_ID, max_new_tokens=cfg.max_new_tokens
+                embedded_gguf_path(),
+                model_id=EMBEDDED_MODEL_ID,
+                max_new_tokens=cfg.max_new_tokens,
+                **options,
             )
         path = Path(cfg.model or "").expanduser()
         if cfg.gguf_file:
@@ -95,7 +101,7 @@ class LlamaCppChatModel:
         if not path.is_file():
             field = "gguf_file" if cfg.gguf_file else "model"
             raise ConfigError(f"`{field_prefix}{field}`: GGUF file {str(path)!r} does not exist")
-        return cls(path, max_new_tokens=cfg.max_new_tokens)
+        return cls(path, max_new_tokens=cfg.max_new_tokens, **options)
 
     def complete(
         self,

@@ -25,7 +25,7 @@ def model():
     from models.llamacpp import LlamaCppChatModel
 
     cfg = BackendConfig(kind="llamacpp", model="smollm2-135m-instruct", max_new_tokens=48)
-    m = LlamaCppChatModel.from_config(cfg)
+    m = LlamaCppChatModel.from_config(cfg, n_threads=1)  # robust on a busy 2-core CI box
     yield m
     m.close()
 
@@ -89,3 +89,19 @@ def test_unseeded_samples_run_together(model) -> None:
     out = model.complete(story, n=4, temperature=1.0, max_tokens=10)
     assert len(out.texts) == 4 and len(set(out.texts)) > 1
     assert 4 <= out.completion_tokens <= 40
+
+
+def test_openai_backend_talks_to_a_real_llamacpp_server(model) -> None:
+    from models.openai_compat import OpenAICompatChatModel
+
+    client = OpenAICompatChatModel(
+        model="smollm2",
+        base_url=f"{model._server.listening_address}/v1",
+        api_key="EMPTY",
+        max_retries=0,
+        timeout_s=60,
+    )
+    out = client.complete(ASK, n=2, temperature=0.7, max_tokens=16, seed=1)
+    assert len(out.texts) == 2 and all(out.texts)
+    assert out.prompt_tokens > 5 and out.completion_tokens > 0
+    assert out.extra["finish_reasons"][0] in ("stop", "length")
