@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,6 @@ class _Request:
     texts: tuple[str, ...] = ()
     completion_tokens: int = 0
     error: BaseException | None = None
-    row_seeds: list[int] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
