@@ -12,12 +12,18 @@ import yaml
 
 from w4s.errors import W4SError
 
+# The meta-agent runs on transformers (the model RLAO will fit); the executor on llama.cpp,
+# which serves the same GGUF several times faster on CPU (README, benchmarks/bench_backends.py).
+_EMBEDDED_EXECUTOR = {"kind": "llamacpp", "model": "smollm2-135m-instruct"}
 DEMO = {
     "arithmetic": {"benchmark": "arithmetic", "seed_workflow": "direct", "val_size": 10,
-                   "test_size": 20, "iterations": 2, "candidates": 3},
+                   "test_size": 20, "iterations": 2, "candidates": 3,
+                   "meta_agent": {"kind": "embedded", "max_new_tokens": 256},
+                   "executor": {**_EMBEDDED_EXECUTOR, "max_new_tokens": 64}},
     "humaneval": {"benchmark": "humaneval", "seed_workflow": "generate", "val_size": 5,
                   "test_size": 10, "iterations": 1, "candidates": 3,
-                  "executor": {"max_new_tokens": 256}},
+                  "meta_agent": {"kind": "embedded", "max_new_tokens": 256},
+                  "executor": {**_EMBEDDED_EXECUTOR, "max_new_tokens": 256}},
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -110,19 +109,22 @@ def build_messages(
     best_before: float | None = None,
 ) -> list[Message]:
     """The state as a conversation: system + one user message with the W4S sections."""
-    entries = []
+    blocks = []
     for i, h in enumerate(history):
-        entry = {"iteration": h.iteration, "valid_acc": round(h.accuracy, 2), "code": h.code}
-        if i == len(history) - 1:
-            entry["eval_feedback"] = format_feedback(h.accuracy, h.failures)
-        entries.append(entry)
+        latest = i == len(history) - 1
+        title = "Latest workflow" if latest else "Workflow"
+        block = (f"## {title} (iteration {h.iteration}, validation accuracy {h.accuracy:.2f})\n"
+                 f"```python\n{h.code.rstrip()}\n```")
+        if latest:
+            block += "\n" + format_feedback(h.accuracy, h.failures)
+        blocks.append(block)
     parts = [
         AGENT_INTERFACE,
         PRINCIPLES,
         "# Task description\n"
         f"{task_description}\nExample task: {clip(example_question, 800)}\n"
         f"Example answer: {clip(example_answer, 400)}",
-        "# History of workflows (latest last)\n" + json.dumps(entries, indent=1),
+        "# History of workflows (latest last)\n" + "\n\n".join(blocks),
     ]
     if history and best_before is not None:
         parts.append(trend_line(best_before, history[-1].accuracy))

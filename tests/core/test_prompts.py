@@ -23,7 +23,9 @@ def test_prompt_has_w4s_sections_and_feedback_only_for_latest():
     assert "What is 7*8?" in user and "ValueError: boom" in user  # latest feedback
     assert "What is 1+1?" not in user  # older feedback dropped
     assert "went up: from 0.10 to 0.60" in user
-    assert '"valid_acc": 0.1' in user and '"valid_acc": 0.6' in user
+    assert "(iteration 0, validation accuracy 0.10)" in user
+    assert "## Latest workflow (iteration 1, validation accuracy 0.60)" in user
+    assert "```python\ndef solver(agent, task):\n    return {'answer': 2}\n```" in user
 
 
 def test_repair_continues_the_conversation():
