@@ -140,3 +140,16 @@ def test_flow_on_the_real_embedded_model(tmp_path):
     assert summary["executor_tokens"] > 0 and 0.0 <= summary["test_accuracy"] <= 1.0
     cols, table = iteration_table(store.root)
     assert [r[0] for r in table] == [0, 1]
+
+
+def test_cli_evaluate_a_workflow_file(tmp_path, capsys):
+    workflow = tmp_path / "wf.py"
+    workflow.write_text(GOOD.split("```python\n")[1].split("```")[0])
+    code = cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
+                "--val-size", "4", "--executor", "{kind: scripted, replies: ['0']}", "--json"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["accuracy"] == 1.0 and len(doc["outcomes"]) == 4
+    assert cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
+                "--executor", "{kind: nope}"]) == 2
+    assert "`kind`" in capsys.readouterr().err
