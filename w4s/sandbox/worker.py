@@ -12,8 +12,9 @@ Jobs (frames are 4-byte big-endian length + UTF-8 JSON, see `send_frame`):
                           parent on the *data* socket (executor calls, then its result);
                           the zygote answers {"op": "done"} on the *control* socket, which
                           the child closes first, so it can neither forge "done" nor read jobs.
-  {"op": "program", ...}  run a standalone program with a timeout the zygote enforces;
-                          the child closes both sockets, so only the zygote answers.
+  {"op": "programs", ...} run standalone programs, each in its own jailed fork with a
+                          timeout the zygote enforces; the children close both sockets,
+                          so only the zygote answers.
 
 The parent enforces the item's wall clock; on timeout it kills the whole worker.
 """
@@ -342,7 +343,11 @@ class Jail:
 
 
 def _redirect_stdio(path: str | None) -> None:
-    """Point fds 0-2 away from the zygote's; stdout/stderr to `path` or /dev/null."""
+    """Point fds 0-2 away from the zygote's; stdout/stderr to `path` or /dev/null.
+
+    sys.stdout/sys.stderr keep their objects (already on fds 1 and 2, and empty, since the
+    zygote never prints): building new ones would copy pages in every forked job.
+    """
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600) if path else null
@@ -351,8 +356,6 @@ def _redirect_stdio(path: str | None) -> None:
     for fd in {null, out}:
         if fd > 2:
             os.close(fd)
-    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
-    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
 
 
 # ---------------------------------------------------------------- waiting with a timeout
@@ -481,8 +484,9 @@ def run_program(
             if record.get("result") is not None:
                 record["result"] = clip(record["result"], limit)
             sys.stdout.flush()
-            with open(res_path, "w") as f:
-                json.dump(record, f)
+            fd = os.open(res_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, json.dumps(record).encode())
+            os.close(fd)
             code = 0
         finally:
             os._exit(code)
@@ -849,12 +853,14 @@ def serve(ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
             reply = {"op": "done", "job": job["job"], "status": status,
                      "exit": None if status is None else describe_exit(status)}
             send_frame(ctrl, reply)
-        elif op == "program":
-            rec = run_program(jail, job["source"], timeout_s=float(job["timeout_s"]),
-                              memory_mb=int(job["memory_mb"]), limit=int(job["limit"]),
-                              close_fds=(ctrl.fileno(), data.fileno()))
-            rec.update(op="done", job=job["job"])
-            send_frame(ctrl, rec)
+        elif op == "programs":
+            results = [
+                run_program(jail, source, timeout_s=float(job["timeout_s"]),
+                            memory_mb=int(job["memory_mb"]), limit=int(job["limit"]),
+                            close_fds=(ctrl.fileno(), data.fileno()))
+                for source in job["sources"]
+            ]
+            send_frame(ctrl, {"op": "done", "job": job["job"], "results": results})
         elif op == "ping":
             send_frame(ctrl, {"op": "pong", "job": job.get("job")})
 
