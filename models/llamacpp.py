@@ -91,7 +91,9 @@ class LlamaCppChatModel:
         if cfg.model == EMBEDDED_MODEL_ID:
             return cls(
                 embedded_gguf_path(),
-                model_id=EMBEDDED_MODEL_ID,
+                # its own id: llama.cpp's Q4_1 kernels answer a little differently from the
+                # dequantized transformers copy, so they must not share executor-cache entries
+                model_id=f"{EMBEDDED_MODEL_ID}-llamacpp",
                 max_new_tokens=cfg.max_new_tokens,
                 **options,
             )

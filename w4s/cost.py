@@ -25,6 +25,7 @@ KNOWN_PRICES: dict[str, tuple[float, float]] = {
     "o4-mini": (1.10, 4.40),
     # local backends: free to run, priced explicitly
     "smollm2-135m-instruct": (0.0, 0.0),
+    "smollm2-135m-instruct-llamacpp": (0.0, 0.0),
     "embedded": (0.0, 0.0),
     "scripted": (0.0, 0.0),
     "fake": (0.0, 0.0),

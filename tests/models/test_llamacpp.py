@@ -32,7 +32,7 @@ def model():
 
 def test_greedy_answer_and_usage(model) -> None:
     out = model.complete(ASK)
-    assert "5" in out.text and out.model == "smollm2-135m-instruct"
+    assert "5" in out.text and out.model == "smollm2-135m-instruct-llamacpp"
     assert out.prompt_tokens > 5 and 0 < out.completion_tokens <= 48
     assert model.complete(ASK).texts == out.texts
 
@@ -71,7 +71,7 @@ def test_concurrent_callers(model) -> None:
 
 def test_prompt_over_context_is_a_backend_error(model) -> None:
     with pytest.raises(
-        BackendError, match=r"^\[smollm2-135m-instruct\] llama.cpp error: .*context"
+        BackendError, match=r"^\[smollm2-135m-instruct-llamacpp\] llama.cpp error: .*context"
     ):
         model.complete([{"role": "user", "content": "hi " * 9000}])
 
