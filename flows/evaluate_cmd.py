@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from w4s.config import BackendConfig
+from w4s.cost import PriceTable
 from w4s.errors import ConfigError
 from w4s.sandbox import EvalResult, Harness, SandboxSettings, check_workflow_source
 from w4s.sandbox.pool import isolation_report
@@ -65,9 +66,10 @@ def evaluate_file(
     settings = SandboxSettings(item_timeout_s=item_timeout_s, code_timeout_s=code_timeout_s,
                                concurrency=concurrency)
     executor = build_chat_model(executor_cfg, role="executor")
+    prices = PriceTable.for_executor(executor_cfg.kind, executor.model_id)
     try:
-        with Harness(executor, settings=settings, cache=cache, budget_usd=budget_usd,
-                     budget_tokens=budget_tokens) as harness:
+        with Harness(executor, settings=settings, cache=cache, prices=prices,
+                     budget_usd=budget_usd, budget_tokens=budget_tokens) as harness:
             result = harness.evaluate(code, items, bench)
         level = isolation_report()["level"]
     finally:

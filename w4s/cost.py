@@ -32,6 +32,10 @@ KNOWN_PRICES: dict[str, tuple[float, float]] = {
 }
 
 
+# Backend kinds (w4s.config.BackendKind) that run on this machine: their calls cost nothing.
+LOCAL_BACKEND_KINDS = frozenset({"embedded", "transformers", "llamacpp", "scripted"})
+
+
 class PriceTable:
     """Model name -> (USD per 1M input tokens, USD per 1M output tokens).
 
@@ -50,6 +54,16 @@ class PriceTable:
                 )
             table[model] = (float(pair[0]), float(pair[1]))
         self._table = table
+
+    @classmethod
+    def for_executor(cls, kind: str, model_id: str,
+                     prices: Mapping[str, tuple[float, float]] | None = None) -> PriceTable:
+        """The known prices plus `prices`; a local backend's model is priced 0.0 explicitly
+        (a transformers folder may have any name, so its id cannot be listed in advance)."""
+        extra = dict(prices or {})
+        if kind in LOCAL_BACKEND_KINDS:
+            extra.setdefault(model_id, (0.0, 0.0))
+        return cls(extra)
 
     def price(self, model: str) -> tuple[float, float] | None:
         if model in self._table:

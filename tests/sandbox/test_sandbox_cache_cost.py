@@ -116,6 +116,13 @@ def test_price_table_lookup_and_unknown_models():
         PriceTable({"bad": (-1.0, 0.0)})
 
 
+def test_local_backends_are_priced_zero_explicitly():
+    assert PriceTable.for_executor("transformers", "my-finetune").cost("my-finetune", 9, 9) == 0.0
+    assert PriceTable.for_executor("openai", "my-finetune").cost("my-finetune", 9, 9) is None
+    assert PriceTable.for_executor("embedded", "smollm2-135m-instruct-llamacpp").price(
+        "smollm2-135m-instruct-llamacpp") == (0.0, 0.0)
+
+
 def test_unknown_price_makes_cost_none(make_bench, fake_cls):
     bench = make_bench(2)
     code = "def solver(agent, task):\n    return {'answer': agent.llm('ECHO: ' + task)}\n"
