@@ -106,8 +106,12 @@ def _print_result(summary: dict[str, Any]) -> None:
     print()
     print(f"best workflow:      {summary['best_workflow']}  (iteration {summary['best_iteration']},"
           f" validation {summary['best_val_accuracy']:.2f})")
-    print(f"test accuracy:      {summary['test_accuracy']:.2f} on {summary['test_items']} "
-          "held-out items (never shown to the meta-agent)")
+    test = summary["test_accuracy"]
+    if test is None:
+        print("test accuracy:      not evaluated (the budget ran out first)")
+    else:
+        print(f"test accuracy:      {test:.2f} on {summary['test_items']} "
+              "held-out items (never shown to the meta-agent)")
     print(f"executor tokens:    {summary['executor_tokens']} in {summary['executor_calls']} calls")
     print(f"meta-agent tokens:  {summary['meta_agent_tokens']}")
     cost = summary.get("cost_usd")
@@ -161,8 +165,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(format_table(cols, rows))
     summary = store.summary()
     if summary:
+        test = summary["test_accuracy"]
         print(f"\nbest workflow: {summary['best_workflow']}  validation "
-              f"{summary['best_val_accuracy']:.2f}, test {summary['test_accuracy']:.2f}")
+              f"{summary['best_val_accuracy']:.2f}, test "
+              f"{'not evaluated' if test is None else f'{test:.2f}'}  ({summary['status']})")
     return 0
 
 

@@ -50,11 +50,12 @@ def optimize(config: OptimizeConfig, run_id: str | None = None) -> dict:
     return summary
 
 
-def _log_partial(run_dir: str, iteration: int) -> None:
-    """Keep what an interrupted iteration produced: its candidates go to Parquet too."""
+def _log_partial(run_dir: str, last: int) -> None:
+    """Keep what interrupted iterations produced: their candidates go to Parquet too."""
     store = RunStore(run_dir)
-    if store.candidates(iteration) and not store.trajectory_path(iteration).exists():
-        log_trajectory(run_dir, iteration)
+    for it in range(last + 1):
+        if store.candidates(it) and not store.trajectory_path(it).exists():
+            log_trajectory(run_dir, it)
 
 
 def _publish(run_dir: str, summary: dict) -> None:
@@ -64,10 +65,12 @@ def _publish(run_dir: str, summary: dict) -> None:
     cols, rows = iteration_table(Path(run_dir))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in rows]
+    test = summary["test_accuracy"]
     text = (
         f"# w4s run {summary['run_id']}\n\n"
         f"best validation {summary['best_val_accuracy']:.2f}, "
-        f"test {summary['test_accuracy']:.2f} on {summary['test_items']} held-out items "
-        f"({summary['benchmark']})\n\n" + "\n".join(lines)
+        f"test {'not evaluated' if test is None else f'{test:.2f}'} on "
+        f"{summary['test_items']} held-out items ({summary['benchmark']}), "
+        f"status: {summary['status']}\n\n" + "\n".join(lines)
     )
     create_markdown_artifact(text, key="w4s-run-summary", description="w4s optimization run")

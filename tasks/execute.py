@@ -24,9 +24,11 @@ def seed(run_dir: str) -> float:
 def evaluate_test(run_dir: str, iterations_done: int, status: str = "completed") -> dict:
     """Evaluate the best workflow once on the held-out test split."""
     summary = stages.finalize(run_dir, iterations_done, status)
+    test = summary["test_accuracy"]
     get_run_logger().info(
-        "best workflow (iteration %d): validation %.2f, test %.2f on %d items",
-        summary["best_iteration"], summary["best_val_accuracy"], summary["test_accuracy"],
-        summary["test_items"],
+        "best workflow (iteration %d): validation %.2f, test %s on %d items (%s)",
+        summary["best_iteration"], summary["best_val_accuracy"],
+        "not evaluated" if test is None else f"{test:.2f}", summary["test_items"],
+        summary["status"],
     )
     return summary

@@ -12,9 +12,9 @@ from functools import lru_cache
 
 from models.factory import build_chat_model
 from storage.call_cache import open_call_cache
-
 from w4s.benchmarks import Benchmark, Item, get_benchmark
-from w4s.config import BackendConfig, OptimizeConfig
+from w4s.config import OptimizeConfig
+from w4s.cost import PriceTable
 from w4s.protocols import ChatModel
 from w4s.sandbox import Harness, SandboxSettings
 
@@ -52,23 +52,22 @@ def harness(cfg: OptimizeConfig) -> Harness:
     key = "|".join(map(str, (
         cfg.executor.model_dump_json(), cfg.item_timeout_s, cfg.code_timeout_s,
         cfg.concurrency, cfg.use_cache, cfg.budget_usd, cfg.budget_tokens,
+        sorted(cfg.prices.items()),
     )))
     with _lock:
         if key not in _harnesses:
+            model = executor(cfg)
             _harnesses[key] = Harness(
-                executor(cfg),
+                model,
                 settings=SandboxSettings(
                     item_timeout_s=cfg.item_timeout_s, code_timeout_s=cfg.code_timeout_s,
                     concurrency=cfg.concurrency,
                 ),
                 cache=open_call_cache() if cfg.use_cache else None,
+                prices=PriceTable.for_executor(cfg.executor.kind, model.model_id, cfg.prices),
                 budget_usd=cfg.budget_usd, budget_tokens=cfg.budget_tokens,
             )
         return _harnesses[key]
-
-
-def backend_label(cfg: BackendConfig) -> str:
-    return cfg.label
 
 
 @atexit.register

@@ -220,26 +220,34 @@ def finalize(run_dir: str, iterations_done: int, status: str = "completed") -> d
     best = best_candidate(store, iterations_done)
     path = store.save_workflow("best", best.code or "")
     test_items = _items(store, cfg, "test")
-    test = runtime.harness(cfg).evaluate(best.code or "", test_items, runtime.benchmark(cfg))
+    harness = runtime.harness(cfg)
+    test = None
+    if not harness.meter.exceeded:
+        test = harness.evaluate(best.code or "", test_items, runtime.benchmark(cfg))
+    if test is None or test.budget_exceeded:
+        status = "budget exceeded"
     cands = [c for i in range(iterations_done + 1) for c in store.candidates(i)]
     summary = {
         "run_id": store.run_id,
-        "status": "budget exceeded" if test.budget_exceeded else status,
+        "status": status,
         "benchmark": runtime.benchmark(cfg).display_name,
         "iterations_done": iterations_done,
         "best_iteration": best.iteration,
         "best_candidate": best.index,
         "best_seed_name": best.seed_name,
         "best_val_accuracy": best.accuracy,
-        "test_accuracy": test.accuracy,
+        # a budget stop leaves the test split unevaluated rather than scored as failures
+        "test_accuracy": None if status == "budget exceeded" or test is None else test.accuracy,
         "test_items": len(test_items),
         "best_workflow": str(path),
-        "executor_calls": sum(c.executor_calls for c in cands) + test.executor_calls,
+        "executor_calls": sum(c.executor_calls for c in cands)
+        + (test.executor_calls if test else 0),
         "executor_tokens": sum(c.executor_prompt_tokens + c.executor_completion_tokens
-                               for c in cands) + test.prompt_tokens + test.completion_tokens,
+                               for c in cands)
+        + (test.prompt_tokens + test.completion_tokens if test else 0),
         "meta_agent_tokens": sum(c.meta_prompt_tokens + c.meta_completion_tokens for c in cands),
         "cost_usd": _sum_cost([c.cost_usd for c in cands if c.accuracy is not None]
-                              + [test.cost_usd]),
+                              + ([test.cost_usd] if test else [])),
         "meta_agent": cfg.meta_agent.label,
         "executor": cfg.executor.label,
         "finished_at": now(),

@@ -74,6 +74,9 @@ class OptimizeConfig(_Frozen):
     code_timeout_s: float = Field(5.0, gt=0)
     concurrency: int = Field(4, ge=1, le=512)
     use_cache: bool = True
+    prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="model -> (USD per 1M input, per 1M output tokens)"
+    )
     budget_usd: float | None = Field(None, gt=0)
     budget_tokens: int | None = Field(None, gt=0)
     runs_dir: str | None = Field(None, description="default: $W4S_HOME/runs or the user data dir")

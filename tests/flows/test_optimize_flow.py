@@ -124,12 +124,13 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_flow_on_the_real_embedded_model(tmp_path):
-    """SmolLM2-135M as meta-agent and executor: the loop runs, every candidate is logged."""
+    """SmolLM2-135M as meta-agent (transformers, from the GGUF) and executor (llama.cpp, as in
+    the demo): the loop runs and every candidate is logged."""
     cfg = build_config({
         "benchmark": "arithmetic", "seed_workflow": "code", "iterations": 1, "candidates": 2,
         "val_size": 3, "test_size": 3, "max_repairs": 1, "runs_dir": str(tmp_path / "runs"),
         "meta_agent": {"kind": "embedded", "max_new_tokens": 160},
-        "executor": {"kind": "embedded", "max_new_tokens": 32},
+        "executor": {"kind": "llamacpp", "model": "smollm2-135m-instruct", "max_new_tokens": 32},
     })
     summary = optimize(cfg, run_id="real")
     store = RunStore(tmp_path / "runs" / "real")
@@ -153,3 +154,38 @@ def test_cli_evaluate_a_workflow_file(tmp_path, capsys):
     assert cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
                 "--executor", "{kind: nope}"]) == 2
     assert "`kind`" in capsys.readouterr().err
+
+
+def test_executor_endpoint_down_is_recorded_and_the_run_finishes(tmp_path):
+    cfg = _config(tmp_path, [GOOD, GOOD, GOOD], iterations=1, executor={
+        "kind": "openai", "model": "gpt-4o-mini", "base_url": "http://127.0.0.1:9/v1",
+        "api_key_env": None, "max_retries": 0, "timeout_s": 2})
+    summary = optimize(cfg, run_id="down")
+    seed = RunStore(tmp_path / "runs" / "down").load_candidate(0, 0)
+    assert seed.accuracy == 0.0 and "127.0.0.1:9" in seed.failures[0]["error"]
+    # the workflows that compute without the executor still win
+    assert summary["best_val_accuracy"] == 1.0 and summary["status"] == "completed"
+
+
+def test_missing_api_key_variable_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("W4S_TEST_MISSING_KEY", raising=False)
+    code = cli(["optimize", "--runs-dir", str(tmp_path), "--set", "executor.kind=openai",
+                "--set", "executor.model=gpt-4o-mini",
+                "--set", "executor.api_key_env=W4S_TEST_MISSING_KEY"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "W4S_TEST_MISSING_KEY" in err and "api_key_env" in err
+
+
+def test_budget_stop_keeps_everything_written(tmp_path, capsys):
+    # the scripted executor counts words as tokens: the seed's 6 items need about 90
+    cfg = _config(tmp_path, [GOOD], iterations=2, budget_tokens=40)
+    summary = optimize(cfg, run_id="budget")
+    store = RunStore(tmp_path / "runs" / "budget")
+    assert summary["status"] == "budget exceeded" and summary["test_accuracy"] is None
+    rows = pq.read_table(store.trajectory_path(0)).to_pylist()
+    assert rows and rows[0]["kind"] == "seed"
+    failures = json.loads(rows[0]["failures_json"])
+    assert any("budget exceeded" in (f["error"] or "") for f in failures)
+    assert cli(["show", "budget", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert "not evaluated" in capsys.readouterr().out
