@@ -179,7 +179,7 @@ def test_missing_api_key_variable_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_budget_stop_keeps_everything_written(tmp_path, capsys):
     # the scripted executor counts words as tokens: the seed's 6 items need about 90
-    cfg = _config(tmp_path, [GOOD], iterations=2, budget_tokens=40)
+    cfg = _config(tmp_path, [GOOD], iterations=2, budget_tokens=40, max_failures_shown=6)
     summary = optimize(cfg, run_id="budget")
     store = RunStore(tmp_path / "runs" / "budget")
     assert summary["status"] == "budget exceeded" and summary["test_accuracy"] is None
