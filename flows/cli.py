@@ -172,6 +172,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    from storage.query import query_runs
+    from w4s.paths import runs_dir
+
+    cols, rows = query_runs(runs_dir(args.runs_dir), args.sql)
+    print(format_table(cols, rows))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate_cmd import evaluate_file
     from w4s.config import BackendConfig, format_validation_error
@@ -245,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("query", help="SQL over every run's candidates (a DuckDB view)")
+    p.add_argument("sql", help="e.g. \"SELECT run_id, max(val_accuracy) FROM candidates "
+                               "GROUP BY run_id\"")
+    p.add_argument("--runs-dir")
+    p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("show", help="per-iteration table of one run")
     p.add_argument("run", help="run id or run folder")

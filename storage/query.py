@@ -57,6 +57,19 @@ def candidates_view(con: duckdb.DuckDBPyConnection, runs_dir: Path) -> None:
     )
 
 
+def query_runs(runs_dir: Path, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run ad-hoc SQL with a `candidates` view over every run's trajectory rows."""
+    if not any(runs_dir.glob("*/trajectories/*.parquet")):
+        raise W4SError(f"`runs_dir` {str(runs_dir)!r} holds no trajectory rows yet")
+    with duckdb.connect() as con:
+        candidates_view(con, runs_dir)
+        try:
+            cur = con.execute(sql)
+        except duckdb.Error as e:
+            raise W4SError(f"`sql`: {str(e).splitlines()[0]}") from e
+        return [d[0] for d in cur.description], cur.fetchall()
+
+
 def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """Every run folder, newest first, with its summary when finished."""
     out = []

@@ -107,6 +107,12 @@ def test_cli_runs_and_show(tmp_path, capsys):
     assert cli(["show", "run-c", "--runs-dir", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert "chosen_val" in out and "test 1.00" in out
+    sql = "SELECT run_id, count(*) AS n, max(val_accuracy) AS best FROM candidates GROUP BY run_id"
+    assert cli(["query", sql, "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "run-c" in out and "1.00" in out and " 4 " in out  # seed + 3 candidates
+    assert cli(["query", "SELECT nope FROM candidates", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "`sql`" in capsys.readouterr().err
 
 
 def test_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):
