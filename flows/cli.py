@@ -53,6 +53,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, field, None)
         if value is not None:
             data[field] = value
+    if isinstance(data.get("benchmark"), str) and "," in data["benchmark"]:
+        data["benchmark"] = [b.strip() for b in data["benchmark"].split(",") if b.strip()]
     if getattr(args, "no_cache", False):
         data["use_cache"] = False
     opts = _custom_benchmark_options(args)
@@ -91,7 +93,8 @@ def _run_optimize(config_data: dict[str, Any], config_file: str | None,
     from flows.optimize import optimize
 
     summary = optimize(cfg, run_id=run_id)
-    _print_result(summary)
+    for one in summary.get("runs", [summary]):
+        _print_result(one)
     return 0
 
 
@@ -219,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("optimize", help="an optimization run from a config file and options")
     p.add_argument("--config", help="YAML or TOML file of OptimizeConfig fields")
-    p.add_argument("--benchmark")
+    p.add_argument("--benchmark", help="a name, file:PATH, or a comma-separated list "
+                                        "(one run per benchmark)")
     p.add_argument("--iterations", type=int)
     p.add_argument("--candidates", type=int)
     p.add_argument("--val-size", type=int)

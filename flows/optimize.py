@@ -22,7 +22,16 @@ from w4s.paths import runs_dir as default_runs_dir
 
 @flow(name="optimize", log_prints=True)
 def optimize(config: OptimizeConfig, run_id: str | None = None) -> dict:
-    """One W4S run; rerunning with the same run_id skips the stages already finished."""
+    """One W4S run; rerunning with the same run_id skips the stages already finished.
+
+    A config listing several benchmarks runs one optimization per benchmark (subflows),
+    returning {"runs": [summary, ...]}.
+    """
+    if not isinstance(config.benchmark, str):
+        return {"runs": [
+            optimize(single, run_id=f"{run_id}-{single.benchmark}" if run_id else None)
+            for single in config.per_benchmark()
+        ]}
     logger = get_run_logger()
     run_dir = prepare_run(config, default_runs_dir(config.runs_dir), run_id)
     logger.info("run folder: %s", run_dir)

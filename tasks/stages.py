@@ -34,6 +34,7 @@ log = logging.getLogger("w4s")
 
 def prepare_run(config: OptimizeConfig, runs_dir: Path, run_id: str | None = None) -> str:
     """Create (or reopen) the run folder and fix its validation/test split."""
+    _seeds(config)  # a wrong seed name fails here, before any stage runs
     store = RunStore.create(runs_dir, config, run_id)
     try:
         store.split_ids()
@@ -87,6 +88,20 @@ def _evaluate(store: RunStore, cfg: OptimizeConfig, cands: list[Candidate]) -> N
         raise BudgetExceeded("the run's executor budget is spent; results so far are saved")
 
 
+def _seeds(cfg: OptimizeConfig) -> dict[str, str]:
+    """The seed workflow(s) a run starts from: the named one, or all of the benchmark's."""
+    bench = runtime.benchmark(cfg)
+    seeds = bench.seed_workflows()
+    if cfg.seed_workflow is None:
+        return seeds
+    if cfg.seed_workflow not in seeds:
+        raise W4SError(
+            f"`seed_workflow` {cfg.seed_workflow!r} is not a seed of {bench.name}; "
+            f"choose from: {', '.join(seeds)}"
+        )
+    return {cfg.seed_workflow: seeds[cfg.seed_workflow]}
+
+
 def seed_state(run_dir: str) -> float:
     """Iteration 0: evaluate the seed workflow(s); the best one is the initial state."""
     store = RunStore(run_dir)
@@ -94,14 +109,7 @@ def seed_state(run_dir: str) -> float:
     if store.has_state(0):
         return store.load_state(0).last_accuracy
     bench = runtime.benchmark(cfg)
-    seeds = bench.seed_workflows()
-    if cfg.seed_workflow is not None:
-        if cfg.seed_workflow not in seeds:
-            raise W4SError(
-                f"`seed_workflow` {cfg.seed_workflow!r} is not a seed of {bench.name}; "
-                f"choose from: {', '.join(seeds)}"
-            )
-        seeds = {cfg.seed_workflow: seeds[cfg.seed_workflow]}
+    seeds = _seeds(cfg)
     cands = store.candidates(0)
     if not cands:
         cands = []

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from w4s.errors import ConfigError
 
@@ -55,7 +62,9 @@ class BackendConfig(_Frozen):
 class OptimizeConfig(_Frozen):
     """One W4S optimization run: iterations of m candidates, validated on a fixed split."""
 
-    benchmark: str = "arithmetic"
+    benchmark: str | list[str] = Field(
+        "arithmetic", description="a name, or a list: one run per benchmark (same settings)"
+    )
     benchmark_options: dict[str, Any] = Field(default_factory=dict)
     seed_workflow: str | None = Field(
         None, description="starting seed workflow; None evaluates all seeds and takes the best"
@@ -80,6 +89,22 @@ class OptimizeConfig(_Frozen):
     budget_usd: float | None = Field(None, gt=0)
     budget_tokens: int | None = Field(None, gt=0)
     runs_dir: str | None = Field(None, description="default: $W4S_HOME/runs or the user data dir")
+
+    @field_validator("benchmark")
+    @classmethod
+    def _benchmarks(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("needs at least one benchmark name")
+            if len(set(value)) != len(value):
+                raise ValueError(f"lists a benchmark twice: {value!r}")
+        return value
+
+    def per_benchmark(self) -> list[OptimizeConfig]:
+        """One single-benchmark config per listed benchmark (itself when it names one)."""
+        if isinstance(self.benchmark, str):
+            return [self]
+        return [self.model_copy(update={"benchmark": name}) for name in self.benchmark]
 
     def config_hash(self) -> str:
         return hash_json(self.model_dump(mode="json"))

@@ -124,6 +124,10 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert "`iterations`" in capsys.readouterr().err
     assert cli(["optimize", "--set", "executor.kind=gpt", "--runs-dir", str(tmp_path)]) == 2
     assert "`executor.kind`" in capsys.readouterr().err
+    runs = tmp_path / "runs"
+    assert cli(["optimize", "--seed-workflow", "magic", "--runs-dir", str(runs)]) == 2
+    assert "`seed_workflow` 'magic'" in capsys.readouterr().err
+    assert not runs.exists()  # refused before a run folder was made
     assert cli(["show", "missing", "--runs-dir", str(tmp_path)]) == 2
     assert "not a w4s run folder" in capsys.readouterr().err
 
@@ -195,3 +199,22 @@ def test_budget_stop_keeps_everything_written(tmp_path, capsys):
     assert any("budget exceeded" in (f["error"] or "") for f in failures)
     assert cli(["show", "budget", "--runs-dir", str(tmp_path / "runs")]) == 0
     assert "not evaluated" in capsys.readouterr().out
+
+
+def test_a_list_of_benchmarks_runs_one_optimization_each(tmp_path, capsys):
+    for name, ops in (("a", "+"), ("b", "*")):
+        rows = [{"q": f"What is {i}{ops}{i + 1}?", "a": eval(f"{i}{ops}{i + 1}")}
+                for i in range(12)]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    bench = f"file:{tmp_path / 'a.jsonl'},file:{tmp_path / 'b.jsonl'}"
+    meta = f"meta_agent={{kind: scripted, replies: [{json.dumps(GOOD)}]}}"
+    code = cli(["optimize", "--benchmark", bench, "--question-field", "q", "--answer-field", "a",
+                "--scorer", "numeric", "--iterations", "1", "--candidates", "1", "--val-size", "4",
+                "--test-size", "4", "--seed-workflow", "cot", "--runs-dir",
+                str(tmp_path / "runs"), "--set", meta,
+                "--set", "executor={kind: scripted, replies: ['9']}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("test accuracy:      1.00 on 4") == 2
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all("file_" in r for r in runs)
