@@ -42,3 +42,15 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("iterations = [")
     with pytest.raises(ConfigError, match="not valid toml"):
         load_config_file(bad)
+
+
+def test_benchmark_lists_split_into_single_runs():
+    cfg = build_config({"benchmark": ["gsm_plus", "mgsm"], "iterations": 2})
+    singles = cfg.per_benchmark()
+    assert [c.benchmark for c in singles] == ["gsm_plus", "mgsm"]
+    assert all(c.iterations == 2 for c in singles)
+    assert build_config({}).per_benchmark()[0].benchmark == "arithmetic"
+    with pytest.raises(ConfigError, match="at least one"):
+        build_config({"benchmark": []})
+    with pytest.raises(ConfigError, match="twice"):
+        build_config({"benchmark": ["svamp", "svamp"]})
