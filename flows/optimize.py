@@ -3,6 +3,8 @@ generate -> self_check (per candidate) -> execute -> reward -> log_trajectory; t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
@@ -69,8 +71,6 @@ def _log_partial(run_dir: str, last: int) -> None:
 
 def _publish(run_dir: str, summary: dict) -> None:
     """The per-iteration table and the result as a Prefect artifact for the UI."""
-    from pathlib import Path
-
     cols, rows = iteration_table(Path(run_dir))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in rows]

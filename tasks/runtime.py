@@ -7,6 +7,7 @@ and keyed by the config pieces that define them, so Prefect tasks in one worker 
 from __future__ import annotations
 
 import atexit
+import json
 import threading
 from functools import lru_cache
 
@@ -32,14 +33,10 @@ def executor(cfg: OptimizeConfig) -> ChatModel:
 
 @lru_cache(maxsize=8)
 def _benchmark(name: str, options_json: str) -> Benchmark:
-    import json
-
     return get_benchmark(name, **json.loads(options_json))
 
 
 def benchmark(cfg: OptimizeConfig) -> Benchmark:
-    import json
-
     return _benchmark(cfg.benchmark, json.dumps(cfg.benchmark_options, sort_keys=True))
 
 

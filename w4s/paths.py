@@ -8,10 +8,14 @@ from pathlib import Path
 import platformdirs
 
 
+def _home_env() -> Path | None:
+    env = os.environ.get("W4S_HOME")
+    return Path(env).expanduser() if env else None
+
+
 def w4s_home() -> Path:
     """`$W4S_HOME`, else the user's data dir (never the current directory)."""
-    env = os.environ.get("W4S_HOME")
-    return Path(env).expanduser() if env else Path(platformdirs.user_data_dir("w4s"))
+    return _home_env() or Path(platformdirs.user_data_dir("w4s"))
 
 
 def runs_dir(override: str | None = None) -> Path:
@@ -19,6 +23,6 @@ def runs_dir(override: str | None = None) -> Path:
 
 
 def cache_dir() -> Path:
-    """Model and executor-call caches."""
-    env = os.environ.get("W4S_HOME")
-    return Path(env).expanduser() / "cache" if env else Path(platformdirs.user_cache_dir("w4s"))
+    """Model and executor-call caches: `$W4S_HOME/cache`, else the user's cache dir."""
+    home = _home_env()
+    return home / "cache" if home else Path(platformdirs.user_cache_dir("w4s"))
