@@ -8,6 +8,7 @@ renamed, so a crash never leaves a half-written cache behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -17,7 +18,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from w4s.errors import BackendError, ConfigError
 
@@ -109,16 +110,32 @@ def ensure_embedded_folder() -> Path:
     return final
 
 
+@functools.lru_cache(maxsize=4)
+def _embedded_weights(device: str) -> tuple[Any, Any]:
+    """The loaded model and tokenizer, once per device: the meta-agent and the executor
+    often both use the embedded model with different token caps, and need one copy."""
+    from models.transformers_local import TransformersChatModel
+
+    base = TransformersChatModel.from_path(
+        ensure_embedded_folder(), model_id=EMBEDDED_MODEL_ID, device=device
+    )
+    return base.model, base.tokenizer
+
+
 def load_embedded_chat_model(
     *, device: str = "cpu", max_new_tokens: int = 512
 ) -> TransformersChatModel:
     """SmolLM2-135M-Instruct as a batching TransformersChatModel, loaded from the cache."""
     from models.transformers_local import TransformersChatModel
 
-    folder = ensure_embedded_folder()
-    return TransformersChatModel.from_path(
-        folder, model_id=EMBEDDED_MODEL_ID, device=device, max_new_tokens=max_new_tokens
+    model, tokenizer = _embedded_weights(device)
+    return TransformersChatModel(
+        model, tokenizer, model_id=EMBEDDED_MODEL_ID, max_new_tokens=max_new_tokens
     )
+
+
+def forget_embedded_weights() -> None:
+    _embedded_weights.cache_clear()
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:

@@ -46,9 +46,12 @@ def build_chat_model(
 
 def clear_model_cache() -> None:
     """Forget every built model (tests, or to free memory between runs)."""
+    from models.embedded import forget_embedded_weights
+
     with _cache_lock:
         _cache.clear()
         _key_locks.clear()
+    forget_embedded_weights()
 
 
 def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
