@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from w4s.benchmarks.base import Item, register
-from w4s.benchmarks.gsm8k import NumericBenchmark, gold_number
 from w4s.benchmarks.loading import FieldError
+from w4s.benchmarks.numeric import NumericBenchmark, gold_number
 
 
 @register("aime")

@@ -8,18 +8,12 @@ from typing import Any
 
 from w4s.benchmarks.base import Benchmark, Item, register
 from w4s.benchmarks.numeric import numbers_match
+from w4s.benchmarks.seeds import MATH_COT, MATH_COT_SC
 
 DIRECT = '''\
 def solver(agent, task: str) -> dict:
     reply = agent.llm(task + "\\nReply with only the final number.", temperature=0.0)
     return {"answer": reply.strip()}
-'''
-
-CHAIN_OF_THOUGHT = '''\
-def solver(agent, task: str) -> dict:
-    reply = agent.llm(task + "\\nThink step by step, then give the final number on the last line.",
-                      temperature=0.0)
-    return {"answer": reply.strip().splitlines()[-1] if reply.strip() else ""}
 '''
 
 CODE = '''\
@@ -62,4 +56,5 @@ class Arithmetic(Benchmark):
         return 1.0 if numbers_match(answer, item.gold) else 0.0
 
     def seed_workflows(self) -> dict[str, str]:
-        return {"direct": DIRECT, "cot": CHAIN_OF_THOUGHT, "code": CODE}
+        # `code` asks for one printed line, which the embedded executor gets right 20/20
+        return {"direct": DIRECT, "cot": MATH_COT, "cot_sc": MATH_COT_SC, "code": CODE}

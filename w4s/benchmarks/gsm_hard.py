@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from w4s.benchmarks.base import Item, register
-from w4s.benchmarks.gsm8k import NUMBER_ANSWER, NumericBenchmark, gold_number, plain
+from w4s.benchmarks.numeric import NUMBER_ANSWER, NumericBenchmark, gold_number, plain
 
 
 @register("gsm_hard")

@@ -13,8 +13,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from w4s.benchmarks.base import Item, register
-from w4s.benchmarks.gsm8k import NUMBER_ANSWER, NumericBenchmark, gold_number, plain
-from w4s.benchmarks.numeric import decimals, extract_number, final_answer_text
+from w4s.benchmarks.numeric import (
+    NUMBER_ANSWER,
+    NumericBenchmark,
+    decimals,
+    extract_number,
+    final_answer_text,
+    gold_number,
+    plain,
+)
 
 NO_ANSWER = "None"
 _NO_ANSWER = re.compile(

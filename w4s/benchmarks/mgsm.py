@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from w4s.benchmarks.base import Item, register
-from w4s.benchmarks.gsm8k import NUMBER_ANSWER, NumericBenchmark, gold_number, plain
 from w4s.benchmarks.loading import Row, hub_rows, read_rows
+from w4s.benchmarks.numeric import NUMBER_ANSWER, NumericBenchmark, gold_number, plain
 from w4s.errors import BenchmarkError
 
 LANGUAGES = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")

@@ -1,4 +1,5 @@
-"""Numeric answer extraction and matching shared by the math benchmarks.
+"""Numeric answer extraction and matching, and the base class of the benchmarks whose gold
+is one number (GSM8K, GSM-Hard, GSM-Plus, SVAMP, MGSM, AIME).
 
 Models answer in many shapes ("$1,234.50", "\\boxed{\\frac{1}{2}}", "The answer is 12 apples.",
 "25%"); the final answer is taken from the last `\\boxed{}`, else the text after the last
@@ -9,7 +10,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
+
+from w4s.benchmarks.base import Item
+from w4s.benchmarks.loading import DatasetBenchmark, FieldError
+from w4s.benchmarks.seeds import MATH_SEEDS
 
 # A number: thousands groups ("1,234") or plain digits, optional decimals or a leading ".5".
 # The minus sign may be ASCII or U+2212, and is not taken after a digit or letter ("3-5").
@@ -124,3 +130,32 @@ def decimals(text: str) -> int:
     """Decimal places written in a number string ("4.33" -> 2, "12" -> 0)."""
     match = re.search(r"\.(\d+)\s*$", text.strip())
     return len(match.group(1)) if match else 0
+
+
+NUMBER_ANSWER = "The answer is a single number (no units); put it in \\boxed{} or return it alone."
+
+
+class NumericBenchmark(DatasetBenchmark):
+    """Shared scorer and seeds for the benchmarks whose gold is one number."""
+
+    kind = "math"
+    tolerance: float = 1e-6
+
+    def score(self, item: Item, answer: Any) -> float:
+        return 1.0 if numbers_match(answer, item.gold, tolerance=self.tolerance) else 0.0
+
+    def seed_workflows(self) -> dict[str, str]:
+        return dict(MATH_SEEDS)
+
+
+def gold_number(row: Mapping[str, Any], field: str) -> float:
+    """The row's gold as a float; FieldError (naming the field) when it is not a number."""
+    try:
+        return parse_gold(row[field])
+    except ValueError as e:
+        raise FieldError(field, str(e)) from e
+
+
+def plain(value: float) -> int | float:
+    """Integers stay integers in JSON and in feedback (18, not 18.0)."""
+    return int(value) if value.is_integer() else value
