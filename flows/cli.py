@@ -185,15 +185,17 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from flows.evaluate_cmd import evaluate_file
     from w4s.config import BackendConfig, format_validation_error
 
     try:
         executor = BackendConfig.model_validate(yaml.safe_load(args.executor or "{}") or {})
-    except Exception as e:  # pydantic ValidationError
-        if hasattr(e, "errors"):
-            raise W4SError("executor " + format_validation_error(e)) from e
-        raise
+    except ValidationError as e:
+        raise W4SError("executor " + format_validation_error(e)) from e
+    except yaml.YAMLError as e:
+        raise W4SError(f"`--executor` is not valid YAML/JSON: {args.executor!r}") from e
     return evaluate_file(
         Path(args.workflow), args.benchmark, args.split, executor_cfg=executor,
         val_size=args.val_size, test_size=args.test_size, split_seed=args.split_seed,

@@ -213,19 +213,20 @@ def log_trajectory(run_dir: str, iteration: int) -> str:
     ))
 
 
-def best_candidate(store: RunStore, iterations: int) -> Candidate:
-    cands = [c for i in range(iterations + 1) for c in store.candidates(i)
-             if c.status == "ok" and c.accuracy is not None]
-    if not cands:
+def best_candidate(cands: Sequence[Candidate]) -> Candidate:
+    """The best by validation accuracy; ties go to the earliest (the simpler history)."""
+    scored = [c for c in cands if c.status == "ok" and c.accuracy is not None]
+    if not scored:
         raise W4SError("no workflow of this run finished a validation evaluation")
-    return max(cands, key=lambda c: (c.accuracy, -c.iteration, -c.index))
+    return max(scored, key=lambda c: (c.accuracy, -c.iteration, -c.index))
 
 
 def finalize(run_dir: str, iterations_done: int, status: str = "completed") -> dict[str, Any]:
     """Evaluate the best workflow (by validation accuracy) once on the held-out test split."""
     store = RunStore(run_dir)
     cfg = store.config()
-    best = best_candidate(store, iterations_done)
+    cands = [c for i in range(iterations_done + 1) for c in store.candidates(i)]
+    best = best_candidate(cands)
     path = store.save_workflow("best", best.code or "")
     test_items = _items(store, cfg, "test")
     harness = runtime.harness(cfg)
@@ -234,7 +235,6 @@ def finalize(run_dir: str, iterations_done: int, status: str = "completed") -> d
         test = harness.evaluate(best.code or "", test_items, runtime.benchmark(cfg))
     if test is None or test.budget_exceeded:
         status = "budget exceeded"
-    cands = [c for i in range(iterations_done + 1) for c in store.candidates(i)]
     summary = {
         "run_id": store.run_id,
         "status": status,

@@ -140,17 +140,21 @@ def sample_candidates(
     meta_agent: ChatModel, state: State, *, run_id: str, iteration: int, m: int,
     temperature: float, max_tokens: int,
 ) -> list[Candidate]:
-    """m actions for one state, in one batched call; token counts split evenly across them."""
+    """m actions for one state, in one batched call; its token usage is split across them."""
     prompt = state.messages()
     done = meta_agent.complete(prompt, n=m, temperature=temperature, max_tokens=max_tokens)
-    share_in, share_out = done.prompt_tokens // max(m, 1), done.completion_tokens // max(m, 1)
+    share_in, share_out = done.prompt_tokens // m, done.completion_tokens // m
     out = []
     for j, reply in enumerate(done.texts):
+        # the first candidate also carries the remainder, so the rows sum to the call's usage
+        extra_in = done.prompt_tokens % m if j == 0 else 0
+        extra_out = done.completion_tokens % m if j == 0 else 0
         action = parse_action(reply)
         out.append(Candidate(
             run_id=run_id, iteration=iteration, index=j, kind="action", prompt=prompt,
             reply=reply, analysis=action.analysis, code=action.code, error=action.error,
-            meta_prompt_tokens=share_in, meta_completion_tokens=share_out,
+            meta_prompt_tokens=share_in + extra_in,
+            meta_completion_tokens=share_out + extra_out,
         ))
     return out
 

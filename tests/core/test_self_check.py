@@ -65,3 +65,18 @@ def test_rewards_and_choice():
     chosen = assign_rewards(cands, state)
     assert chosen is cands[1] and chosen.chosen and not cands[0].chosen
     assert [c.reward for c in cands] == [0.0, 1.0, -0.1]
+
+
+def test_sampled_candidates_split_the_call_usage_exactly():
+    from models.scripted import ScriptedChatModel
+    from w4s.mdp import sample_candidates
+
+    meta = ScriptedChatModel([OK, "no code", BROKEN])
+    state = State("d", "q", "a").advance(0, 0.0, "c", [])
+    cands = sample_candidates(meta, state, run_id="r", iteration=1, m=3, temperature=0.5,
+                              max_tokens=64)
+    assert [c.code is not None for c in cands] == [True, False, True]
+    prompt_tokens = sum(len(m["content"].split()) for m in state.messages())
+    completion_tokens = sum(len(t.split()) for t in (OK, "no code", BROKEN))
+    assert sum(c.meta_prompt_tokens for c in cands) == prompt_tokens
+    assert sum(c.meta_completion_tokens for c in cands) == completion_tokens

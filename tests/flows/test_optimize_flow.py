@@ -164,6 +164,9 @@ def test_cli_evaluate_a_workflow_file(tmp_path, capsys):
     assert cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
                 "--executor", "{kind: nope}"]) == 2
     assert "`kind`" in capsys.readouterr().err
+    assert cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
+                "--executor", "{kind: ["]) == 2
+    assert "`--executor` is not valid YAML" in capsys.readouterr().err
 
 
 def test_executor_endpoint_down_is_recorded_and_the_run_finishes(tmp_path):
