@@ -74,6 +74,7 @@ def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
             timeout_s=cfg.timeout_s,
             max_retries=cfg.max_retries,
             max_new_tokens=cfg.max_new_tokens,
+            transport=cfg.transport,
         )
     if cfg.kind == "embedded":
         from models.embedded import load_embedded_chat_model

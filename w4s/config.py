@@ -44,6 +44,9 @@ class BackendConfig(_Frozen):
     max_new_tokens: int = Field(512, ge=1, le=32768)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(4, ge=0, le=20)
+    transport: Literal["http", "openai"] = Field(
+        "http", description="`openai` kind: stdlib keep-alive HTTP, or the official client"
+    )
     replies: list[str] | None = Field(None, description="`scripted` backend only: canned replies")
 
     @model_validator(mode="after")

@@ -1,4 +1,7 @@
-"""OpenAICompatChatModel against a scripted HTTP server on 127.0.0.1 (no network)."""
+"""OpenAICompatChatModel against a scripted HTTP server on 127.0.0.1 (no network).
+
+Every server test runs on both transports: `http` (http.client) and `openai` (the client).
+"""
 
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ def ok_body(request: dict, texts: list[str] | None = None) -> dict:
 class FakeServer:
     """Answers each POST with the next scripted (status, body-or-callable); records requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: str = "http") -> None:
+        self.transport = transport
         self.script: list[tuple[int, object]] = []
         self.requests: list[dict] = []
         self.headers: list[dict] = []
@@ -71,16 +75,17 @@ class FakeServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
 
     def model(self, **kwargs: object) -> OpenAICompatChatModel:
-        options = {"max_retries": 3, "timeout_s": 5.0, "backoff_s": 0.001, "max_backoff_s": 0.01}
+        options = {"max_retries": 3, "timeout_s": 5.0, "backoff_s": 0.001, "max_backoff_s": 0.01,
+                   "transport": self.transport}
         options.update(kwargs)
         return OpenAICompatChatModel(
             model="m", base_url=self.url, api_key="sk-test", api_key_env="TEST_KEY", **options
         )
 
 
-@pytest.fixture()
-def server() -> Iterator[FakeServer]:
-    fake = FakeServer()
+@pytest.fixture(params=["http", "openai"])
+def server(request: pytest.FixtureRequest) -> Iterator[FakeServer]:
+    fake = FakeServer(request.param)
     fake.thread.start()
     yield fake
     fake.httpd.shutdown()
@@ -131,6 +136,32 @@ def test_server_that_ignores_n_is_topped_up(server: FakeServer) -> None:
     assert out.prompt_tokens == 22 and out.extra["calls"] == 2
 
 
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"id": "x"}, "malformed chat completion"),
+        ({"choices": []}, "no choices returned"),
+        ({"choices": [{"message": {"content": ["a", "list"]}}]}, "non-text message content"),
+        ([1, 2], "malformed chat completion"),
+    ],
+)
+def test_malformed_200_reply_is_a_one_line_backend_error(
+    server: FakeServer, body: object, problem: str
+) -> None:
+    server.script = [(200, body)]
+    with pytest.raises(BackendError, match=problem) as info:
+        server.model().complete(MESSAGES)
+    assert "\n" not in str(info.value) and server.url in str(info.value)
+
+
+def test_missing_usage_and_null_content_count_as_zero_and_empty(server: FakeServer) -> None:
+    choice = {"message": {"content": None}, "finish_reason": "length"}
+    server.script = [(200, {"choices": [choice]})]
+    out = server.model().complete(MESSAGES)
+    assert out.texts == ("",) and (out.prompt_tokens, out.completion_tokens) == (0, 0)
+    assert out.extra["finish_reasons"] == ["length"]
+
+
 def test_429_is_retried_and_counted(server: FakeServer) -> None:
     server.script = [error(429, "slow down"), error(503, "busy")]
     out = server.model().complete(MESSAGES)
@@ -172,7 +203,8 @@ def test_timeout_is_retried_then_reported(server: FakeServer) -> None:
     assert len(server.requests) == 2
 
 
-def test_server_down_is_a_backend_error() -> None:
+@pytest.mark.parametrize("transport", ["http", "openai"])
+def test_server_down_is_a_backend_error(transport: str) -> None:
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -183,6 +215,7 @@ def test_server_down_is_a_backend_error() -> None:
         max_retries=1,
         backoff_s=0.001,
         timeout_s=2.0,
+        transport=transport,
     )
     with pytest.raises(BackendError, match=r"^\[m\] unreachable at .* after 2 attempts"):
         model.complete(MESSAGES)
@@ -204,3 +237,48 @@ def test_factory_builds_a_keyless_local_server_client(server: FakeServer) -> Non
     assert model.complete(MESSAGES).text == "reply 0"
     assert server.headers[0]["authorization"] == "Bearer EMPTY"
     assert build_chat_model(cfg) is model
+
+
+def test_kept_alive_connection_closed_by_the_server_is_reopened() -> None:
+    """HTTP/1.1 keep-alive: the server drops the idle connection; the next call reconnects."""
+    accepted: list[int] = []
+
+    def serve(listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                reply = json.dumps(ok_body(json.loads(body))).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(reply), reply))
+            # closed without "Connection: close": the client finds out on its next request
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    try:
+        model = OpenAICompatChatModel(model="m", base_url=f"http://127.0.0.1:"
+                                      f"{listener.getsockname()[1]}/v1", api_key="k",
+                                      max_retries=0)
+        for _ in range(3):
+            out = model.complete(MESSAGES)
+            assert out.text == "reply 0" and out.extra["retries"] == 0
+        assert len(accepted) == 3
+    finally:
+        listener.close()
+
+
+def test_transport_and_base_url_are_checked() -> None:
+    with pytest.raises(ConfigError, match="`transport` must be one of"):
+        OpenAICompatChatModel(model="m", base_url="http://x/v1", api_key="k", transport="grpc")
+    with pytest.raises(ConfigError, match="`base_url` must be an http"):
+        OpenAICompatChatModel(model="m", base_url="localhost:8000/v1", api_key="k")
