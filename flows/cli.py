@@ -200,7 +200,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.workflow), args.benchmark, args.split, executor_cfg=executor,
         val_size=args.val_size, test_size=args.test_size, split_seed=args.split_seed,
         json_out=args.json, concurrency=args.concurrency, use_cache=not args.no_cache,
-        benchmark_options=_custom_benchmark_options(args),
+        reuse_outcomes=not args.rerun, benchmark_options=_custom_benchmark_options(args),
     )
 
 
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", help="executor BackendConfig as YAML/JSON, "
                                       "e.g. '{kind: openai, model: gpt-4o-mini}'")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--rerun", action="store_true",
+                   help="run every item in the sandbox, even one already run by identical code "
+                        "(executor calls still come from the cache)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     _add_benchmark_options(p)
     p.set_defaults(func=cmd_evaluate)

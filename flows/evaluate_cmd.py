@@ -28,6 +28,7 @@ def evaluate_file(
     json_out: bool = False,
     concurrency: int = 4,
     use_cache: bool = True,
+    reuse_outcomes: bool = True,
     benchmark_options: dict[str, Any] | None = None,
     item_timeout_s: float = 60.0,
     code_timeout_s: float = 5.0,
@@ -64,7 +65,7 @@ def evaluate_file(
 
         cache = open_call_cache()
     settings = SandboxSettings(item_timeout_s=item_timeout_s, code_timeout_s=code_timeout_s,
-                               concurrency=concurrency)
+                               concurrency=concurrency, reuse_outcomes=reuse_outcomes)
     executor = build_chat_model(executor_cfg, role="executor")
     prices = PriceTable.for_executor(executor_cfg.kind, executor.model_id)
     try:
@@ -88,7 +89,7 @@ def _document(header: dict, result: EvalResult, level: str) -> dict:
         "executor_calls": result.executor_calls, "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd,
         "cache_hits": result.cache_hits, "cache_misses": result.cache_misses,
-        "budget_exceeded": result.budget_exceeded,
+        "reused_outcomes": result.reused, "budget_exceeded": result.budget_exceeded,
         "outcomes": [asdict(o) for o in result.outcomes],
     }
 
@@ -115,7 +116,8 @@ def _print_table(header: dict, result: EvalResult, level: str) -> None:
     print(f"accuracy:   {result.accuracy:.4f}")
     print(f"executor:   {result.executor_calls} calls, {result.prompt_tokens} prompt + "
           f"{result.completion_tokens} completion tokens, cost {cost}")
-    print(f"cache:      {result.cache_hits} hits, {result.cache_misses} misses")
+    reused = f"; {result.reused} items reused from identical earlier runs" if result.reused else ""
+    print(f"cache:      {result.cache_hits} hits, {result.cache_misses} misses{reused}")
     if result.budget_exceeded:
         print("budget:     exceeded; items not started were skipped")
     print()

@@ -48,7 +48,7 @@ def harness(cfg: OptimizeConfig) -> Harness:
     """One warm worker pool per (executor, sandbox settings, budget) in this process."""
     key = "|".join(map(str, (
         cfg.executor.model_dump_json(), cfg.item_timeout_s, cfg.code_timeout_s,
-        cfg.concurrency, cfg.use_cache, cfg.budget_usd, cfg.budget_tokens,
+        cfg.concurrency, cfg.use_cache, cfg.reuse_outcomes, cfg.budget_usd, cfg.budget_tokens,
         sorted(cfg.prices.items()),
     )))
     with _lock:
@@ -58,7 +58,7 @@ def harness(cfg: OptimizeConfig) -> Harness:
                 model,
                 settings=SandboxSettings(
                     item_timeout_s=cfg.item_timeout_s, code_timeout_s=cfg.code_timeout_s,
-                    concurrency=cfg.concurrency,
+                    concurrency=cfg.concurrency, reuse_outcomes=cfg.reuse_outcomes,
                 ),
                 cache=open_call_cache() if cfg.use_cache else None,
                 prices=PriceTable.for_executor(cfg.executor.kind, model.model_id, cfg.prices),

@@ -86,6 +86,9 @@ class OptimizeConfig(_Frozen):
     code_timeout_s: float = Field(5.0, gt=0)
     concurrency: int = Field(4, ge=1, le=512)
     use_cache: bool = True
+    reuse_outcomes: bool = Field(
+        True, description="with the cache: an item already run by identical code is not rerun"
+    )
     prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="model -> (USD per 1M input, per 1M output tokens)"
     )

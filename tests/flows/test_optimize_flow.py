@@ -160,7 +160,15 @@ def test_cli_evaluate_a_workflow_file(tmp_path, capsys):
                 "--val-size", "4", "--executor", "{kind: scripted, replies: ['0']}", "--json"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["accuracy"] == 1.0 and len(doc["outcomes"]) == 4
+    assert doc["accuracy"] == 1.0 and len(doc["outcomes"]) == 4 and doc["reused_outcomes"] == 0
+    args = ["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic", "--val-size",
+            "4", "--executor", "{kind: scripted, replies: ['0']}", "--json"]
+    assert cli(args) == 0  # the same workflow again: answered from the recorded outcomes
+    again = json.loads(capsys.readouterr().out)
+    assert again["reused_outcomes"] == 4 and again["executor_calls"] == 0
+    assert [o["answer"] for o in again["outcomes"]] == [o["answer"] for o in doc["outcomes"]]
+    assert cli([*args, "--rerun"]) == 0
+    assert json.loads(capsys.readouterr().out)["reused_outcomes"] == 0
     assert cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
                 "--executor", "{kind: nope}"]) == 2
     assert "`kind`" in capsys.readouterr().err

@@ -30,10 +30,12 @@ def test_call_key_is_content_addressed():
     assert len(call_key(**base, sample_index=0)) == 64
 
 
-def test_rerun_makes_zero_executor_calls(fake, make_bench, tmp_path):
+@pytest.mark.parametrize("reuse", [True, False], ids=["recorded-outcomes", "replayed-calls"])
+def test_rerun_makes_zero_executor_calls(fake, make_bench, tmp_path, reuse):
     bench = make_bench(5)
     cache = SQLiteCallCache(tmp_path / "c.sqlite")
-    with Harness(fake, cache=cache) as h:
+    settings = SandboxSettings(reuse_outcomes=reuse)
+    with Harness(fake, cache=cache, settings=settings) as h:
         first = h.evaluate(SAMPLING, bench.load(), bench)
     calls_after_first = fake.calls
     assert first.accuracy == 1.0, [o.error for o in first.outcomes]
@@ -41,13 +43,15 @@ def test_rerun_makes_zero_executor_calls(fake, make_bench, tmp_path):
     assert first.executor_calls == 5 * 3 == calls_after_first
     cache.close()
     again = SQLiteCallCache(tmp_path / "c.sqlite")  # persistent across processes/runs
-    with Harness(fake, cache=again) as h:
+    with Harness(fake, cache=again, settings=settings) as h:
         second = h.evaluate(SAMPLING, bench.load(), bench)
     assert fake.calls == calls_after_first, "a rerun must not call the executor"
     assert second.executor_calls == 0 and second.cache_misses == 0
     assert second.cache_hits == 25
     assert second.prompt_tokens == 0 and second.cost_usd == 0.0
     assert [o.answer for o in second.outcomes] == [o.answer for o in first.outcomes]
+    assert second.accuracy == 1.0 and second.reused == (5 if reuse else 0)
+    assert first.reused == 0
 
 
 def test_partial_hits_fetch_only_missing_samples(fake, make_bench):
@@ -221,3 +225,85 @@ def test_random_is_seeded_per_item_so_reruns_agree(make_bench, fake_cls):
         first = [o.answer for o in h.evaluate(code, bench.load(), bench).outcomes]
         again = [o.answer for o in h.evaluate(code, bench.load(), bench).outcomes]
     assert first == again and len(set(first)) == 4  # same per item, different across items
+
+
+# ------------------------------------------------------------------ recorded outcomes
+
+ECHO = """
+def solver(agent, task):
+    return {"answer": agent.llm("ECHO: " + task)}
+"""
+AS_DICT = """
+def solver(agent, task):
+    return {"answer": {"text": agent.llm("ECHO: " + task), "n": [1, 2]}}
+"""
+
+
+def test_recorded_outcome_comes_back_raw_and_rescored(fake, make_bench):
+    bench = make_bench(3)
+    items = bench.load()
+    gold = {it.id: it.gold for it in items}
+    scored: list = []
+
+    def score(item, answer):  # the raw answer: a dict whose text must equal the gold
+        scored.append(answer)
+        return 1.0 if isinstance(answer, dict) and answer.get("text") == gold[item.id] else 0.0
+
+    bench.score = score
+    with Harness(fake, cache=MemoryCallCache()) as h:
+        first = h.evaluate(AS_DICT, items, bench)
+        assert first.accuracy == 1.0 and first.reused == 0
+        gold["q1"] = "changed"  # the scorer is asked again, so the new gold counts
+        second = h.evaluate(AS_DICT, items, bench)
+    assert second.reused == 3 and second.executor_calls == 0 and second.cache_hits == 3
+    assert [o.score for o in second.outcomes] == [1.0, 0.0, 1.0]
+    assert scored[-3] == {"text": "answer-0", "n": [1, 2]}, "the raw answer was not kept"
+    assert [o.answer for o in second.outcomes] == [o.answer for o in first.outcomes]
+
+
+def test_outcomes_are_not_reused_across_code_items_limits_or_models(fake, fake_cls, make_bench):
+    bench = make_bench(2)
+    items = bench.load()
+    cache = MemoryCallCache()
+    with Harness(fake, cache=cache) as h:
+        h.evaluate(ECHO, items, bench)
+        assert h.evaluate(ECHO + "# edited\n", items, bench).reused == 0
+        asked = [type(it)(id=it.id, question=it.question + "!", gold=it.gold) for it in items]
+        assert h.evaluate(ECHO, asked, bench).reused == 0
+        assert h.evaluate(ECHO, items, bench).reused == 2
+    with Harness(fake, cache=cache, settings=SandboxSettings(code_timeout_s=2.0)) as h:
+        assert h.evaluate(ECHO, items, bench).reused == 0
+    with Harness(fake_cls("other-model"), cache=cache) as h:
+        assert h.evaluate(ECHO, items, bench).reused == 0
+    with Harness(fake, cache=None) as h:  # no cache: nothing recorded, nothing reused
+        assert h.evaluate(ECHO, items, bench).reused == 0
+
+
+def test_workflow_errors_are_reused_but_failures_outside_it_are_retried(fake, make_bench):
+    bench = make_bench(1)
+    items = bench.load()
+    raising = "def solver(agent, task):\n    raise ValueError('no idea')\n"
+    failing = "def solver(agent, task):\n    return {'answer': agent.llm('FAIL now')}\n"
+    slow = "import time\ndef solver(agent, task):\n    time.sleep(30)\n"
+    settings = SandboxSettings(item_timeout_s=1.0)
+    with Harness(fake, cache=MemoryCallCache(), settings=settings) as h:
+        for code, reused, error in ((raising, 1, "ValueError: no idea"),
+                                    (failing, 0, "BackendError"), (slow, 0, "timeout after 1s")):
+            first = h.evaluate(code, items, bench)
+            again = h.evaluate(code, items, bench)
+            assert again.reused == reused, code
+            for result in (first, again):
+                assert error in result.outcomes[0].error, result.outcomes[0].error
+
+
+def test_budget_stopped_items_are_not_recorded(fake, make_bench):
+    bench = make_bench(4)
+    cache = MemoryCallCache()
+    with Harness(fake, cache=cache, budget_tokens=1,
+                 settings=SandboxSettings(concurrency=1)) as h:
+        stopped = h.evaluate(ECHO, bench.load(), bench)
+    assert stopped.budget_exceeded and stopped.errors >= 3
+    with Harness(fake, cache=cache, settings=SandboxSettings(concurrency=1)) as h:
+        again = h.evaluate(ECHO, bench.load(), bench)
+    assert again.accuracy == 1.0, [o.error for o in again.outcomes]
+    assert again.reused <= 1 and again.reused == stopped.accuracy * 4

@@ -3,10 +3,17 @@
 One function handles one item (`_run_item`); everything else hands items to it through a
 bounded thread pool. A failure is a value: every item ends as an ItemOutcome, whatever the
 workflow, the executor or the worker did.
+
+With a call cache, each item's outcome is recorded there too, keyed by the workflow code,
+the item, the executor model and the limits. The meta-agent often re-proposes a workflow it
+has seen (the seed, a sibling candidate), and a rerun of a stage repeats whole evaluations:
+those items get the recorded answer back, re-scored, without a sandbox run. Only clean runs
+are recorded: no timeout, crash, executor error or budget stop, so those are always retried.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -46,6 +53,7 @@ class _ItemRun:
         self.closed = False  # no replies may be sent once the job is over
         self.budget_hit = False
         self.in_flight = 0  # executor calls being served for this item
+        self.replayable = True  # False once anything outside the workflow's control failed
         self.spend = Spend()
         self._next_index: dict[str, int] = {}
 
@@ -199,16 +207,26 @@ class Harness:
 
     def _run_item(self, code: str, item: Item, benchmark: Benchmark | None) -> ItemOutcome:
         start = time.monotonic()
-        if self._meter.exceeded:
-            return _failed(item.id, BUDGET_ERROR, 0.0)
-        run = _ItemRun(next(self._jobs))
-        try:
-            raw, answer, error = self._execute(code, item, run)
-        except Exception as e:  # a bug of ours must not end the run: record it on the item
-            log.exception("sandbox: item %s failed inside the harness", item.id)
-            raw, answer, error = None, None, f"internal harness error: {type(e).__name__}: {e}"
-        if run.budget_hit and error is not None:
-            error = BUDGET_ERROR
+        key = self._outcome_key(code, item)
+        recorded = self._recorded(key)
+        if recorded is not None:
+            raw, answer, error, samples = recorded
+            run = _ItemRun(0)
+            self._account(run, Spend(cache_hits=samples))
+        else:
+            if self._meter.exceeded:
+                return _failed(item.id, BUDGET_ERROR, 0.0)
+            run = _ItemRun(next(self._jobs))
+            try:
+                raw, answer, error = self._execute(code, item, run)
+            except Exception as e:  # a bug of ours must not end the run: record it on the item
+                log.exception("sandbox: item %s failed inside the harness", item.id)
+                raw, answer, error = None, None, f"internal harness error: {type(e).__name__}: {e}"
+                run.replayable = False
+            if run.budget_hit and error is not None:
+                error = BUDGET_ERROR
+            if key is not None and run.replayable and not run.budget_hit:
+                self._record(key, raw, answer, error, run)
         score = 0.0
         if error is None and benchmark is not None:
             try:
@@ -224,8 +242,47 @@ class Harness:
             executor_calls=s.executor_calls, prompt_tokens=s.prompt_tokens,
             completion_tokens=s.completion_tokens, cost_usd=s.cost_usd,
             seconds=time.monotonic() - start, cache_hits=s.cache_hits,
-            cache_misses=s.cache_misses,
+            cache_misses=s.cache_misses, reused=recorded is not None,
         )
+
+    # ------------------------------------------------------------ recorded outcomes
+
+    def _outcome_key(self, code: str, item: Item) -> str | None:
+        if self.cache is None or not self.settings.reuse_outcomes:
+            return None
+        st = self.settings
+        payload = [
+            "outcome-v1", code, item.id, item.question, self.executor.model_id,
+            st.item_timeout_s, st.code_timeout_s, st.memory_mb, st.max_output_chars,
+        ]
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+        return "outcome:" + hashlib.sha256(text.encode()).hexdigest()
+
+    def _recorded(self, key: str | None) -> tuple[Any, str | None, str | None, int] | None:
+        """(raw answer, its text, error, samples used) of an identical earlier clean run."""
+        if key is None or self.cache is None:
+            return None
+        try:
+            hit = self.cache.get(key)
+        except Exception as e:  # noqa: BLE001 - a broken cache degrades to a rerun
+            log.warning("sandbox: outcome cache read failed: %s", e)
+            return None
+        if not isinstance(hit, dict) or not isinstance(hit.get("samples"), int):
+            return None
+        answer, error = hit.get("answer"), hit.get("error")
+        return hit.get("raw", answer), answer, error, hit["samples"]
+
+    def _record(self, key: str, raw: Any, answer: str | None, error: str | None,
+                run: _ItemRun) -> None:
+        s = run.spend
+        value: dict[str, Any] = {"answer": answer, "error": error,
+                                 "samples": s.cache_hits + s.cache_misses}
+        if error is None and raw is not answer:  # the solver's answer as JSON, when it was
+            value["raw"] = raw
+        try:
+            self.cache.put(key, value)  # type: ignore[union-attr] - key implies a cache
+        except Exception as e:  # noqa: BLE001
+            log.warning("sandbox: outcome cache write failed: %s", e)
 
     def _execute(self, code: str, item: Item, run: _ItemRun) -> tuple[Any, str | None, str | None]:
         """Run the solver in a worker: (raw answer, its text, error)."""
@@ -252,6 +309,7 @@ class Harness:
                             run.closed = True
             except WorkerDied as e:
                 if attempt == 1:
+                    run.replayable = False
                     return None, None, f"sandbox worker failed: {e}"
         raise AssertionError("unreachable")
 
@@ -285,13 +343,16 @@ class Harness:
                     break
         except TimeoutError:
             w.kill()
+            run.replayable = False
             return None, None, f"timeout after {self.settings.item_timeout_s:g}s"
         except (EOFError, OSError, _w.ProtocolError) as e:
             w.kill()
+            run.replayable = False
             if result is None:
                 return None, None, f"worker failed: {type(e).__name__} {e}".strip()
             done = {}
-        if result is None:
+        if result is None:  # a crash (memory, CPU or process limit): not worth recording
+            run.replayable = False
             return None, None, str(done.get("exit") or "worker exited without a result")
         if "error" in result:
             return None, None, _w.clip(str(result["error"]), self.settings.max_output_chars)
@@ -321,6 +382,7 @@ class Harness:
             call = _Call.parse(frame, self.executor.model_id, run)
             self._lookup(call)
         except (KeyError, TypeError, ValueError) as e:
+            run.replayable = False
             self._reply(w, run, frame, {"error": f"bad executor request: {type(e).__name__}: {e}"})
             return
         if call.missing:
@@ -328,6 +390,7 @@ class Harness:
                 busy = run.in_flight >= MAX_CALLS_IN_FLIGHT
                 run.in_flight += 0 if busy else 1
             if busy:
+                run.replayable = False
                 self._reply(w, run, frame, {"error": "too many executor calls in flight "
                                                      f"(limit {MAX_CALLS_IN_FLIGHT} per item)"})
                 return
@@ -341,11 +404,14 @@ class Harness:
             self._fetch(run, call)
             reply: dict = {"texts": call.reply_texts()}
         except BudgetExceeded:
+            run.replayable = False
             run.budget_hit = True
             reply = {"error": BUDGET_ERROR}
         except BackendError as e:
+            run.replayable = False
             reply = {"error": f"BackendError: {e}"}
         except Exception as e:  # noqa: BLE001 - an executor bug fails the item, not the run
+            run.replayable = False
             log.exception("sandbox: executor call failed")
             reply = {"error": f"executor failed: {type(e).__name__}: {e}"}
         finally:
@@ -408,6 +474,7 @@ class Harness:
                 try:
                     self.cache.put(call.keys[i], value)
                 except Exception as e:  # noqa: BLE001
+                    run.replayable = False  # a rerun could not replay this reply
                     log.warning("sandbox: call cache write failed: %s", e)
         self._account(run, spend)
 

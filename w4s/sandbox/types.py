@@ -14,6 +14,9 @@ class SandboxSettings:
     concurrency: int = 4  # items in flight at once across the harness
     memory_mb: int = 2048  # address-space limit per jailed process
     max_output_chars: int = 20_000  # caps on answers, stdout and tracebacks coming back
+    # with a call cache: an item already run by the same code, executor and limits gets its
+    # recorded outcome back (re-scored) instead of a rerun; see Harness._recorded
+    reuse_outcomes: bool = True
 
     def __post_init__(self) -> None:
         for name in ("item_timeout_s", "code_timeout_s"):
@@ -47,6 +50,7 @@ class ItemOutcome:
     seconds: float
     cache_hits: int = 0  # samples served from the call cache
     cache_misses: int = 0  # samples the executor had to produce
+    reused: bool = False  # the recorded outcome of an identical earlier run, not rerun
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,11 @@ class EvalResult:
     @property
     def errors(self) -> int:
         return sum(1 for o in self.outcomes if o.error is not None)
+
+    @property
+    def reused(self) -> int:
+        """Items answered from recorded outcomes instead of running again."""
+        return sum(1 for o in self.outcomes if o.reused)
 
 
 @dataclass(frozen=True, slots=True)
