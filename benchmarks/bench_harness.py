@@ -15,15 +15,14 @@ Run: .venv/bin/python benchmarks/bench_harness.py [--items 128 --concurrency 32]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import math
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -39,53 +38,56 @@ def solver(agent, task):
 # ------------------------------------------------------------------ the fake endpoint
 
 
+def _reply(req: dict) -> dict:
+    last = req["messages"][-1]["content"]
+    n = int(req.get("n", 1))
+    text = "r" + hashlib.sha256(last.encode()).hexdigest()[:12]
+    return {
+        "id": "bench", "object": "chat.completion", "created": 0, "model": req["model"],
+        "choices": [{"index": i, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": text}} for i in range(n)],
+        "usage": {"prompt_tokens": len(last.split()), "completion_tokens": n,
+                  "total_tokens": len(last.split()) + n},
+    }
+
+
 def serve(port_file: str, latency: float) -> None:
-    """Answer chat completions after `latency` s; GET /stats returns the request count."""
-    count = [0]
-    lock = threading.Lock()
+    """Answer chat completions after `latency` s; GET /stats returns the request count.
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # else headers and body meet delayed ACKs: +40 ms
-        wbufsize = 1 << 16  # one write per response
+    asyncio with keep-alive, like a real serving engine's front end: one thread, about
+    0.1 ms of CPU per request, so the server does not compete with the harness for cores.
+    """
+    count = 0
 
-        def log_message(self, *args: Any) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal count
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                method = head[0].split(" ", 1)[0]
+                length = next((int(h.split(":", 1)[1]) for h in head[1:]
+                               if h.lower().startswith("content-length:")), 0)
+                body = await reader.readexactly(length) if length else b""
+                if method == "POST":
+                    count += 1
+                    await asyncio.sleep(latency)
+                    out = _reply(json.loads(body))
+                else:
+                    out = {"requests": count}
+                data = json.dumps(out).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        finally:
+            writer.close()
 
-        def _send(self, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=512)
+        Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))
+        await server.serve_forever()
 
-        def do_GET(self) -> None:  # noqa: N802
-            self._send({"requests": count[0]})
-
-        def do_POST(self) -> None:  # noqa: N802
-            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with lock:
-                count[0] += 1
-            time.sleep(latency)
-            last = req["messages"][-1]["content"]
-            n = int(req.get("n", 1))
-            text = "r" + hashlib.sha256(last.encode()).hexdigest()[:12]
-            self._send({
-                "id": "bench", "object": "chat.completion", "created": 0,
-                "model": req["model"],
-                "choices": [{"index": i, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": text}}
-                            for i in range(n)],
-                "usage": {"prompt_tokens": len(last.split()), "completion_tokens": n,
-                          "total_tokens": len(last.split()) + n},
-            })
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 256
-    Path(port_file).write_text(str(server.server_address[1]))
-    server.serve_forever()
+    asyncio.run(main())
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, int]:

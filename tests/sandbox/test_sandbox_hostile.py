@@ -286,3 +286,104 @@ def test_hostile_outcomes_do_not_affect_neighbours(hostile_harness, make_bench):
     assert all(o.error and "exited with code 1" in o.error for o in crashed.outcomes)
     assert all(o.error == "timeout after 5s" for o in looped.outcomes)
     assert good.accuracy == 1.0
+
+
+FRAME = """
+import json, struct, threading, time
+
+def frame(agent, body):
+    data = json.dumps({**body, "job": agent._channel.job}).encode()
+    agent._channel.sock.sendall(struct.pack(">I", len(data)) + data)
+"""
+
+SPAMMER = FRAME + """
+def solver(agent, task):
+    def spam():
+        while True:
+            frame(agent, {"op": "result", "answer_str": "spam"})
+            frame(agent, {"op": "call", "id": 99, "messages": [], "n": 1, "temperature": 0})
+    threading.Thread(target=spam, daemon=True).start()
+    time.sleep(0.05)
+    return {"answer": "first"}
+"""
+
+FORGER = FRAME + """
+def solver(agent, task):
+    frame(agent, {"op": "result", "answer_str": "forged"})
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def one_worker(fake_cls):
+    from w4s.sandbox import Harness, SandboxSettings
+
+    settings = SandboxSettings(item_timeout_s=5.0, code_timeout_s=1.0, concurrency=1)
+    with Harness(fake_cls(), settings=settings) as h:
+        yield h
+
+
+def test_frames_left_by_an_earlier_job_never_reach_the_next(one_worker, make_bench):
+    """A job that floods the socket with result frames: the next job on that worker ignores
+    them (job ids are unguessable) and gets its own answers."""
+    bench = make_bench(4)
+    spammed = one_worker.evaluate(SPAMMER, bench.load()[:1], bench)
+    assert spammed.outcomes[0].answer in ("first", "spam")
+    after = one_worker.evaluate(ECHO, bench.load(), bench)
+    assert after.accuracy == 1.0, [o.error or o.answer for o in after.outcomes]
+
+
+def test_a_job_lingering_after_its_result_costs_the_next_item_nothing(
+    one_worker, make_bench, monkeypatch
+):
+    """A forged early result, then a hang: the worker is released at the result, but the
+    zygote is stuck, so the next item gives up on it after the grace and retries elsewhere."""
+    from w4s.sandbox import harness
+
+    monkeypatch.setattr(harness, "START_GRACE_S", 1.0)
+    bench = make_bench(2)
+    forged = one_worker.evaluate(FORGER, bench.load()[:1], bench)
+    assert forged.outcomes[0].answer == "forged"
+    start = time.monotonic()
+    after = one_worker.evaluate(ECHO, bench.load(), bench)
+    assert after.accuracy == 1.0, [o.error for o in after.outcomes]
+    assert after.outcomes[0].seconds >= 1.0 and time.monotonic() - start < 4.5
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_spare_processes_do_not_pile_up(one_worker, make_bench):
+    """Each job's process is forked ahead while the previous job waits on the executor;
+    after many items and a job that kills what it can, one worker holds at most one spare."""
+    bench = make_bench(12)
+    slow = "import time\ndef solver(agent, t):\n    time.sleep(0.1)\n    return {'answer': t}\n"
+    killer = "import os\ndef solver(agent, task):\n    os.kill(-1, 9)\n"
+    one_worker.evaluate(ECHO, bench.load()[:1], bench)  # starts the worker
+    (worker,) = one_worker._pool._all
+    zygote = 1 if worker.isolation.get("pid_namespace") else 0  # under unshare --fork
+
+    def settled() -> list[int]:
+        time.sleep(0.3)  # the zygote ends the last job after the harness has its result
+        return _descendants(worker.proc.pid)
+
+    assert one_worker.evaluate(slow, bench.load(), bench).accuracy == 1.0
+    assert len(settled()) == zygote + 1, "the last slow job should have left one spare"
+    assert one_worker.evaluate(killer, bench.load()[:2], bench).errors == 2
+    assert one_worker.evaluate(ECHO, bench.load(), bench).accuracy == 1.0
+    assert len(settled()) <= zygote + 1, f"leftover processes: {settled()}"

@@ -14,10 +14,10 @@ are recorded: no timeout, crash, executor error or budget stop, so those are alw
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import math
+import secrets
 import select
 import threading
 import time
@@ -42,6 +42,11 @@ log = logging.getLogger("w4s.sandbox")
 BUDGET_ERROR = "budget exceeded"
 _MAX_REPLY_CHARS = 200_000  # per executor text handed back to a workflow
 MAX_CALLS_IN_FLIGHT = 64  # per item: a workflow flooding requests gets errors, not threads
+# A worker is released as soon as its item's result arrives; its zygote ends that job's
+# processes before it starts the next one. A job that lingers past its result (e.g. a
+# forged result frame, then a hang) holds the zygote: after this long the next item gives
+# up on the worker and retries on a fresh one, so it is never charged the wait.
+START_GRACE_S = 5.0
 
 
 class _ItemRun:
@@ -142,7 +147,6 @@ class Harness:
         # threads start on demand; many, because an abandoned (timed-out) call holds one
         # until the backend's own timeout ends it
         self._calls = ThreadPoolExecutor(256, thread_name_prefix="w4s-call")
-        self._jobs = itertools.count(1)
         self._closed = False
 
     # ------------------------------------------------------------ public API
@@ -216,7 +220,7 @@ class Harness:
         else:
             if self._meter.exceeded:
                 return _failed(item.id, BUDGET_ERROR, 0.0)
-            run = _ItemRun(next(self._jobs))
+            run = _ItemRun(secrets.randbits(52))  # unguessable: stale frames never match
             try:
                 raw, answer, error = self._execute(code, item, run)
             except Exception as e:  # a bug of ours must not end the run: record it on the item
@@ -300,10 +304,10 @@ class Harness:
                     except OSError as e:
                         w.kill()
                         raise WorkerDied(str(e)) from e
-                    # the clock starts once a warm worker has the job, not while one starts
-                    deadline = time.monotonic() + st.item_timeout_s
+                    with run.lock:
+                        run.closed = False
                     try:
-                        return self._converse(w, run, deadline)
+                        return self._converse(w, run)
                     finally:
                         with run.lock:
                             run.closed = True
@@ -313,33 +317,52 @@ class Harness:
                     return None, None, f"sandbox worker failed: {e}"
         raise AssertionError("unreachable")
 
-    def _converse(self, w, run: _ItemRun, deadline: float) -> tuple[Any, str | None, str | None]:
-        """Serve the child's executor calls until the zygote reports it finished."""
+    def _converse(self, w, run: _ItemRun) -> tuple[Any, str | None, str | None]:
+        """Serve the child's executor calls until its result (or the zygote's "done")."""
         limit = _w.MAX_FRAME  # prompts may be long; answers are clipped by the child
         result: dict | None = None
+        started = False
+        # the item's clock starts when its process does, not while the zygote is busy
+        deadline = time.monotonic() + START_GRACE_S
         try:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if not started:
+                        w.kill()
+                        raise WorkerDied(f"the worker's previous job did not end within "
+                                         f"{START_GRACE_S:g}s")
                     raise TimeoutError
                 ready = _readable(w.data, w.ctrl, timeout=left)
                 if w.data in ready:
                     frame = _w.recv_frame(w.data, deadline=deadline, max_bytes=limit)
+                    if frame.get("job") != run.job:
+                        continue  # written by an earlier job's process before it was killed
+                    if not started:  # its frames can overtake the zygote's "started"
+                        started, deadline = True, time.monotonic() + self.settings.item_timeout_s
                     op = frame.get("op")
                     if op == "call":
                         self._on_call(w, run, frame)
-                    elif op == "result" and result is None:
+                    elif op == "result":
+                        # done: the worker goes back to the pool now, and its zygote ends
+                        # this job's processes before it reads the next job
+                        w.job_pid = None
                         result = frame
+                        break
                     else:
                         raise _w.ProtocolError(f"unexpected frame {op!r} from the solver")
                 elif w.ctrl in ready:
                     done = _w.recv_frame(w.ctrl, deadline=deadline)
+                    if done.get("job") != run.job:
+                        continue  # the previous job's "done"
                     if done.get("op") == "started":
                         w.job_pid = done.get("pid")
+                        if not started:
+                            started = True
+                            deadline = time.monotonic() + self.settings.item_timeout_s
                         continue
-                    w.job_pid = None
-                    if result is None:  # the result may still sit in the data socket
-                        result = self._drain_result(w, limit)
+                    w.job_pid = None  # it ended without a result (crashed or exited)
+                    result = self._drain_result(w, run, limit)
                     break
         except TimeoutError:
             w.kill()
@@ -348,9 +371,7 @@ class Harness:
         except (EOFError, OSError, _w.ProtocolError) as e:
             w.kill()
             run.replayable = False
-            if result is None:
-                return None, None, f"worker failed: {type(e).__name__} {e}".strip()
-            done = {}
+            return None, None, f"worker failed: {type(e).__name__} {e}".strip()
         if result is None:  # a crash (memory, CPU or process limit): not worth recording
             run.replayable = False
             return None, None, str(done.get("exit") or "worker exited without a result")
@@ -366,10 +387,11 @@ class Harness:
         return raw, answer, None
 
     @staticmethod
-    def _drain_result(w, limit: int) -> dict | None:
+    def _drain_result(w, run: _ItemRun, limit: int) -> dict | None:
+        """A result that reached the data socket just before the zygote's "done"."""
         while _readable(w.data, timeout=0):
             frame = _w.recv_frame(w.data, deadline=time.monotonic() + 1.0, max_bytes=limit)
-            if frame.get("op") == "result":
+            if frame.get("op") == "result" and frame.get("job") == run.job:
                 return frame
         return None
 

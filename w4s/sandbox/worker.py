@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import itertools
 import json
 import linecache
@@ -311,9 +312,20 @@ class Jail:
 
     def enter(self, workdir: str, *, cpu_s: float, memory_mb: int, fsize_mb: int) -> None:
         """Called in the forked child, before any untrusted code: irreversible."""
+        self.prepare(workdir)
+        self.lock(cpu_s=cpu_s, memory_mb=memory_mb, fsize_mb=fsize_mb)
+
+    @staticmethod
+    def prepare(workdir: str) -> None:
+        """The child's own session and directory; it still has the zygote's privileges."""
+        if sys.platform.startswith("linux"):
+            _get_libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         os.setsid()
         os.chdir(workdir)
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
+
+    def lock(self, *, cpu_s: float, memory_mb: int, fsize_mb: int) -> None:
+        """Limits, Landlock and the uid drop: the last step before untrusted code runs."""
         cpu = max(1, int(cpu_s + 1))
         limits = [
             (resource.RLIMIT_CPU, (cpu, cpu + 1)),
@@ -337,8 +349,6 @@ class Jail:
             os.setgroups([])
             os.setgid(self.uid)
             os.setuid(self.uid)
-        if sys.platform.startswith("linux"):
-            _get_libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         sys.dont_write_bytecode = True
 
 
@@ -361,8 +371,10 @@ def _redirect_stdio(path: str | None) -> None:
 # ---------------------------------------------------------------- waiting with a timeout
 
 
-def wait_child(pid: int, timeout_s: float | None) -> tuple[int | None, bool]:
-    """(wait status, timed_out). On timeout the child's process group is killed and reaped."""
+def wait_child(pid: int, timeout_s: float | None, *,
+               kill: bool = True) -> tuple[int | None, bool]:
+    """(wait status, timed_out). On timeout the child's group is killed and reaped, unless
+    `kill` is False: then (None, True) and the child runs on."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pidfd = -1
     if hasattr(os, "pidfd_open"):
@@ -378,6 +390,8 @@ def wait_child(pid: int, timeout_s: float | None) -> tuple[int | None, bool]:
                 return status, False
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
+                if not kill:
+                    return None, True
                 kill_group(pid)
                 os.waitpid(pid, 0)
                 return None, True
@@ -454,6 +468,7 @@ def run_source_in_child(source: str, filename: str, want_solution: bool, limit: 
 def run_program(
     jail: Jail | None, source: str, *, timeout_s: float, memory_mb: int, limit: int,
     want_solution: bool = False, close_fds: tuple[int, ...] = (), workdir: str | None = None,
+    keep: int | None = None,
 ) -> dict:
     """Fork, jail (when `jail` is given), run, wait with a timeout, read capped output.
 
@@ -493,7 +508,7 @@ def run_program(
     status, timed_out = wait_child(pid, timeout_s)
     seconds = time.monotonic() - start
     if jail is not None:
-        jail_cleanup(jail, pid)
+        jail_cleanup(jail, pid, keep=keep)
     stdout = _read_capped(out_path, limit)
     record = None
     if not timed_out:
@@ -536,30 +551,49 @@ def _nested_dir() -> str:
     return path
 
 
-def jail_cleanup(jail: Jail, pgid: int | None = None) -> None:
-    """Kill whatever a finished job left running (daemonized or forked descendants)."""
+def _namespace_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def _cgroup_pids(path: str) -> list[int]:
+    with open(os.path.join(path, "cgroup.procs")) as f:
+        return [int(p) for p in f.read().split()]
+
+
+def jail_cleanup(jail: Jail, pgid: int | None = None, keep: int | None = None) -> None:
+    """Kill whatever a finished job left running (daemonized or forked descendants).
+
+    `keep`: the spare child, forked ahead for the next job and never yet jailed.
+    """
     if pgid is not None:
         kill_group(pgid)
-    if os.getpid() == 1:  # init of our own PID namespace: everyone else is a job leftover
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except OSError:
-            pass
-    elif jail.cgroup:
-        for _ in range(20):
+    me = os.getpid()
+    listing = None
+    if me == 1:  # init of our own PID namespace: everyone else is a job leftover
+        if keep is None:
             try:
-                with open(os.path.join(jail.cgroup, "cgroup.procs")) as f:
-                    pids = [int(p) for p in f.read().split()]
+                os.kill(-1, signal.SIGKILL)
             except OSError:
-                break
-            if not pids:
-                break
-            pids = [p for p in pids if p != os.getpid()]
-            if not pids:
-                break
-            for p in pids:
-                kill_group(p)
-            time.sleep(0.001)
+                pass
+        else:
+            listing = _namespace_pids
+    elif jail.cgroup:
+        listing = functools.partial(_cgroup_pids, jail.cgroup)
+    for _ in range(20 if listing else 0):
+        try:
+            pids = [p for p in listing() if p not in (me, keep)]
+        except OSError:
+            break
+        if not pids:
+            break
+        for p in pids:
+            kill_group(p)
+        _reap()
+        time.sleep(0.001)
+    _reap()
+
+
+def _reap() -> None:
     while True:  # reap orphans re-parented to us
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -805,19 +839,26 @@ def run_item(sock: socket.socket, job: dict) -> dict:
     return record
 
 
-def _item_child(ctrl: socket.socket, sock: socket.socket, jail: Jail, job: dict,
-                workdir: str) -> None:
+def _item_child(ctrl: socket.socket, sock: socket.socket, handoff: socket.socket,
+                jail: Jail, workdir: str) -> None:
+    """A spare: forked and set up ahead, it waits for its job, then jails itself and runs it."""
     code = 1
     try:
         ctrl.close()
+        jail.prepare(workdir)
+        _redirect_stdio(None)
+        _rehearse()
         try:
-            jail.enter(workdir, cpu_s=float(job["cpu_s"]), memory_mb=int(job["memory_mb"]),
-                       fsize_mb=16)
+            job = recv_frame(handoff)
+        except (EOFError, OSError, ProtocolError):
+            return  # discarded unused
+        handoff.close()
+        try:
+            jail.lock(cpu_s=float(job["cpu_s"]), memory_mb=int(job["memory_mb"]), fsize_mb=16)
         except OSError as e:
             send_frame(sock, {"op": "result", "job": job["job"],
                               "error": f"sandbox setup failed: {type(e).__name__}: {e}"})
             return
-        _redirect_stdio(None)
         me = os.getpid()
         record = run_item(sock, job)
         if os.getpid() == me:  # a forked copy of the solver must not answer too
@@ -829,11 +870,72 @@ def _item_child(ctrl: socket.socket, sock: socket.socket, jail: Jail, job: dict,
         os._exit(code)
 
 
+SPARE_AFTER_S = 0.05
+
+
+_REHEARSAL = {"op": "item", "job": 0, "code": "def solver(agent, task):\n"
+              "    return {'answer': [task, 1.5]}\n", "task": "rehearsal", "limit": 1000,
+              "code_timeout_s": 1.0, "memory_mb": 64, "cpu_s": 1.0}
+
+
+def _rehearse() -> None:
+    """Run a trivial job's path (nothing is sent) so that its copy-on-write page faults,
+    half a job's start-up CPU, happen now rather than when the real job is waited for."""
+    record = run_item(None, dict(_REHEARSAL))  # type: ignore[arg-type] - never sends
+    HEADER.pack(len(json.dumps(record, separators=(",", ":"), default=str)))
+
+
+class _Spare:
+    """The next job's process, forked while the current job waits on the executor.
+
+    Forking costs the 2-core machine ~2 ms of CPU, paid by every item; forked ahead, it is
+    paid while the executor is thinking instead of when all the items of a wave start at
+    once. The spare keeps the zygote's uid until its job arrives, so the job running beside
+    it (a dropped uid) can neither signal nor trace it.
+    """
+
+    def __init__(self, ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
+        self.workdir = jail.make_dir()
+        ours, theirs = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:
+            ours.close()
+            _item_child(ctrl, data, theirs, jail, self.workdir)
+        theirs.close()
+        self.handoff = ours
+
+    def start(self, job: dict) -> bool:
+        """Hand the job over; False if the spare died meanwhile (then discard it)."""
+        try:
+            done, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            done = self.pid
+        if done:
+            return False
+        try:
+            send_frame(self.handoff, job)
+        except OSError:
+            return False
+        finally:
+            self.handoff.close()
+        return True
+
+    def discard(self) -> None:
+        self.handoff.close()  # it sees EOF and exits
+        kill_group(self.pid)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- zygote main loop
 
 
 def serve(ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
     send_frame(ctrl, {"op": "hello", "isolation": jail.report()})
+    spare: _Spare | None = None
     while True:
         try:
             job = recv_frame(ctrl)
@@ -841,14 +943,22 @@ def serve(ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
             return
         op = job.get("op")
         if op == "item":
-            workdir = jail.make_dir()
-            pid = os.fork()
-            if pid == 0:
-                _item_child(ctrl, data, jail, job, workdir)
+            current = spare if spare is not None else _Spare(ctrl, data, jail)
+            if not current.start(job):
+                current.discard()
+                current = _Spare(ctrl, data, jail)
+                current.start(job)
+            pid, workdir = current.pid, current.workdir
             # the job's session id, so a parent without our PID namespace can kill it
             send_frame(ctrl, {"op": "started", "job": job["job"], "pid": pid})
-            status, _ = wait_child(pid, None)
-            jail_cleanup(jail, pid)
+            # a job still running after a moment is waiting on the executor: fork the next
+            # job's process now, off the CPU burst when a wave of items starts together
+            status, running = wait_child(pid, SPARE_AFTER_S, kill=False)
+            spare = None
+            if running:
+                spare = _Spare(ctrl, data, jail)
+                status, _ = wait_child(pid, None)
+            jail_cleanup(jail, pid, keep=spare.pid if spare else None)
             shutil.rmtree(workdir, ignore_errors=True)
             reply = {"op": "done", "job": job["job"], "status": status,
                      "exit": None if status is None else describe_exit(status)}
@@ -857,7 +967,8 @@ def serve(ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
             results = [
                 run_program(jail, source, timeout_s=float(job["timeout_s"]),
                             memory_mb=int(job["memory_mb"]), limit=int(job["limit"]),
-                            close_fds=(ctrl.fileno(), data.fileno()))
+                            close_fds=(ctrl.fileno(), data.fileno()),
+                            keep=spare.pid if spare else None)
                 for source in job["sources"]
             ]
             send_frame(ctrl, {"op": "done", "job": job["job"], "results": results})
