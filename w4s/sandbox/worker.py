@@ -593,6 +593,13 @@ def jail_cleanup(jail: Jail, pgid: int | None = None, keep: int | None = None) -
     _reap()
 
 
+def _remove_dir(path: str) -> None:
+    try:
+        os.rmdir(path)  # most jobs leave their folder empty
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _reap() -> None:
     while True:  # reap orphans re-parented to us
         try:
@@ -959,7 +966,7 @@ def serve(ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
                 spare = _Spare(ctrl, data, jail)
                 status, _ = wait_child(pid, None)
             jail_cleanup(jail, pid, keep=spare.pid if spare else None)
-            shutil.rmtree(workdir, ignore_errors=True)
+            _remove_dir(workdir)
             reply = {"op": "done", "job": job["job"], "status": status,
                      "exit": None if status is None else describe_exit(status)}
             send_frame(ctrl, reply)
