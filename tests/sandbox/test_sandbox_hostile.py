@@ -387,3 +387,55 @@ def test_spare_processes_do_not_pile_up(one_worker, make_bench):
     assert one_worker.evaluate(killer, bench.load()[:2], bench).errors == 2
     assert one_worker.evaluate(ECHO, bench.load(), bench).accuracy == 1.0
     assert len(settled()) <= zygote + 1, f"leftover processes: {settled()}"
+
+
+def test_a_job_holding_every_pid_still_gets_its_own_outcome(hostile_harness, iso):
+    """A job that fills the process cap it shares with its zygote still ends with its own
+    answer (whether or not the next job's process was forked before the cap filled), and
+    its processes are killed after it."""
+    if not iso["cgroup_pids"]:
+        pytest.skip("no cgroup pids cap on this machine")
+    code = (
+        "import os, time\n"
+        "def solver(agent, task):\n"
+        "    me = os.getpid()\n"
+        "    for _ in range(9):  # doubling: the cap is full within a few milliseconds\n"
+        "        try:\n"
+        "            os.fork()\n"
+        "        except OSError:\n"
+        "            break\n"
+        "    if os.getpid() != me:\n"
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "    time.sleep(0.3)\n"
+        "    return {'answer': 'held'}\n"
+    )
+    out = run_one(hostile_harness, code)
+    assert out.error is None and out.answer == "held", out.error
+    assert_still_works(hostile_harness)
+
+
+def test_no_spare_when_the_zygote_cannot_fork(tmp_path, monkeypatch):
+    """Forking ahead is best effort: a failed fork leaves no folder or socket behind and the
+    zygote carries on (the next job forks its own process)."""
+    import socket as socketlib
+
+    from w4s.sandbox import worker
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+
+    class OneDirJail:
+        def make_dir(self) -> str:
+            path = jobs / "job-0"
+            path.mkdir()
+            return str(path)
+
+    def no_pids() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(worker.os, "fork", no_pids)
+    ctrl, data = socketlib.socketpair()
+    with ctrl, data:
+        assert worker._Spare.ahead(ctrl, data, OneDirJail()) is None
+    assert list(jobs.iterdir()) == []

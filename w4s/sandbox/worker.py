@@ -903,13 +903,32 @@ class _Spare:
 
     def __init__(self, ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
         self.workdir = jail.make_dir()
-        ours, theirs = socket.socketpair()
-        self.pid = os.fork()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError:
+            _remove_dir(self.workdir)
+            raise
+        try:
+            self.pid = os.fork()
+        except OSError:
+            for s in (ours, theirs):
+                s.close()
+            _remove_dir(self.workdir)
+            raise
         if self.pid == 0:
             ours.close()
             _item_child(ctrl, data, theirs, jail, self.workdir)
         theirs.close()
         self.handoff = ours
+
+    @classmethod
+    def ahead(cls, ctrl: socket.socket, data: socket.socket, jail: Jail) -> _Spare | None:
+        """A spare, or None when no process can be made now (e.g. the running job holds
+        every pid its cgroup allows): the next job then forks its own."""
+        try:
+            return cls(ctrl, data, jail)
+        except OSError:
+            return None
 
     def start(self, job: dict) -> bool:
         """Hand the job over; False if the spare died meanwhile (then discard it)."""
@@ -963,7 +982,7 @@ def serve(ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
             status, running = wait_child(pid, SPARE_AFTER_S, kill=False)
             spare = None
             if running:
-                spare = _Spare(ctrl, data, jail)
+                spare = _Spare.ahead(ctrl, data, jail)
                 status, _ = wait_child(pid, None)
             jail_cleanup(jail, pid, keep=spare.pid if spare else None)
             _remove_dir(workdir)
