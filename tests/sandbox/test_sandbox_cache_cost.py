@@ -54,6 +54,19 @@ def test_rerun_makes_zero_executor_calls(fake, make_bench, tmp_path, reuse):
     assert first.reused == 0
 
 
+def test_the_backends_token_cap_is_part_of_the_key(fake_cls, make_bench):
+    """Replies cut at 64 new tokens must not answer a rerun allowed 512."""
+    bench = make_bench(2)
+    cache = MemoryCallCache()
+    results = []
+    for cap in (64, 64, 512):
+        executor = fake_cls()
+        executor.max_new_tokens = cap
+        with Harness(executor, cache=cache, settings=SandboxSettings(reuse_outcomes=False)) as h:
+            results.append(h.evaluate(SAMPLING, bench.load(), bench))
+    assert [r.cache_misses for r in results] == [10, 0, 10]
+
+
 def test_partial_hits_fetch_only_missing_samples(fake, make_bench):
     bench = make_bench(1)
     cache = MemoryCallCache()

@@ -87,7 +87,7 @@ class _Call:
         self.texts: list[str | None] = [None] * n
 
     @classmethod
-    def parse(cls, frame: dict, model: str, run: _ItemRun) -> _Call:
+    def parse(cls, frame: dict, model: str, run: _ItemRun, key_model: str) -> _Call:
         """Validate a frame from the (untrusted) worker and derive its cache keys."""
         messages = frame["messages"]
         if not isinstance(messages, list) or not all(
@@ -103,7 +103,7 @@ class _Call:
             raise ValueError(f"`temperature` must be in [0, 2], got {temperature}")
         max_tokens = None if frame.get("max_tokens") is None else int(frame["max_tokens"])
         json_mode = bool(frame.get("json_mode", False))
-        request = {"model": model, "messages": messages, "temperature": temperature,
+        request = {"model": key_model, "messages": messages, "temperature": temperature,
                    "max_tokens": max_tokens, "json_mode": json_mode}
         first = 0
         if temperature > 0:  # repeated identical sampling calls get fresh sample indexes
@@ -142,6 +142,9 @@ class Harness:
                 "add it to `prices` or set `budget_tokens` instead"
             )
         self._meter = Meter(budget_usd=budget_usd, budget_tokens=budget_tokens)
+        # the backend's own cap on new tokens shapes every reply, so it is part of each key
+        cap = getattr(executor, "max_new_tokens", None)
+        self._key_model = executor.model_id + (f"@max_new_tokens={cap}" if cap else "")
         self._pool = WorkerPool(settings.concurrency)
         self._items = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="w4s-item")
         # threads start on demand; many, because an abandoned (timed-out) call holds one
@@ -256,7 +259,7 @@ class Harness:
             return None
         st = self.settings
         payload = [
-            "outcome-v1", code, item.id, item.question, self.executor.model_id,
+            "outcome-v1", code, item.id, item.question, self._key_model,
             st.item_timeout_s, st.code_timeout_s, st.memory_mb, st.max_output_chars,
         ]
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -401,7 +404,7 @@ class Harness:
         """Serve a call from the reader thread when the cache has every sample; otherwise
         hand it to an executor thread, so the item's deadline keeps ticking meanwhile."""
         try:
-            call = _Call.parse(frame, self.executor.model_id, run)
+            call = _Call.parse(frame, self.executor.model_id, run, self._key_model)
             self._lookup(call)
         except (KeyError, TypeError, ValueError) as e:
             run.replayable = False
