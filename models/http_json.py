@@ -8,6 +8,7 @@ queues the other calls. Proxies from HTTP(S)_PROXY / NO_PROXY are honoured as ur
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import ssl
@@ -51,8 +52,20 @@ class JSONClient:
         self._prefix = url.path.rstrip("/")
         self._headers = {"Content-Type": "application/json", "Accept": "application/json",
                          **headers}
-        self._proxy = None if urllib.request.proxy_bypass(self._host) else (
+        # a proxy cannot reach this machine's loopback, whatever NO_PROXY says
+        local = self._host in ("localhost", "::1") or self._host.startswith("127.")
+        self._proxy = None if local or urllib.request.proxy_bypass(self._host) else (
             urllib.request.getproxies().get(url.scheme))
+        self._proxy_headers: dict[str, str] = {}
+        if self._proxy:
+            proxy = urllib.parse.urlsplit(self._proxy)
+            if proxy.username:
+                user = urllib.parse.unquote(proxy.username)
+                password = urllib.parse.unquote(proxy.password or "")
+                token = base64.b64encode(f"{user}:{password}".encode()).decode()
+                self._proxy_headers["Proxy-Authorization"] = f"Basic {token}"
+            if not self._https:  # a plain-HTTP proxy reads them on every request
+                self._headers.update(self._proxy_headers)
         self._ssl = ssl.create_default_context() if self._https else None
         self._local = threading.local()
 
@@ -106,7 +119,7 @@ class JSONClient:
             conn = http.client.HTTPSConnection(host, port, timeout=self.timeout_s,
                                                context=self._ssl)
             if self._proxy:
-                conn.set_tunnel(self._host, self._port)
+                conn.set_tunnel(self._host, self._port, headers=self._proxy_headers)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self.timeout_s)
         self._local.conn = conn

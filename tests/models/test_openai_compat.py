@@ -282,3 +282,41 @@ def test_transport_and_base_url_are_checked() -> None:
         OpenAICompatChatModel(model="m", base_url="http://x/v1", api_key="k", transport="grpc")
     with pytest.raises(ConfigError, match="`base_url` must be an http"):
         OpenAICompatChatModel(model="m", base_url="localhost:8000/v1", api_key="k")
+
+
+def test_http_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY (with credentials) carries the request; the proxy sees the absolute URL."""
+    seen: list[tuple[str, str | None]] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            seen.append((self.path, self.headers.get("Proxy-Authorization")))
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            data = json.dumps(ok_body(body)).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://bob:s%3Acret@127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        model = OpenAICompatChatModel(model="m", base_url="http://vllm.internal:8000/v1",
+                                      api_key="k", max_retries=0)
+        assert model.complete(MESSAGES).text == "reply 0"
+        assert seen == [("http://vllm.internal:8000/v1/chat/completions",
+                         "Basic Ym9iOnM6Y3JldA==")]  # bob:s:cret
+        local = OpenAICompatChatModel(model="m", base_url="http://127.0.0.1:9/v1", api_key="k",
+                                      max_retries=0)
+        with pytest.raises(BackendError, match="unreachable"):  # straight to port 9, no proxy
+            local.complete(MESSAGES)
+        assert len(seen) == 1
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
