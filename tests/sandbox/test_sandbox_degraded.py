@@ -61,3 +61,16 @@ def solver(agent, task):
         time.sleep(0.05)
     else:
         pytest.fail(f"the workflow's forked process {sleeper} survived the timeout")
+
+
+def test_basic_level_forks_nothing_ahead(basic_harness, make_bench):
+    """Jobs here keep the zygote's uid, so a process forked ahead could be stopped by the job
+    beside it: each job forks its own, and nothing waits between jobs."""
+    bench = make_bench(2)
+    slow = "import time\ndef solver(agent, t):\n    time.sleep(0.2)\n    return {'answer': t}\n"
+    assert basic_harness.evaluate(slow, bench.load(), bench).accuracy == 1.0
+    time.sleep(0.3)  # the zygote reaps the last job after the harness has its result
+    for w in basic_harness._pool._all:
+        children = Path(f"/proc/{w.proc.pid}/task/{w.proc.pid}/children")
+        if children.exists():
+            assert children.read_text().split() == []

@@ -980,10 +980,12 @@ def serve(ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
             send_frame(ctrl, {"op": "started", "job": job["job"], "pid": pid})
             # a job still running after a moment is waiting on the executor: fork the next
             # job's process now, off the CPU burst when a wave of items starts together
+            # (only when jobs drop to another uid: one sharing the spare's could stop it)
             status, running = wait_child(pid, SPARE_AFTER_S, kill=False)
             spare = None
             if running:
-                spare = _Spare.ahead(ctrl, data, jail)
+                if jail.uid is not None:
+                    spare = _Spare.ahead(ctrl, data, jail)
                 status, _ = wait_child(pid, None)
             jail_cleanup(jail, pid, keep=spare.pid if spare else None)
             _remove_dir(workdir)
