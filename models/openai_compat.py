@@ -143,9 +143,9 @@ class OpenAICompatChatModel:
             calls += 1
             retries += tries
             choices, usage = self._parse(resp)
-            for choice in choices[:want]:
-                texts.append(choice[0])
-                finish.append(choice[1])
+            for text, reason in choices[:want]:
+                texts.append(text)
+                finish.append(reason)
             prompt_tokens += usage[0]
             completion_tokens += usage[1]
             if want > 1 and len(choices) < want:
@@ -168,9 +168,7 @@ class OpenAICompatChatModel:
             tokens = (int(usage.get("prompt_tokens") or 0),
                       int(usage.get("completion_tokens") or 0))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise BackendError(
-                f"malformed chat completion from {self.endpoint}: {type(e).__name__}: "
-                f"{_one_line(e)}", model=self.model_id) from e
+            raise self._malformed(e) from e
         if not choices:
             raise BackendError(f"no choices returned by {self.endpoint}", model=self.model_id)
         if not all(isinstance(t, str) for t, _ in choices):
@@ -184,8 +182,7 @@ class OpenAICompatChatModel:
             try:
                 return self._http.post("/chat/completions", kwargs)
             except ValueError as e:
-                raise BackendError(f"malformed chat completion from {self.endpoint}: "
-                                   f"{_one_line(e)}", model=self.model_id) from e
+                raise self._malformed(e) from e
         import httpx
         import openai
 
@@ -200,8 +197,11 @@ class OpenAICompatChatModel:
         try:
             return resp.json()
         except ValueError as e:
-            raise BackendError(f"malformed chat completion from {self.endpoint}: "
-                               f"{_one_line(e)}", model=self.model_id) from e
+            raise self._malformed(e) from e
+
+    def _malformed(self, e: Exception) -> BackendError:
+        return BackendError(f"malformed chat completion from {self.endpoint}: "
+                            f"{type(e).__name__}: {_one_line(e)}", model=self.model_id)
 
     def _create(self, kwargs: dict[str, Any]) -> tuple[Any, int]:
         """One request with our retry loop; returns the reply and how many retries it took."""
