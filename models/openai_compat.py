@@ -74,7 +74,6 @@ class OpenAICompatChatModel:
             raise ConfigError(f"`transport` must be one of {TRANSPORTS}, got {transport!r}")
         self.model_id = model
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        self.transport = transport
         self.api_key_env = api_key_env
         self.max_retries = max_retries
         self.max_new_tokens = max_new_tokens

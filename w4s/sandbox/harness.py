@@ -218,8 +218,8 @@ class Harness:
         recorded = self._recorded(key)
         if recorded is not None:
             raw, answer, error, samples = recorded
-            run = _ItemRun(0)
-            self._account(run, Spend(cache_hits=samples))
+            spend = Spend(cache_hits=samples)  # what replaying its calls would have cost
+            self._meter.add(spend)
         else:
             if self._meter.exceeded:
                 return _failed(item.id, BUDGET_ERROR, 0.0)
@@ -234,6 +234,7 @@ class Harness:
                 error = BUDGET_ERROR
             if key is not None and run.replayable and not run.budget_hit:
                 self._record(key, raw, answer, error, run)
+            spend = run.spend
         score = 0.0
         if error is None and benchmark is not None:
             try:
@@ -243,13 +244,12 @@ class Harness:
                 score = 0.0
             if not math.isfinite(score):
                 score, error = 0.0, f"scorer returned {score!r}"
-        s = run.spend
         return ItemOutcome(
             item_id=item.id, answer=answer, score=score, error=error,
-            executor_calls=s.executor_calls, prompt_tokens=s.prompt_tokens,
-            completion_tokens=s.completion_tokens, cost_usd=s.cost_usd,
-            seconds=time.monotonic() - start, cache_hits=s.cache_hits,
-            cache_misses=s.cache_misses, reused=recorded is not None,
+            executor_calls=spend.executor_calls, prompt_tokens=spend.prompt_tokens,
+            completion_tokens=spend.completion_tokens, cost_usd=spend.cost_usd,
+            seconds=time.monotonic() - start, cache_hits=spend.cache_hits,
+            cache_misses=spend.cache_misses, reused=recorded is not None,
         )
 
     # ------------------------------------------------------------ recorded outcomes

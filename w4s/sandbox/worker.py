@@ -880,9 +880,8 @@ def _item_child(ctrl: socket.socket, sock: socket.socket, handoff: socket.socket
 SPARE_AFTER_S = 0.05
 
 
-_REHEARSAL = {"op": "item", "job": 0, "code": "def solver(agent, task):\n"
-              "    return {'answer': [task, 1.5]}\n", "task": "rehearsal", "limit": 1000,
-              "code_timeout_s": 1.0, "memory_mb": 64, "cpu_s": 1.0}
+_REHEARSAL = {"job": 0, "code": "def solver(agent, task):\n    return {'answer': [task, 1.5]}\n",
+              "task": "rehearsal", "limit": 1000, "code_timeout_s": 1.0, "memory_mb": 64}
 
 
 def _rehearse() -> None:
