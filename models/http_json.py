@@ -1,9 +1,10 @@
 """JSON over keep-alive HTTP/1.1 with the standard library's `http.client`, a connection per thread.
 
 Why not the openai client on the hot path: a harness serving 32 concurrent workflows from one
-process spends its GIL on the client's request building and typed responses (2.2 ms of CPU per
-call under that load here, against 0.4 ms for `http.client`), and every millisecond of that
-queues the other calls. Proxies from HTTP(S)_PROXY / NO_PROXY are honoured as urllib does.
+process spends its GIL on the client's request building and responses (1.9 ms of CPU per call
+under that load here, against 0.4-0.5 ms for `http.client`: benchmarks/bench_http_transport.py),
+and every millisecond of that queues the other calls. Proxies from HTTP(S)_PROXY / NO_PROXY
+are honoured as urllib does.
 """
 
 from __future__ import annotations

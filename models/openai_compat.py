@@ -5,9 +5,10 @@ backoff and jitter so the policy is logged, counted in `Completion.extra["retrie
 testable against a local server.
 
 Two transports speak the same API. `http` (default): `models.http_json`, the standard
-library's keep-alive `http.client`, 0.4 ms of CPU per call. `openai`: the official client
-(its generic `post`, so no pydantic models are built), 2.2 ms per call under 32 concurrent
-calls here; pick it for what only that client does (e.g. OPENAI_ORG_ID headers).
+library's keep-alive `http.client`, 0.4-0.5 ms of CPU per call under 32 concurrent calls here.
+`openai`: the official client (its generic `post`, so no pydantic models are built), 1.9 ms
+(benchmarks/bench_http_transport.py); pick it for what only that client does (e.g.
+OPENAI_ORG_ID headers).
 """
 
 from __future__ import annotations
