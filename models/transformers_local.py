@@ -37,10 +37,7 @@ class BatchStats:
     """Counters a benchmark or test reads to see how well concurrent calls were batched."""
 
     generate_calls: int = 0
-    requests: int = 0
     rows: int = 0
-    generated_tokens: int = 0
-    generate_seconds: float = 0.0
     largest_batch: int = 0
 
 
@@ -265,7 +262,6 @@ class TransformersChatModel:
             eos_token_id=sorted(self._eos_ids),
             pad_token_id=self._pad_id,
         )
-        start = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids.to(device),
@@ -274,7 +270,6 @@ class TransformersChatModel:
                 logits_processor=LogitsProcessorList([sampler]),
                 stopping_criteria=StoppingCriteriaList([_RowLimits(width, limits)]),
             )
-        elapsed = time.perf_counter() - start
         new = out[:, width:].tolist()
 
         texts: dict[int, list[str]] = {id(req): [] for req in batch}
@@ -289,11 +284,8 @@ class TransformersChatModel:
             copies = req.n if req.rows == 1 else 1
             texts[id(req)].extend([text] * copies)
             counts[id(req)] += len(used) * copies
-            self.stats.generated_tokens += len(used)
         self.stats.generate_calls += 1
-        self.stats.requests += len(batch)
         self.stats.rows += len(rows)
-        self.stats.generate_seconds += elapsed
         self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
         return [(tuple(texts[id(req)]), counts[id(req)]) for req in batch]
 

@@ -23,9 +23,5 @@ class BenchmarkError(W4SError, ValueError):
     """A benchmark name, file or field is wrong."""
 
 
-class WorkflowError(W4SError):
-    """A workflow failed to load or run; carries the traceback text shown to the meta-agent."""
-
-
 class BudgetExceeded(W4SError):
     """The run's USD or token budget is spent; the run stops cleanly."""
