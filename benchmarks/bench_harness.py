@@ -57,7 +57,7 @@ def serve(port_file: str, latency: float) -> None:
     """Answer chat completions after `latency` s; GET /stats returns the request count.
 
     asyncio with keep-alive, like a real serving engine's front end: one thread and no thread
-    per connection (the script prints its CPU per request, about 0.35 ms here).
+    per connection (the script prints its CPU per request, 0.3-0.4 ms here).
     """
     count = 0
 
