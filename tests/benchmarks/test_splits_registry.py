@@ -79,3 +79,64 @@ def test_score_many_default_checks_lengths():
     assert bench.score_many(batch, [i.gold for i in batch]) == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="answers"):
         bench.score_many(batch, [1])
+
+
+def _intra_package_imports(path) -> set[str]:
+    """Modules of `w4s.benchmarks` a module imports, at top level or lazily in a function."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found |= {n.split(".")[2] for n in names
+                  if n.startswith("w4s.benchmarks.") and n.count(".") >= 2}
+    return found
+
+
+def test_benchmark_modules_import_no_cycle():
+    from pathlib import Path
+
+    import w4s.benchmarks
+
+    folder = Path(w4s.benchmarks.__file__).parent
+    graph = {p.stem: _intra_package_imports(p) for p in folder.glob("*.py")
+             if p.stem != "__init__"}
+    graph = {mod: {d for d in deps if d in graph} for mod, deps in graph.items()}
+    assert graph["base"] == set()  # the protocol module names no family, custom.py included
+
+    def visit(mod, path):
+        assert mod not in path, f"import cycle: {' -> '.join([*path, mod])}"
+        for dep in graph[mod]:
+            visit(dep, [*path, mod])
+
+    for mod in graph:
+        visit(mod, [])
+
+
+def test_base_imports_alone_and_file_prefix_registers_itself():
+    import subprocess
+    import sys
+
+    code = ("import sys, w4s.benchmarks.base as b; "
+            "assert 'w4s.benchmarks.custom' in sys.modules; "  # via the package __init__
+            "assert 'file:' in b.benchmark_prefixes(); "
+            "assert not hasattr(b, 'CustomBenchmark') and 'custom' not in vars(b)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_registered_prefix_routes_names_to_its_handler(monkeypatch):
+    from w4s.benchmarks import base
+
+    monkeypatch.setitem(base._PREFIXES, "tiny:", lambda rest, **kw: base_bench(rest, **kw))
+
+    def base_bench(rest, size=2):
+        return get_benchmark("arithmetic", size=int(rest) if rest else size)
+
+    assert len(get_benchmark("tiny:5").load()) == 5
+    with pytest.raises(BenchmarkError, match=r"or file:PATH, or tiny:PATH"):
+        get_benchmark("nope")

@@ -91,7 +91,9 @@ def split_items(
 
 
 _REGISTRY: dict[str, Callable[..., Benchmark]] = {}
-FILE_PREFIX = "file:"
+# `PREFIX + rest` names are built by a handler taking (rest, **options), e.g. "file:" + PATH.
+# Modules register their own prefixes, so this protocol module imports none of them.
+_PREFIXES: dict[str, Callable[..., Benchmark]] = {}
 
 
 def register(name: str) -> Callable[[Callable[..., Benchmark]], Callable[..., Benchmark]]:
@@ -102,20 +104,36 @@ def register(name: str) -> Callable[[Callable[..., Benchmark]], Callable[..., Be
     return deco
 
 
+def register_prefix(
+    prefix: str,
+) -> Callable[[Callable[..., Benchmark]], Callable[..., Benchmark]]:
+    """Route every name starting with `prefix` to `handler(name[len(prefix):], **options)`."""
+
+    def deco(handler: Callable[..., Benchmark]) -> Callable[..., Benchmark]:
+        _PREFIXES[prefix] = handler
+        return handler
+
+    return deco
+
+
 def benchmark_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_benchmark(name: str, **options: Any) -> Benchmark:
-    """Build a benchmark by name, or `file:PATH` for a custom file; unknown names get one line."""
-    if name.startswith(FILE_PREFIX):
-        from w4s.benchmarks.custom import CustomBenchmark
+def benchmark_prefixes() -> list[str]:
+    return sorted(_PREFIXES)
 
-        return CustomBenchmark(path=name[len(FILE_PREFIX) :], **options)
+
+def get_benchmark(name: str, **options: Any) -> Benchmark:
+    """Build a benchmark by name, or by a registered prefix (e.g. `file:PATH`); unknown names
+    get one line."""
+    for prefix, handler in _PREFIXES.items():
+        if name.startswith(prefix):
+            return handler(name[len(prefix) :], **options)
     if name not in _REGISTRY:
+        prefixes = "".join(f", or {p}PATH" for p in benchmark_prefixes())
         raise BenchmarkError(
-            f"unknown benchmark {name!r}; choose from: {', '.join(benchmark_names())}, "
-            f"or {FILE_PREFIX}PATH for a custom file"
+            f"unknown benchmark {name!r}; choose from: {', '.join(benchmark_names())}{prefixes}"
         )
     try:
         return _REGISTRY[name](**options)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from w4s.benchmarks.base import Item
+from w4s.benchmarks.base import Item, register_prefix
 from w4s.benchmarks.choice import LETTERS, extract_choice, format_options
 from w4s.benchmarks.drop import best_f1
 from w4s.benchmarks.loading import DatasetBenchmark, FieldError
@@ -19,6 +19,7 @@ from w4s.benchmarks.numeric import final_answer_text, numbers_match, parse_gold
 from w4s.benchmarks.seeds import SEEDS_BY_KIND
 from w4s.errors import BenchmarkError
 
+FILE_PREFIX = "file:"
 SCORERS = ("numeric", "exact", "f1", "choice", "math")
 KIND_OF_SCORER = {"numeric": "math", "math": "math", "exact": "qa", "f1": "qa", "choice": "choice"}
 _ANSWER_FORMAT = {
@@ -89,7 +90,7 @@ class CustomBenchmark(DatasetBenchmark):
                 f"but received {scorer!r}"
             )
         super().__init__(path=path, **options)
-        self.name = f"file:{Path(path).name}"
+        self.name = f"{FILE_PREFIX}{Path(path).name}"
         self.title = self.name
         self.fields = (question_field, answer_field, id_field, options_field)
         self.scorer = scorer
@@ -157,3 +158,9 @@ class CustomBenchmark(DatasetBenchmark):
 
     def seed_workflows(self) -> dict[str, str]:
         return dict(SEEDS_BY_KIND[self.kind])
+
+
+@register_prefix(FILE_PREFIX)
+def _file_benchmark(path: str, **options: Any) -> CustomBenchmark:
+    """`file:PATH` names a custom benchmark over that file."""
+    return CustomBenchmark(path=path, **options)
