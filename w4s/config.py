@@ -144,7 +144,19 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"`config`: {path} is not valid {path.suffix[1:]}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"`config`: {path} must hold a mapping of settings")
-    return build_config({**data, **(overrides or {})})
+    return build_config(deep_merge(data, overrides or {}))
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, merging nested mappings key by key (`executor.max_new_tokens` set
+    on the command line keeps the file's `executor.kind`); any other value replaces."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def build_config(data: dict[str, Any]) -> OptimizeConfig:

@@ -54,3 +54,26 @@ def test_benchmark_lists_split_into_single_runs():
         build_config({"benchmark": []})
     with pytest.raises(ConfigError, match="twice"):
         build_config({"benchmark": ["svamp", "svamp"]})
+
+
+def test_overrides_merge_into_nested_blocks_of_the_file(tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text("executor: {kind: openai, model: gpt-4o-mini, api_key_env: KEY}\n"
+                   "benchmark_options: {path: data.jsonl}\n")
+    cfg = load_config_file(run, {"executor": {"max_new_tokens": 256},
+                                 "benchmark_options": {"scorer": "numeric"}})
+    assert cfg.executor.kind == "openai" and cfg.executor.model == "gpt-4o-mini"
+    assert cfg.executor.api_key_env == "KEY" and cfg.executor.max_new_tokens == 256
+    assert cfg.benchmark_options == {"path": "data.jsonl", "scorer": "numeric"}
+    # a non-mapping value still replaces, e.g. a key set back to null
+    cfg = load_config_file(run, {"executor": {"api_key_env": None}})
+    assert cfg.executor.api_key_env is None and cfg.executor.kind == "openai"
+
+
+def test_deep_merge_leaves_its_inputs_alone():
+    from w4s.config import deep_merge
+
+    base = {"a": {"b": 1, "c": {"d": 2}}, "e": [1]}
+    extra = {"a": {"c": {"f": 3}}, "e": [2]}
+    assert deep_merge(base, extra) == {"a": {"b": 1, "c": {"d": 2, "f": 3}}, "e": [2]}
+    assert base == {"a": {"b": 1, "c": {"d": 2}}, "e": [1]} and extra["a"] == {"c": {"f": 3}}
