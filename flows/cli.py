@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -278,10 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from flows.prefect_setup import route_w4s_logs, set_environment_defaults
+
+    set_environment_defaults()  # before Prefect is imported
     args = build_parser().parse_args(argv)
+    route_w4s_logs()
     try:
         return args.func(args)
     except W4SError as e:

@@ -1,0 +1,59 @@
+"""Prefect settings and log routing that every w4s entry point needs.
+
+A new Prefect home creates and migrates its SQLite database on first start: about 26 s on
+an idle 2-core machine, while Prefect waits 20 s for its ephemeral server by default. Every
+new user and every new worker host meets that first start, so w4s raises the wait (a
+Prefect setting, set before Prefect is imported; a user's own value wins).
+
+w4s and its backends log under `w4s` and `models`. Without routing those messages reach the
+terminal only at WARNING (Prefect's root handler) and never the run's logs in the UI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+EPHEMERAL_STARTUP_TIMEOUT_S = 180
+W4S_LOGGERS = ("w4s", "models")
+
+_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_S),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+def set_environment_defaults() -> None:
+    """Call before Prefect is imported: its settings are read from the environment."""
+    for name, value in _DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+class _InRunOnly(logging.Filter):
+    """Pass records only inside a flow or task run; elsewhere the API handler would warn."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def route_w4s_logs(level: int = logging.INFO) -> None:
+    """w4s messages at `level` on the console and, inside a run, in the run's Prefect logs.
+
+    Idempotent. Records still propagate to the root logger, whose Prefect console handler
+    prints them; the API handler added here sends them to the run they were logged in
+    (threads that serve a run must carry its context, see w4s.sandbox.harness).
+    """
+    from prefect.logging.handlers import APILogHandler
+
+    for name in W4S_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET or logger.level > level:
+            logger.setLevel(level)
+        if not any(isinstance(h, APILogHandler) for h in logger.handlers):
+            handler = APILogHandler()
+            handler.addFilter(_InRunOnly())
+            logger.addHandler(handler)
