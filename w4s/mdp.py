@@ -100,7 +100,7 @@ class Candidate:
     seed_name: str | None = None
     analysis: str = ""
     code: str | None = None
-    status: str = "pending"  # pending -> ok | skipped
+    status: str = "pending"  # pending -> ok | skipped | budget_exceeded | infra_error
     error: str | None = None
     repairs: int = 0
     repair_log: list[dict[str, str]] = field(default_factory=list)
@@ -159,6 +159,8 @@ def sample_candidates(
     return out
 
 
+REWARDED_STATUSES = ("ok", "skipped")  # budget_exceeded, infra_error: no reward, never trained
+
 CheckFn = Callable[[str], "str | None"]
 RepairFn = Callable[[list[Message]], Completion]
 
@@ -169,22 +171,25 @@ def self_check_with_repairs(
     """Run the workflow on one sample; on error ask for a fix, at most `max_repairs` times.
 
     `check(code)` returns None when the workflow ran and answered, else the error text.
-    A candidate that still fails is marked skipped with its last error; nothing raises.
+    A candidate that still fails is marked skipped with its last error. Either way the
+    candidate's reply, analysis and code are those of its last attempt, and `repair_log`
+    holds every failed attempt (reply and error), the last one of a skipped candidate too.
+    Exceptions from `check` (an infrastructure failure, not the workflow's) propagate.
     """
     conversation = list(cand.prompt)
     reply = cand.reply
     action = parse_action(reply)
     while True:
         error = action.error if action.code is None else check(action.code)
+        cand.analysis, cand.code, cand.reply = action.analysis, action.code, reply
         if error is None:
             cand.status, cand.error = "ok", None
-            cand.analysis, cand.code, cand.reply = action.analysis, action.code, reply
-            return cand
-        if cand.repairs >= max_repairs:
-            cand.status, cand.error, cand.code = "skipped", error, action.code
-            cand.finished_at = now()
             return cand
         cand.repair_log.append({"reply": reply, "error": error})
+        if cand.repairs >= max_repairs:
+            cand.status, cand.error = "skipped", error
+            cand.finished_at = now()
+            return cand
         conversation = repair_messages(conversation, reply, error)
         done = repair(conversation)
         cand.meta_prompt_tokens += done.prompt_tokens
@@ -195,11 +200,16 @@ def self_check_with_repairs(
 
 
 def assign_rewards(cands: Sequence[Candidate], state: State) -> Candidate | None:
-    """Reward every candidate against the state, mark the best executed one chosen."""
+    """Reward the candidates against the state, mark the best executed one chosen.
+
+    Only the meta-agent's own outcomes are rewarded (ok, skipped): a candidate the budget
+    stopped or infrastructure failed has no reward (None), so no dataset trains on it.
+    """
     best, last = state.best_accuracy, state.last_accuracy
     for c in cands:
-        c.reward = reward(c.accuracy, best_so_far=best, last=last)
         c.best_so_far, c.last_accuracy = best, last
+        c.reward = (reward(c.accuracy, best_so_far=best, last=last)
+                    if c.status in REWARDED_STATUSES else None)
     scored = [c for c in cands if c.status == "ok" and c.accuracy is not None]
     if not scored:
         return None

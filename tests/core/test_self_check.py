@@ -80,3 +80,25 @@ def test_sampled_candidates_split_the_call_usage_exactly():
     completion_tokens = sum(len(t.split()) for t in (OK, "no code", BROKEN))
     assert sum(c.meta_prompt_tokens for c in cands) == prompt_tokens
     assert sum(c.meta_completion_tokens for c in cands) == completion_tokens
+
+
+def test_skipped_row_is_one_attempt_and_every_reply_is_logged():
+    first = "First try.\n" + BROKEN
+    last = "Last try.\n```python\ndef solver(agent, task):\n    return {'answer': 2/0}\n```"
+    repair = Repairs(["Second try.\n" + BROKEN, last])
+    cand = self_check_with_repairs(_cand(first), check=lambda c: "boom" if "/0" in c else None,
+                                   repair=repair, max_repairs=2)
+    assert cand.status == "skipped" and cand.repairs == 2
+    # reply, analysis and code all come from the same (last) attempt
+    assert cand.reply == last and cand.analysis.startswith("Last try")
+    assert "2/0" in cand.code
+    # every failed attempt, the last one included, is in the log with its error
+    assert [e["reply"] for e in cand.repair_log] == [first, "Second try.\n" + BROKEN, last]
+    assert all(e["error"] == "boom" for e in cand.repair_log)
+
+
+def test_repaired_candidate_logs_the_failed_attempts_only():
+    repair = Repairs([OK])
+    cand = self_check_with_repairs(_cand(BROKEN), check=_check, repair=repair, max_repairs=3)
+    assert cand.status == "ok" and cand.reply == OK
+    assert [e["reply"] for e in cand.repair_log] == [BROKEN]
