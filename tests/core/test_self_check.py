@@ -102,3 +102,15 @@ def test_repaired_candidate_logs_the_failed_attempts_only():
     cand = self_check_with_repairs(_cand(BROKEN), check=_check, repair=repair, max_repairs=3)
     assert cand.status == "ok" and cand.reply == OK
     assert [e["reply"] for e in cand.repair_log] == [BROKEN]
+
+
+def test_budget_stopped_and_infra_failed_candidates_get_no_reward():
+    state = State("d", "q", "a").advance(0, 0.5, "c", [])
+    cands = [_cand(OK) for _ in range(3)]
+    for i, (c, status) in enumerate(zip(cands, ["budget_exceeded", "infra_error", "ok"],
+                                        strict=True)):
+        c.index, c.status = i, status
+    cands[2].accuracy = 0.6
+    chosen = assign_rewards(cands, state)
+    assert chosen is cands[2]
+    assert [c.reward for c in cands] == [None, None, 1.0]
