@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from w4s.protocols import Message
+from w4s.sandbox.worker.text import clip  # the project's one `clip` (re-exported here)
 
 SYSTEM = (
     "You are an expert in designing agentic workflows. You improve a Python workflow that "
@@ -72,10 +73,6 @@ class HistoryEntry:
     accuracy: float
     code: str
     failures: tuple[FailureCase, ...] = ()
-
-
-def clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + " ...[truncated]"
 
 
 def format_feedback(accuracy: float, failures: Sequence[FailureCase]) -> str:

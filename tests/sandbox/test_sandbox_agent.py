@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from w4s.sandbox.worker import _strip_fences, extract_json_object
+from w4s.sandbox.worker.agent import extract_json_object, strip_fences
 
 
 def answer_of(harness, make_bench, code: str):
@@ -97,9 +97,9 @@ def test_execute_code_cannot_reach_the_executor_channel(quick_harness, make_benc
 
 
 def test_strip_fences():
-    assert _strip_fences("```python\nprint(1)\n```") == "print(1)"
-    assert _strip_fences("```\nx = 1\n```\ntext") == "x = 1"
-    assert _strip_fences("print(2)") == "print(2)"
+    assert strip_fences("```python\nprint(1)\n```") == "print(1)"
+    assert strip_fences("```\nx = 1\n```\ntext") == "x = 1"
+    assert strip_fences("print(2)") == "print(2)"
 
 
 def test_workflow_threads_can_call_the_agent_concurrently(quick_harness, make_bench):

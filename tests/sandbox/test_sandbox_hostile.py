@@ -421,7 +421,7 @@ def test_no_spare_when_the_zygote_cannot_fork(tmp_path, monkeypatch):
     zygote carries on (the next job forks its own process)."""
     import socket as socketlib
 
-    from w4s.sandbox import worker
+    from w4s.sandbox.worker import spare
 
     jobs = tmp_path / "jobs"
     jobs.mkdir()
@@ -435,8 +435,8 @@ def test_no_spare_when_the_zygote_cannot_fork(tmp_path, monkeypatch):
     def no_pids() -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(worker.os, "fork", no_pids)
+    monkeypatch.setattr(spare.os, "fork", no_pids)
     ctrl, data = socketlib.socketpair()
     with ctrl, data:
-        assert worker._Spare.ahead(ctrl, data, OneDirJail()) is None
+        assert spare.Spare.ahead(ctrl, data, OneDirJail()) is None
     assert list(jobs.iterdir()) == []

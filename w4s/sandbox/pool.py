@@ -1,6 +1,7 @@
 """Warm sandbox workers: isolation detection, launching, killing, and a bounded pool.
 
-Each worker is `worker.py` run by a fresh interpreter with a scrubbed environment, inside
+Each worker is the `worker` package (standard library only) run by a fresh interpreter with a
+scrubbed environment, inside
 new network, mount and PID namespaces when `unshare` works here, with its own cgroup
 (pids limit) when cgroup v1 is writable. The strongest available level is detected once,
 and `isolation_report()` says which one is active.
@@ -30,7 +31,8 @@ from w4s.sandbox import worker as _w
 
 log = logging.getLogger("w4s.sandbox")
 
-WORKER_SCRIPT = str(Path(_w.__file__).resolve())
+# run as a file: the worker imports its package by its own name, nothing of w4s
+WORKER_MAIN = str(Path(_w.__file__).resolve().parent / "__main__.py")
 NOBODY_UID = 65534
 CGROUP_PIDS_ROOT = Path("/sys/fs/cgroup/pids")
 PIDS_MAX = 128  # processes and threads per worker
@@ -160,7 +162,7 @@ class Worker:
                 "tmp_root": self.tmp_root or "/tmp/w4s", "landlock": iso["landlock_abi"] > 0,
                 "host_root": iso["host_root"],
             }
-            cmd = [*iso["unshare_prefix"], sys.executable, "-s", "-B", WORKER_SCRIPT,
+            cmd = [*iso["unshare_prefix"], sys.executable, "-s", "-B", WORKER_MAIN,
                    json.dumps(cfg)]
             self.proc = subprocess.Popen(
                 cmd, pass_fds=(ctrl_child.fileno(), data_child.fileno()),

@@ -1,0 +1,71 @@
+"""The worker package runs in a scrubbed interpreter: standard library only, one concern
+per module, started as a file without importing w4s."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import w4s.sandbox.worker as worker_pkg
+from w4s.sandbox import pool
+
+PKG = Path(worker_pkg.__file__).resolve().parent
+
+
+def test_worker_imports_only_the_standard_library():
+    """Every absolute import in the package names a standard-library module."""
+    bad = []
+    for path in sorted(PKG.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            bad += [f"{path.name}: {n}" for n in names
+                    if n.split(".")[0] not in sys.stdlib_module_names
+                    and not (path.name == "__main__.py" and n.startswith("worker."))]
+    assert bad == []
+
+
+def test_worker_loads_in_an_isolated_interpreter_without_w4s():
+    """Imported the way the zygote is started (by its own name from its parent folder, in
+    `python -I`), the package pulls in nothing but the standard library."""
+    probe = (
+        "import sys, json\n"
+        f"sys.path.insert(0, {str(PKG.parent)!r})\n"
+        "before = set(sys.modules)\n"
+        "import worker, worker.zygote\n"
+        "new = sorted(set(sys.modules) - before)\n"
+        "print(json.dumps(new))\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True,
+                         timeout=60, env=pool.worker_env(), cwd="/")
+    assert out.returncode == 0, out.stderr
+    new = json.loads(out.stdout)
+    ours = {m for m in new if m == "worker" or m.startswith("worker.")}
+    assert {"worker.zygote", "worker.jail", "worker.landlock", "worker.agent"} <= ours
+    foreign = [m for m in new if m not in ours
+               and m.split(".")[0] not in sys.stdlib_module_names]
+    assert foreign == []
+    assert not any(m == "w4s" or m.startswith("w4s.") for m in new)
+
+
+def test_the_pool_starts_the_package_main_file():
+    assert Path(pool.WORKER_MAIN) == PKG / "__main__.py"
+    assert not (PKG.parent / "worker.py").exists()  # the package replaced the script
+
+
+def test_jobs_do_not_see_the_sandbox_folders_on_the_import_path():
+    """The zygote, started from the package's __main__.py, leaves neither the package's
+    folder nor the sandbox folder above it on the import path its jobs inherit."""
+    from w4s.sandbox import run_program
+
+    r = run_program("import json, sys\nprint(json.dumps(sys.path))\n")
+    assert r.ok, r.error
+    path = json.loads(r.stdout)
+    assert str(PKG) not in path and str(PKG.parent) not in path and "" not in path

@@ -1,0 +1,21 @@
+"""Start the zygote: `python -s -B .../worker/__main__.py CONFIG_JSON` (see `pool.Worker`).
+
+Run as a file, not with -m, so that nothing of w4s is imported: the package is imported
+by its own name from its parent folder, which then leaves the import path again (a job
+must not import the sandbox's other modules from the checkout).
+"""
+
+import os
+import sys
+
+if not __package__:
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+    from worker.zygote import main
+
+    del sys.path[0]
+else:  # python -m w4s.sandbox.worker (imports w4s first: for debugging only)
+    from .zygote import main
+
+main()

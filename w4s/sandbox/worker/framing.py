@@ -1,0 +1,58 @@
+"""Frames between the parent and the worker: a 4-byte big-endian length, then UTF-8 JSON.
+
+The peer may be hostile (a jailed job writes to the data socket), so a frame is bounded
+before it is buffered, and anything that is not one of our frames is a ProtocolError.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 8 * 1024 * 1024  # a bigger frame from the child is a protocol error, not a buffer
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a frame of ours (oversized, truncated, not JSON)."""
+
+
+def send_frame(sock: socket.socket, obj: dict) -> None:
+    data = json.dumps(obj, separators=(",", ":"), default=str).encode()
+    sock.sendall(HEADER.pack(len(data)) + data)
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+        else:
+            sock.settimeout(None)
+        chunk = sock.recv(min(n - len(buf), 1 << 20))  # socket.timeout is a TimeoutError
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(
+    sock: socket.socket, *, deadline: float | None = None, max_bytes: int = MAX_FRAME
+) -> dict:
+    """Read one frame; TimeoutError past `deadline`, EOFError on a closed peer."""
+    (size,) = HEADER.unpack(_recv_exact(sock, HEADER.size, deadline))
+    if size > max_bytes:
+        raise ProtocolError(f"frame of {size} bytes exceeds the {max_bytes}-byte limit")
+    data = _recv_exact(sock, size, deadline)
+    try:
+        obj = json.loads(data)
+    except ValueError as e:
+        raise ProtocolError(f"frame is not JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise ProtocolError("frame is not a JSON object")
+    return obj

@@ -1,0 +1,19 @@
+"""The C library through ctypes, loaded on first use: Landlock, mount and prctl calls."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG = 38, 1
+MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 2, 4, 4096, 8192, 16384, 1 << 18
+
+_libc = None
+
+
+def get_libc():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+    return _libc
