@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from w4s.errors import BackendError, ConfigError
+from w4s.errors import BackendError, ConfigError, one_line
 
 if TYPE_CHECKING:
     from models.transformers_local import TransformersChatModel
@@ -88,7 +88,7 @@ def ensure_embedded_folder() -> Path:
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
         )
     except (ImportError, OSError, ValueError) as e:  # e.g. accelerate missing: its text says so
-        raise ConfigError(f"`kind: embedded`: cannot read {gguf.name}: {_one_line(e)}") from e
+        raise ConfigError(f"`kind: embedded`: cannot read {gguf.name}: {one_line(e)}") from e
     try:
         # transformers refuses to save a GGUF-loaded model until the quantizer is gone, and
         # the weights are plain fp32 now: drop the GGUF marker so reloads take the fast path
@@ -101,8 +101,9 @@ def ensure_embedded_folder() -> Path:
     except OSError as e:
         if not (final / "config.json").is_file():  # else another process finished first
             raise BackendError(
-                f"cannot write the model cache in {final.parent}: {_one_line(e)}",
+                f"cannot write the model cache in {final.parent}: {one_line(e)}",
                 model=EMBEDDED_MODEL_ID,
+                infrastructure=True,
             ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -137,7 +138,3 @@ def load_embedded_chat_model(
 def forget_embedded_weights() -> None:
     _embedded_weights.cache_clear()
 
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from w4s.errors import BackendError, ConfigError
+from w4s.errors import BackendError, ConfigError, one_line
 from w4s.protocols import Completion, Message
 
 if TYPE_CHECKING:
@@ -75,7 +75,8 @@ class LlamaCppChatModel:
             self._server = xllamacpp.Server(params)
         except (RuntimeError, ValueError) as e:
             raise BackendError(
-                f"llama.cpp cannot load {str(path)!r}: {e}", model=self.model_id
+                f"llama.cpp cannot load {str(path)!r}: {e}", model=self.model_id,
+                infrastructure=True,
             ) from e
         log.info("llama.cpp loaded %s in %.2fs", path.name, time.perf_counter() - start)
         self._pool = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="llamacpp-n")
@@ -142,12 +143,21 @@ class LlamaCppChatModel:
             request = {**request, "seed": seed}
         try:
             resp = self._server.handle_chat_completions(request)
-        except (RuntimeError, ValueError) as e:
-            raise BackendError(f"llama.cpp rejected the request: {e}", model=self.model_id) from e
+        except ValueError as e:  # the request's shape (e.g. its response_format)
+            raise BackendError(f"llama.cpp rejected the request: {one_line(e)}",
+                               model=self.model_id, infrastructure=False) from e
+        except RuntimeError as e:
+            raise BackendError(f"llama.cpp failed: {one_line(e)}", model=self.model_id,
+                               infrastructure=True) from e
         if "error" in resp:
+            # llama.cpp's server error: {"code": 400, "message": ..., "type": ...}; a 4xx is
+            # the request's fault (e.g. a prompt beyond the context), anything else ours
             err = resp["error"]
             msg = err.get("message", err) if isinstance(err, dict) else err
-            raise BackendError(f"llama.cpp error: {msg}", model=self.model_id)
+            code = err.get("code") if isinstance(err, dict) else None
+            rejected = isinstance(code, int) and 400 <= code < 500
+            raise BackendError(f"llama.cpp error: {one_line(str(msg))}", model=self.model_id,
+                               infrastructure=not rejected)
         usage = resp.get("usage") or {}
         text = resp["choices"][0]["message"].get("content") or ""
         return text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from models.http_json import HTTPStatusError, HTTPUnreachable, JSONClient
-from w4s.errors import BackendError, ConfigError
+from w4s.errors import BackendError, ConfigError, one_line
 from w4s.protocols import Completion, Message
 
 if TYPE_CHECKING:
@@ -49,10 +49,15 @@ def resolve_api_key(api_key_env: str | None, *, field: str = "api_key_env") -> s
 
 
 class OpenAICompatChatModel:
-    """A ChatModel backed by `/v1/chat/completions`; thread-safe (one httpx client, no state).
+    """A ChatModel backed by `/v1/chat/completions`; thread-safe (the `http` transport keeps
+    one keep-alive connection per calling thread, the `openai` one shares the client's pool).
 
     Retries 408/409/429/5xx, connection errors and timeouts up to `max_retries` times; fails
     at once with a one-line BackendError on other 4xx (bad key, unknown model, bad request).
+    `BackendError.infrastructure` is False only for a request the server rejected as such
+    (400, 413, 422 and other 4xx but 401/403/404/407, which are the key, model or URL); every
+    other failure (unreachable, timeouts, 5xx, 429 after the retries, a malformed reply) is
+    True.
     If the server answers `n > 1` with a 400, or returns fewer choices than asked, the rest
     are fetched with single calls from then on (seeds `seed + i`, so seeded samples differ).
     """
@@ -170,10 +175,11 @@ class OpenAICompatChatModel:
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise self._malformed(e) from e
         if not choices:
-            raise BackendError(f"no choices returned by {self.endpoint}", model=self.model_id)
+            raise BackendError(f"no choices returned by {self.endpoint}", model=self.model_id,
+                               infrastructure=True)
         if not all(isinstance(t, str) for t, _ in choices):
             raise BackendError(f"non-text message content from {self.endpoint}",
-                               model=self.model_id)
+                               model=self.model_id, infrastructure=True)
         return choices, tokens
 
     def _post(self, kwargs: dict[str, Any]) -> Any:
@@ -190,9 +196,9 @@ class OpenAICompatChatModel:
         try:
             resp = self._client.post("/chat/completions", body=kwargs, cast_to=httpx.Response)
         except openai.APIStatusError as e:
-            raise HTTPStatusError(e.status_code, _one_line(e), _retry_after_s(e)) from e
+            raise HTTPStatusError(e.status_code, one_line(e), _retry_after_s(e)) from e
         except openai.APIConnectionError as e:  # includes APITimeoutError
-            raise HTTPUnreachable(_one_line(e),
+            raise HTTPUnreachable(one_line(e),
                                   timed_out=isinstance(e, openai.APITimeoutError)) from e
         try:
             return resp.json()
@@ -201,7 +207,8 @@ class OpenAICompatChatModel:
 
     def _malformed(self, e: Exception) -> BackendError:
         return BackendError(f"malformed chat completion from {self.endpoint}: "
-                            f"{type(e).__name__}: {_one_line(e)}", model=self.model_id)
+                            f"{type(e).__name__}: {one_line(e)}", model=self.model_id,
+                            infrastructure=True)
 
     def _create(self, kwargs: dict[str, Any]) -> tuple[Any, int]:
         """One request with our retry loop; returns the reply and how many retries it took."""
@@ -213,17 +220,19 @@ class OpenAICompatChatModel:
                 status = e.status_code
                 if status == 400 and kwargs.get("n", 1) > 1:
                     # maybe n itself; a single call will surface any other cause
-                    raise _NRejectedError(_one_line(e)) from e
+                    raise _NRejectedError(one_line(e)) from e
                 if status not in (408, 409, 429) and status < 500:
-                    raise BackendError(self._fatal_message(e), model=self.model_id) from e
+                    raise BackendError(self._fatal_message(e), model=self.model_id,
+                                       infrastructure=status in _CONFIG_STATUSES) from e
                 reason, retry_after, err = f"HTTP {status}", e.retry_after, e
             except HTTPUnreachable as e:
                 reason = "timed out" if e.timed_out else "unreachable"
                 retry_after, err = None, e
             if attempt >= self.max_retries:
                 raise BackendError(
-                    f"{reason} at {self.endpoint} after {attempt + 1} attempts: {_one_line(err)}",
+                    f"{reason} at {self.endpoint} after {attempt + 1} attempts: {one_line(err)}",
                     model=self.model_id,
+                    infrastructure=True,
                 ) from err
             delay = self._delay(attempt, retry_after)
             log.warning(
@@ -263,7 +272,11 @@ class OpenAICompatChatModel:
                 f"not found (404) at {where}: check `model` {self.model_id!r} and `base_url` "
                 "(it usually ends in /v1)"
             )
-        return f"request rejected ({status}) at {where}: {_one_line(e)}"
+        return f"request rejected ({status}) at {where}: {one_line(e)}"
+
+
+# rejected for the key, the model or the URL: no workflow picks those, the run's config does
+_CONFIG_STATUSES = (401, 403, 404, 407)
 
 
 class _NRejectedError(Exception):
@@ -277,7 +290,3 @@ def _retry_after_s(e: Any) -> float | None:
     except (AttributeError, TypeError, ValueError):
         return None
 
-
-def _one_line(e: Exception, limit: int = 200) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -94,6 +94,7 @@ class ScriptedChatModel:
                     f"scripted replies exhausted after {len(self._replies)} replies; "
                     "script more or pass cycle=True",
                     model=self.model_id,
+                    infrastructure=True,  # the script's fault, not the workflow's
                 )
             self._next = 0
         reply = self._replies[self._next]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from w4s.errors import BackendError, ConfigError
+from w4s.errors import BackendError, ConfigError, one_line
 from w4s.protocols import Completion, Message
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class TransformersChatModel:
             )
         except (OSError, ValueError) as e:
             raise ConfigError(
-                f"`{field_prefix}model`: cannot load a local model from {where!r}: {_one_line(e)}"
+                f"`{field_prefix}model`: cannot load a local model from {where!r}: {one_line(e)}"
             ) from e
         model.to(device)
         log.info("loaded %s in %.1fs", where, time.perf_counter() - start)
@@ -160,6 +160,7 @@ class TransformersChatModel:
                 raise BackendError(
                     f"prompt of {len(prompt_ids)} tokens fills the {self._context}-token context",
                     model=self.model_id,
+                    infrastructure=False,  # the request's fault: it fails the same way again
                 )
             max_tokens = min(max_tokens, room)
         req = _Request(prompt_ids, n, temperature, max(max_tokens, 1), seed)
@@ -198,8 +199,8 @@ class TransformersChatModel:
                 text = "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant: "
             return list(tok(text, add_special_tokens=False)["input_ids"])
         except (TemplateError, ValueError, TypeError, KeyError) as e:
-            msg = f"cannot render the chat prompt: {_one_line(e)}"
-            raise BackendError(msg, model=self.model_id) from e
+            msg = f"cannot render the chat prompt: {one_line(e)}"  # e.g. roles out of order
+            raise BackendError(msg, model=self.model_id, infrastructure=False) from e
 
     def _lead(self, own: _Request) -> None:
         """Run batches (others' requests too) until `own` is served."""
@@ -227,14 +228,15 @@ class TransformersChatModel:
         try:
             results = self._generate(batch)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
-            message, cause = f"generation failed: {_one_line(e)}", e
+            message, cause = f"generation failed: {one_line(e)}", e
         finally:
             with self._cond:
                 for i, req in enumerate(batch):
                     if results is not None:
                         req.texts, req.completion_tokens = results[i]
                     else:  # one error object per caller: each thread raises its own
-                        req.error = BackendError(message, model=self.model_id)
+                        req.error = BackendError(message, model=self.model_id,
+                                                 infrastructure=True)
                         req.error.__cause__ = cause
                     req.done = True
                 self._cond.notify_all()
@@ -357,7 +359,3 @@ def _stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
         ids.add(im_end)
     return ids
 
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

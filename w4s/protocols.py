@@ -30,10 +30,14 @@ class Completion:
 
 @runtime_checkable
 class ChatModel(Protocol):
-    """A chat-completion backend. Serves as executor and, wrapped by MetaAgent, as meta-agent.
+    """A chat-completion backend, used directly in both roles: as the executor (the sandbox
+    harness serves workflows' calls with it) and as the meta-agent (`w4s.mdp` samples
+    candidate workflows and repairs from it with one `complete(n=m)` call per state).
 
     Implementations must be thread-safe: the harness calls `complete` from many threads
     at once, and a local backend may batch those concurrent calls into one forward pass.
+    Failures raise `w4s.errors.BackendError` with `infrastructure` set: False only when the
+    request itself was rejected (e.g. a prompt too long), so a retry cannot help.
     """
 
     model_id: str
