@@ -2,7 +2,7 @@
 
 A tiny OpenAI-compatible server (a subprocess of this script) answers
 /v1/chat/completions after `--latency` seconds; the executor is the project's
-`OpenAICompatChatModel` (the `openai` client). Each workflow makes 3 sequential calls.
+`OpenAICompatChatModel` (its default `http` transport). Each workflow makes 3 sequential calls.
 
 Targets: 128 items at concurrency 32 within 1.1x of ceil(128/32) * 3 * latency;
 m=3 candidates concurrently within 1.3x of one (when together they fit the concurrency);
@@ -184,6 +184,7 @@ def main() -> None:
             t_one = time.perf_counter() - t
             server_cpu = process_cpu_s(proc.pid) - server_cpu
             ideal = math.ceil(len(items) / c) * 3 * lat
+            assert r.infra_errors == 0, [o.infra_error for o in r.outcomes if o.infra_error][:1]
             assert r.accuracy == 1.0, r.failures[:1]
             print(f"{len(items)} items x 3 calls, concurrency {c}, latency {lat}s: "
                   f"{t_one:.2f}s vs ideal {ideal:.2f}s = {t_one / ideal:.3f}x (target <= 1.1) "

@@ -2,34 +2,40 @@
 
 One function handles one item (`_run_item`); everything else hands items to it through a
 bounded thread pool. A failure is a value: every item ends as an ItemOutcome, whatever the
-workflow, the executor or the worker did.
+workflow, the executor or the worker did. The workflow's executor calls are served by
+`proxy.CallProxy` (cache, executor, meter); with a call cache, clean outcomes are recorded
+and reused by `outcomes.OutcomeStore`.
 
-With a call cache, each item's outcome is recorded there too, keyed by the workflow code,
-the item, the executor model and the limits. The meta-agent often re-proposes a workflow it
-has seen (the seed, a sibling candidate), and a rerun of a stage repeats whole evaluations:
-those items get the recorded answer back, re-scored, without a sandbox run. Only clean runs
-are recorded: no timeout, crash, executor error or budget stop, so those are always retried.
+An item lost to infrastructure carries `ItemOutcome.infra_error` and scores 0, whatever the
+workflow then did: an executor failure that is not the request's fault
+(`BackendError.infrastructure`: unreachable, timed out, 5xx, 429 after the backend's
+retries, a malformed or short reply), an executor bug, a sandbox worker that failed twice
+before the job started, an internal harness error, or an item timeout while one of its
+executor calls had been unanswered for at least half the item's time limit. A worker that
+fails *during* a job (a crash, a closed socket, a garbled frame) is charged to the
+workflow: its own process can cause all of those.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import secrets
 import select
-import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from w4s.cost import Meter, PriceTable, Spend
-from w4s.errors import BackendError, BudgetExceeded, ConfigError
+from w4s.errors import BackendError, ConfigError
 from w4s.sandbox import worker as _w
-from w4s.sandbox.cache import CallCache, call_key
+from w4s.sandbox.cache import CallCache
+from w4s.sandbox.outcomes import OutcomeStore
 from w4s.sandbox.pool import WorkerDied, WorkerPool
+from w4s.sandbox.proxy import BUDGET_ERROR, MAX_CALLS_IN_FLIGHT, CallProxy, ItemRun
 from w4s.sandbox.static import check_workflow_source
 from w4s.sandbox.types import EvalResult, ItemOutcome, SandboxSettings
 
@@ -37,90 +43,25 @@ if TYPE_CHECKING:
     from w4s.benchmarks.base import Benchmark, Item
     from w4s.protocols import ChatModel
 
+__all__ = ["BUDGET_ERROR", "MAX_CALLS_IN_FLIGHT", "START_GRACE_S", "Harness", "OnItem"]
+
 log = logging.getLogger("w4s.sandbox")
 
-BUDGET_ERROR = "budget exceeded"
-_MAX_REPLY_CHARS = 200_000  # per executor text handed back to a workflow
-MAX_CALLS_IN_FLIGHT = 64  # per item: a workflow flooding requests gets errors, not threads
 # A worker is released as soon as its item's result arrives; its zygote ends that job's
 # processes before it starts the next one. A job that lingers past its result (e.g. a
 # forged result frame, then a hang) holds the zygote: after this long the next item gives
 # up on the worker and retries on a fresh one, so it is never charged the wait.
 START_GRACE_S = 5.0
+# An item that times out while one of its executor calls has been unanswered for at least
+# this share of the item's time limit was lost to the executor, not to the workflow.
+STALLED_CALL_SHARE = 0.5
 
-
-class _ItemRun:
-    """Per-item state shared by the reader thread and the executor-call threads."""
-
-    def __init__(self, job: int) -> None:
-        self.job = job
-        self.lock = threading.Lock()
-        self.closed = False  # no replies may be sent once the job is over
-        self.budget_hit = False
-        self.in_flight = 0  # executor calls being served for this item
-        self.replayable = True  # False once anything outside the workflow's control failed
-        self.spend = Spend()
-        self._next_index: dict[str, int] = {}
-
-    def take_indexes(self, request_key: str, n: int) -> int:
-        """First of n fresh sample indexes for a repeated request (deterministic on rerun)."""
-        with self.lock:
-            first = self._next_index.get(request_key, 0)
-            self._next_index[request_key] = first + n
-            return first
-
-    def add(self, spend: Spend) -> None:
-        with self.lock:
-            self.spend = self.spend + spend
-
-
-class _Call:
-    """One executor request from a workflow: validated, keyed per sample, partly cached."""
-
-    __slots__ = ("messages", "n", "temperature", "max_tokens", "json_mode", "model", "keys",
-                 "texts")
-
-    def __init__(self, messages: list[dict], n: int, temperature: float,
-                 max_tokens: int | None, json_mode: bool, model: str, keys: list[str]) -> None:
-        self.messages, self.n, self.temperature = messages, n, temperature
-        self.max_tokens, self.json_mode, self.model, self.keys = max_tokens, json_mode, model, keys
-        self.texts: list[str | None] = [None] * n
-
-    @classmethod
-    def parse(cls, frame: dict, model: str, run: _ItemRun, key_model: str) -> _Call:
-        """Validate a frame from the (untrusted) worker and derive its cache keys."""
-        messages = frame["messages"]
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str)
-            and isinstance(m.get("role"), str) for m in messages
-        ):
-            raise TypeError("`messages` must be a list of {'role': str, 'content': str}")
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-        n, temperature = int(frame["n"]), float(frame["temperature"])
-        if not 1 <= n <= 64:
-            raise ValueError(f"`n` must be in [1, 64], got {n}")
-        if not 0.0 <= temperature <= 2.0:
-            raise ValueError(f"`temperature` must be in [0, 2], got {temperature}")
-        max_tokens = None if frame.get("max_tokens") is None else int(frame["max_tokens"])
-        json_mode = bool(frame.get("json_mode", False))
-        request = {"model": key_model, "messages": messages, "temperature": temperature,
-                   "max_tokens": max_tokens, "json_mode": json_mode}
-        first = 0
-        if temperature > 0:  # repeated identical sampling calls get fresh sample indexes
-            first = run.take_indexes(call_key(**request, sample_index=-1), n)
-        keys = [call_key(**request, sample_index=first + i) for i in range(n)]
-        return cls(messages, n, temperature, max_tokens, json_mode, model, keys)
-
-    @property
-    def missing(self) -> list[int]:
-        return [i for i, t in enumerate(self.texts) if t is None]
-
-    def reply_texts(self) -> list[str]:
-        return [_w.clip(t or "", _MAX_REPLY_CHARS) for t in self.texts]
+OnItem = Callable[[int, ItemOutcome], None]
+"""on_item(code_index, outcome): called once per finished item, from an item thread."""
 
 
 class Harness:
-    """Owns a warm worker pool, the executor-call cache and the run's spend meter."""
+    """Owns a warm worker pool, the executor-call proxy and cache, and the run's spend meter."""
 
     def __init__(
         self,
@@ -144,12 +85,12 @@ class Harness:
         self._meter = Meter(budget_usd=budget_usd, budget_tokens=budget_tokens)
         # the backend's own cap on new tokens shapes every reply, so it is part of each key
         cap = getattr(executor, "max_new_tokens", None)
-        self._key_model = executor.model_id + (f"@max_new_tokens={cap}" if cap else "")
+        key_model = executor.model_id + (f"@max_new_tokens={cap}" if cap else "")
+        self._outcomes = OutcomeStore(cache, settings, key_model)
+        self._proxy = CallProxy(executor, cache=cache, meter=self._meter, prices=self.prices,
+                                key_model=key_model)
         self._pool = WorkerPool(settings.concurrency)
         self._items = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="w4s-item")
-        # threads start on demand; many, because an abandoned (timed-out) call holds one
-        # until the backend's own timeout ends it
-        self._calls = ThreadPoolExecutor(256, thread_name_prefix="w4s-call")
         self._closed = False
 
     # ------------------------------------------------------------ public API
@@ -159,13 +100,21 @@ class Harness:
         """Totals for the whole run: calls, tokens, cost, cache hits and misses."""
         return self._meter
 
-    def evaluate(self, code: str, items: Sequence[Item], benchmark: Benchmark) -> EvalResult:
-        return self.evaluate_many([code], items, benchmark)[0]
+    def evaluate(self, code: str, items: Sequence[Item], benchmark: Benchmark,
+                 on_item: OnItem | None = None) -> EvalResult:
+        """One workflow on `items`; `on_item(0, outcome)` as each item finishes."""
+        return self.evaluate_many([code], items, benchmark, on_item=on_item)[0]
 
     def evaluate_many(
-        self, codes: Sequence[str], items: Sequence[Item], benchmark: Benchmark
+        self, codes: Sequence[str], items: Sequence[Item], benchmark: Benchmark,
+        on_item: OnItem | None = None,
     ) -> list[EvalResult]:
-        """Several workflows at once; their items share the `concurrency` budget."""
+        """Several workflows at once; their items share the `concurrency` budget.
+
+        `on_item(code_index, outcome)` is called once per finished item (len(codes) *
+        len(items) calls in all, in no set order, from whichever thread finished it, before
+        this returns); an exception it raises is logged and ignored.
+        """
         self._check_open()
         items = list(items)
         static = [check_workflow_source(c) for c in codes]
@@ -173,24 +122,45 @@ class Harness:
         for ii, item in enumerate(items):  # item-major, so candidates progress together
             for ci, code in enumerate(codes):
                 if static[ci] is None:
-                    futures[ci, ii] = self._items.submit(self._run_item, code, item, benchmark)
+                    futures[ci, ii] = self._items.submit(self._run_item_reported, ci, code,
+                                                         item, benchmark, on_item)
         results = []
         for ci in range(len(codes)):
-            outcomes = [
-                futures[ci, ii].result() if static[ci] is None
-                else _failed(item.id, static[ci], 0.0)
-                for ii, item in enumerate(items)
-            ]
+            outcomes = []
+            for ii, item in enumerate(items):
+                if static[ci] is None:
+                    outcomes.append(futures[ci, ii].result())
+                else:
+                    outcomes.append(_failed(item.id, static[ci], 0.0))
+                    _report(on_item, ci, outcomes[-1])
             results.append(self._summarize(outcomes))
         return results
 
-    def self_check(self, code: str, item: Item, benchmark: Benchmark | None = None) -> str | None:
-        """Run one item: None if the solver returned a dict with "answer", else the error."""
+    def self_check(self, code: str, item: Item, *_legacy: object) -> str | None:
+        """Run the workflow on one item: None if the solver ran and returned a dict with
+        "answer", else the error text (a static check's, the traceback, the timeout...).
+
+        The answer is not scored: the self-check asks whether the workflow runs, not whether
+        it is right. An item lost to infrastructure (`ItemOutcome.infra_error`: the executor
+        unreachable, a failed sandbox worker...) says nothing about the workflow, so instead
+        of an error to repair this raises BackendError with `infrastructure=True`, for the
+        caller to retry later.
+
+        A third argument (the benchmark, which was never used) is still accepted, with a
+        DeprecationWarning, until the callers that pass it have dropped it.
+        """
+        if _legacy:
+            warnings.warn("Harness.self_check takes no benchmark (it never scored); drop the "
+                          "argument", DeprecationWarning, stacklevel=2)
         self._check_open()
         err = check_workflow_source(code)
         if err is not None:
             return err
-        return self._items.submit(self._run_item, code, item, None).result().error
+        out = self._items.submit(self._run_item, code, item, None).result()
+        if out.infra_error is not None:
+            raise BackendError(f"self-check lost to infrastructure: {out.infra_error}",
+                               infrastructure=True)
+        return out.error
 
     def close(self) -> None:
         if self._closed:
@@ -198,7 +168,7 @@ class Harness:
         self._closed = True
         self._items.shutdown(wait=False, cancel_futures=True)
         self._pool.close()
-        self._calls.shutdown(wait=False, cancel_futures=True)
+        self._proxy.close()
 
     def __enter__(self) -> Harness:
         return self
@@ -212,31 +182,42 @@ class Harness:
         if self._closed:
             raise RuntimeError("this Harness is closed; create a new one")
 
+    def _run_item_reported(self, ci: int, code: str, item: Item, benchmark: Benchmark,
+                           on_item: OnItem | None) -> ItemOutcome:
+        out = self._run_item(code, item, benchmark)
+        _report(on_item, ci, out)
+        return out
+
     def _run_item(self, code: str, item: Item, benchmark: Benchmark | None) -> ItemOutcome:
         start = time.monotonic()
-        key = self._outcome_key(code, item)
-        recorded = self._recorded(key)
+        key = self._outcomes.key(code, item)
+        recorded = self._outcomes.get(key)
+        infra: str | None = None
         if recorded is not None:
-            raw, answer, error, samples = recorded
-            spend = Spend(cache_hits=samples)  # what replaying its calls would have cost
+            raw, answer, error = recorded.raw, recorded.answer, recorded.error
+            spend = Spend(cache_hits=recorded.samples)  # what replaying its calls would cost
             self._meter.add(spend)
         else:
             if self._meter.exceeded:
                 return _failed(item.id, BUDGET_ERROR, 0.0)
-            run = _ItemRun(secrets.randbits(52))  # unguessable: stale frames never match
+            run = ItemRun(secrets.randbits(52))  # unguessable: stale frames never match
             try:
                 raw, answer, error = self._execute(code, item, run)
             except Exception as e:  # a bug of ours must not end the run: record it on the item
                 log.exception("sandbox: item %s failed inside the harness", item.id)
                 raw, answer, error = None, None, f"internal harness error: {type(e).__name__}: {e}"
-                run.replayable = False
+                run.lose(error)
             if run.budget_hit and error is not None:
                 error = BUDGET_ERROR
-            if key is not None and run.replayable and not run.budget_hit:
-                self._record(key, raw, answer, error, run)
+            infra = run.infra_error
+            if key is not None and run.replayable and not run.budget_hit and infra is None:
+                self._outcomes.put(key, raw, answer, error,
+                                   run.spend.cache_hits + run.spend.cache_misses)
             spend = run.spend
         score = 0.0
-        if error is None and benchmark is not None:
+        if infra is not None:  # whatever the workflow made of it, the item was not judged
+            error = error if error is not None else infra
+        elif error is None and benchmark is not None:
             try:
                 score = float(benchmark.score(item, raw))
             except Exception as e:  # noqa: BLE001 - the scorer's failure is this item's
@@ -249,49 +230,10 @@ class Harness:
             executor_calls=spend.executor_calls, prompt_tokens=spend.prompt_tokens,
             completion_tokens=spend.completion_tokens, cost_usd=spend.cost_usd,
             seconds=time.monotonic() - start, cache_hits=spend.cache_hits,
-            cache_misses=spend.cache_misses, reused=recorded is not None,
+            cache_misses=spend.cache_misses, reused=recorded is not None, infra_error=infra,
         )
 
-    # ------------------------------------------------------------ recorded outcomes
-
-    def _outcome_key(self, code: str, item: Item) -> str | None:
-        if self.cache is None or not self.settings.reuse_outcomes:
-            return None
-        st = self.settings
-        payload = [
-            "outcome-v1", code, item.id, item.question, self._key_model,
-            st.item_timeout_s, st.code_timeout_s, st.memory_mb, st.max_output_chars,
-        ]
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
-        return "outcome:" + hashlib.sha256(text.encode()).hexdigest()
-
-    def _recorded(self, key: str | None) -> tuple[Any, str | None, str | None, int] | None:
-        """(raw answer, its text, error, samples used) of an identical earlier clean run."""
-        if key is None or self.cache is None:
-            return None
-        try:
-            hit = self.cache.get(key)
-        except Exception as e:  # noqa: BLE001 - a broken cache degrades to a rerun
-            log.warning("sandbox: outcome cache read failed: %s", e)
-            return None
-        if not isinstance(hit, dict) or not isinstance(hit.get("samples"), int):
-            return None
-        answer, error = hit.get("answer"), hit.get("error")
-        return hit.get("raw", answer), answer, error, hit["samples"]
-
-    def _record(self, key: str, raw: Any, answer: str | None, error: str | None,
-                run: _ItemRun) -> None:
-        s = run.spend
-        value: dict[str, Any] = {"answer": answer, "error": error,
-                                 "samples": s.cache_hits + s.cache_misses}
-        if error is None and raw is not answer:  # the solver's answer as JSON, when it was
-            value["raw"] = raw
-        try:
-            self.cache.put(key, value)  # type: ignore[union-attr] - key implies a cache
-        except Exception as e:  # noqa: BLE001
-            log.warning("sandbox: outcome cache write failed: %s", e)
-
-    def _execute(self, code: str, item: Item, run: _ItemRun) -> tuple[Any, str | None, str | None]:
+    def _execute(self, code: str, item: Item, run: ItemRun) -> tuple[Any, str | None, str | None]:
         """Run the solver in a worker: (raw answer, its text, error)."""
         st = self.settings
         job = {
@@ -316,11 +258,11 @@ class Harness:
                             run.closed = True
             except WorkerDied as e:
                 if attempt == 1:
-                    run.replayable = False
+                    run.lose(f"sandbox worker failed: {e}")
                     return None, None, f"sandbox worker failed: {e}"
         raise AssertionError("unreachable")
 
-    def _converse(self, w, run: _ItemRun) -> tuple[Any, str | None, str | None]:
+    def _converse(self, w, run: ItemRun) -> tuple[Any, str | None, str | None]:
         """Serve the child's executor calls until its result (or the zygote's "done")."""
         limit = _w.MAX_FRAME  # prompts may be long; answers are clipped by the child
         result: dict | None = None
@@ -345,7 +287,7 @@ class Harness:
                         started, deadline = True, time.monotonic() + self.settings.item_timeout_s
                     op = frame.get("op")
                     if op == "call":
-                        self._on_call(w, run, frame)
+                        self._proxy.on_call(w, run, frame)
                     elif op == "result":
                         # done: the worker goes back to the pool now, and its zygote ends
                         # this job's processes before it reads the next job
@@ -370,7 +312,12 @@ class Harness:
         except TimeoutError:
             w.kill()
             run.replayable = False
-            return None, None, f"timeout after {self.settings.item_timeout_s:g}s"
+            limit_s = self.settings.item_timeout_s
+            waited = run.oldest_fetch_s()
+            if waited >= STALLED_CALL_SHARE * limit_s:
+                run.lose(f"executor unavailable: a call unanswered for {waited:.0f}s "
+                         f"when the item timed out after {limit_s:g}s")
+            return None, None, f"timeout after {limit_s:g}s"
         except (EOFError, OSError, _w.ProtocolError) as e:
             w.kill()
             run.replayable = False
@@ -390,122 +337,13 @@ class Harness:
         return raw, answer, None
 
     @staticmethod
-    def _drain_result(w, run: _ItemRun, limit: int) -> dict | None:
+    def _drain_result(w, run: ItemRun, limit: int) -> dict | None:
         """A result that reached the data socket just before the zygote's "done"."""
         while _readable(w.data, timeout=0):
             frame = _w.recv_frame(w.data, deadline=time.monotonic() + 1.0, max_bytes=limit)
             if frame.get("op") == "result" and frame.get("job") == run.job:
                 return frame
         return None
-
-    # ------------------------------------------------------------ executor calls
-
-    def _on_call(self, w, run: _ItemRun, frame: dict) -> None:
-        """Serve a call from the reader thread when the cache has every sample; otherwise
-        hand it to an executor thread, so the item's deadline keeps ticking meanwhile."""
-        try:
-            call = _Call.parse(frame, self.executor.model_id, run, self._key_model)
-            self._lookup(call)
-        except (KeyError, TypeError, ValueError) as e:
-            run.replayable = False
-            self._reply(w, run, frame, {"error": f"bad executor request: {type(e).__name__}: {e}"})
-            return
-        if call.missing:
-            with run.lock:
-                busy = run.in_flight >= MAX_CALLS_IN_FLIGHT
-                run.in_flight += 0 if busy else 1
-            if busy:
-                run.replayable = False
-                self._reply(w, run, frame, {"error": "too many executor calls in flight "
-                                                     f"(limit {MAX_CALLS_IN_FLIGHT} per item)"})
-                return
-            self._calls.submit(self._serve_call, w, run, frame, call)
-        else:
-            self._account(run, Spend(cache_hits=call.n))
-            self._reply(w, run, frame, {"texts": call.reply_texts()})
-
-    def _serve_call(self, w, run: _ItemRun, frame: dict, call: _Call) -> None:
-        try:
-            self._fetch(run, call)
-            reply: dict = {"texts": call.reply_texts()}
-        except BudgetExceeded:
-            run.replayable = False
-            run.budget_hit = True
-            reply = {"error": BUDGET_ERROR}
-        except BackendError as e:
-            run.replayable = False
-            reply = {"error": f"BackendError: {e}"}
-        except Exception as e:  # noqa: BLE001 - an executor bug fails the item, not the run
-            run.replayable = False
-            log.exception("sandbox: executor call failed")
-            reply = {"error": f"executor failed: {type(e).__name__}: {e}"}
-        finally:
-            with run.lock:
-                run.in_flight -= 1
-        self._reply(w, run, frame, reply)
-
-    @staticmethod
-    def _reply(w, run: _ItemRun, frame: dict, reply: dict) -> None:
-        reply.update(op="reply", id=frame.get("id"), job=run.job)
-        with run.lock:
-            if run.closed:
-                return
-            try:
-                _w.send_frame(w.data_out, reply)
-            except OSError:
-                pass  # the child is gone; the reader thread reports why
-
-    def _lookup(self, call: _Call) -> None:
-        if self.cache is None:
-            return
-        for i, key in enumerate(call.keys):
-            try:
-                hit = self.cache.get(key)
-            except Exception as e:  # noqa: BLE001 - a broken cache degrades to misses
-                log.warning("sandbox: call cache read failed: %s", e)
-                hit = None
-            if isinstance(hit, dict) and isinstance(hit.get("text"), str):
-                call.texts[i] = hit["text"]
-
-    def _fetch(self, run: _ItemRun, call: _Call) -> None:
-        """Ask the executor for the samples the cache lacks; meter and cache them."""
-        missing = call.missing
-        self._meter.check()
-        kwargs: dict[str, Any] = {"n": len(missing), "temperature": call.temperature,
-                                  "json_mode": call.json_mode}
-        if call.max_tokens is not None:
-            kwargs["max_tokens"] = call.max_tokens
-        comp = self.executor.complete(call.messages, **kwargs)
-        got = list(comp.texts)
-        if len(got) < len(missing):
-            raise BackendError(f"asked for {len(missing)} replies, got {len(got)}",
-                               model=call.model)
-        if comp.cached:  # the backend served it from its own cache: no new spend
-            spend = Spend(cache_hits=call.n)
-        else:
-            cost = self.prices.cost(comp.model or call.model, comp.prompt_tokens,
-                                    comp.completion_tokens)
-            if cost is None and comp.model and comp.model != call.model:
-                cost = self.prices.cost(call.model, comp.prompt_tokens, comp.completion_tokens)
-            spend = Spend(executor_calls=1, prompt_tokens=comp.prompt_tokens,
-                          completion_tokens=comp.completion_tokens, cost_usd=cost,
-                          cache_hits=call.n - len(missing), cache_misses=len(missing))
-        per_sample = comp.completion_tokens // max(1, len(missing))
-        for j, i in enumerate(missing):
-            call.texts[i] = str(got[j])
-            if self.cache is not None:
-                value = {"text": call.texts[i], "model": comp.model or call.model,
-                         "prompt_tokens": comp.prompt_tokens, "completion_tokens": per_sample}
-                try:
-                    self.cache.put(call.keys[i], value)
-                except Exception as e:  # noqa: BLE001
-                    run.replayable = False  # a rerun could not replay this reply
-                    log.warning("sandbox: call cache write failed: %s", e)
-        self._account(run, spend)
-
-    def _account(self, run: _ItemRun, spend: Spend) -> None:
-        self._meter.add(spend)
-        run.add(spend)
 
     # ------------------------------------------------------------ totals
 
@@ -532,6 +370,15 @@ def _readable(*socks, timeout: float) -> list:
         poller.register(s, select.POLLIN | select.POLLHUP | select.POLLERR)
     ready = {fd for fd, _ in poller.poll(max(0, math.ceil(timeout * 1000)))}
     return [s for s in socks if s.fileno() in ready]
+
+
+def _report(on_item: OnItem | None, ci: int, outcome: ItemOutcome) -> None:
+    if on_item is None:
+        return
+    try:
+        on_item(ci, outcome)
+    except Exception:  # a progress bar's bug must not fail the evaluation
+        log.exception("sandbox: the on_item callback failed (ignored)")
 
 
 def _failed(item_id: str, error: str, seconds: float) -> ItemOutcome:

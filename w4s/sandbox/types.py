@@ -15,7 +15,7 @@ class SandboxSettings:
     memory_mb: int = 2048  # address-space limit per jailed process
     max_output_chars: int = 20_000  # caps on answers, stdout and tracebacks coming back
     # with a call cache: an item already run by the same code, executor and limits gets its
-    # recorded outcome back (re-scored) instead of a rerun; see Harness._recorded
+    # recorded outcome back (re-scored) instead of a rerun; see w4s/sandbox/outcomes.py
     reuse_outcomes: bool = True
 
     def __post_init__(self) -> None:
@@ -37,11 +37,17 @@ class SandboxSettings:
 
 @dataclass(frozen=True, slots=True)
 class ItemOutcome:
-    """One item of one workflow. Token counts and cost are new spend (cache hits are free)."""
+    """One item of one workflow. Token counts and cost are new spend (cache hits are free).
+
+    `infra_error` set: the item was lost to infrastructure (the executor unreachable, timing
+    out, 5xx or 429 after the backend's retries, a failed sandbox worker, a harness bug), not
+    judged: its score is 0 whatever the workflow then did with the failure, `error` is the
+    workflow's own error or else this reason, and it is never recorded for reuse.
+    """
 
     item_id: str
     answer: str | None  # str(answer), truncated; None when the solver gave no answer
-    score: float  # benchmark.score(item, raw answer); 0.0 on error
+    score: float  # benchmark.score(item, raw answer); 0.0 on error or infra_error
     error: str | None  # traceback or one-line reason; None on success
     executor_calls: int  # calls that reached the executor (cache misses)
     prompt_tokens: int
@@ -51,6 +57,7 @@ class ItemOutcome:
     cache_hits: int = 0  # samples served from the call cache
     cache_misses: int = 0  # samples the executor had to produce
     reused: bool = False  # the recorded outcome of an identical earlier run, not rerun
+    infra_error: str | None = None  # one-line reason; None when no infrastructure failed it
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +65,7 @@ class EvalResult:
     """One workflow on a list of items, in item order."""
 
     outcomes: list[ItemOutcome]
-    accuracy: float  # mean score, 0.0 when empty
+    accuracy: float  # mean score over all items (infra_error items count 0), 0.0 when empty
     executor_calls: int
     prompt_tokens: int
     completion_tokens: int
@@ -69,7 +76,13 @@ class EvalResult:
 
     @property
     def failures(self) -> list[ItemOutcome]:
-        return [o for o in self.outcomes if o.score < 1]
+        """Items the workflow got wrong; items lost to infrastructure are not its failures."""
+        return [o for o in self.outcomes if o.score < 1 and o.infra_error is None]
+
+    @property
+    def infra_errors(self) -> int:
+        """Items lost to infrastructure (`ItemOutcome.infra_error`): `accuracy` understates."""
+        return sum(1 for o in self.outcomes if o.infra_error is not None)
 
     @property
     def errors(self) -> int:
