@@ -139,7 +139,11 @@ def test_parent_environment_secrets_are_not_visible(hostile_harness, monkeypatch
 import os
 def solver(agent, task):
     seen = [repr(dict(os.environ))]
-    for pid in os.listdir("/proc"):
+    try:
+        pids = os.listdir("/proc")
+    except OSError:  # Landlock hides /proc where the worker has no PID namespace of its own
+        pids = []
+    for pid in pids:
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/environ", "rb") as f:

@@ -2,7 +2,7 @@
 
 The zygote probes once what it can do (cgroup, private /tmp, Landlock, uid drop) and
 builds the Landlock ruleset; each child then only applies it: limits, Landlock (writes
-to its job folder), and the uid drop.
+to its job folder, reads to the interpreter, see `readable`), and the uid drop.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .libc import (
     PR_SET_PDEATHSIG,
     get_libc,
 )
+from .readable import readable_paths
 
 
 def _import_dirs() -> set[str]:
@@ -78,10 +79,14 @@ class Jail:
         # jobs that keep host root are not bound by RLIMIT_NPROC; everyone else is
         self.host_root = bool(cfg.get("host_root")) and self.uid is None
         os.makedirs(self.tmp_root, mode=0o711, exist_ok=True)
-        self.ruleset: int | None = None  # writes confined to tmp_root (job dirs live there)
+        # writes confined to tmp_root (job dirs live there), reads to `readable` as well
+        self.ruleset: int | None = None
+        self.readable: list[str] | None = None
         if self.landlock:
+            readable = readable_paths(own_proc=os.getpid() == 1)
             try:
-                self.ruleset = landlock_ruleset(self.landlock, self.tmp_root)
+                self.ruleset = landlock_ruleset(self.landlock, self.tmp_root, readable)
+                self.readable = readable
             except OSError:
                 self.landlock = 0
         self._seq = itertools.count()
@@ -131,6 +136,8 @@ class Jail:
     def report(self) -> dict:
         return {
             "landlock_abi": self.landlock,
+            "reads_confined": self.readable is not None,
+            "readable": self.readable or [],
             "private_tmp": self.private_tmp,
             "cgroup_pids": self.cgroup is not None,
             "uid": self.uid if self.uid is not None else os.getuid(),
