@@ -11,76 +11,215 @@ import yaml
 
 from w4s.errors import W4SError
 
-# The meta-agent runs on transformers (the model RLAO will fit); the executor on llama.cpp,
-# which serves the same GGUF several times faster on CPU (README, benchmarks/bench_backends.py).
-_EMBEDDED_EXECUTOR = {"kind": "llamacpp", "model": "smollm2-135m-instruct"}
+# Both roles on llama.cpp, which serves the embedded GGUF several times faster on a CPU than
+# transformers (README, benchmarks/bench_backends.py) and batches concurrent calls, such as
+# the candidates' repairs. `kind: embedded` (transformers) is the meta-agent RLAO fits.
+_EMBEDDED_LLAMACPP = {"kind": "llamacpp", "model": "smollm2-135m-instruct"}
 DEMO = {
     "arithmetic": {"benchmark": "arithmetic", "seed_workflow": "direct", "val_size": 10,
                    "test_size": 20, "iterations": 2, "candidates": 3,
-                   "meta_agent": {"kind": "embedded", "max_new_tokens": 256},
-                   "executor": {**_EMBEDDED_EXECUTOR, "max_new_tokens": 64}},
+                   "meta_agent": {**_EMBEDDED_LLAMACPP, "max_new_tokens": 256},
+                   "executor": {**_EMBEDDED_LLAMACPP, "max_new_tokens": 64}},
     "humaneval": {"benchmark": "humaneval", "seed_workflow": "generate", "val_size": 5,
                   "test_size": 10, "iterations": 1, "candidates": 3,
-                  "meta_agent": {"kind": "embedded", "max_new_tokens": 256},
-                  "executor": {**_EMBEDDED_EXECUTOR, "max_new_tokens": 256}},
+                  "meta_agent": {**_EMBEDDED_LLAMACPP, "max_new_tokens": 256},
+                  "executor": {**_EMBEDDED_LLAMACPP, "max_new_tokens": 256}},
 }
 
 
-def format_table(cols: list[str], rows: list[tuple | list]) -> str:
-    def cell(v: Any) -> str:
-        return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+# -------------------------------------------------------------- config flags from the model
 
-    cells = [[cell(v) for v in r] for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    line = "  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))
-    out = [line, "-" * len(line)]
-    out += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(out)
+_CUSTOM_BENCHMARK_FLAGS = ("question_field", "answer_field", "scorer")  # -> benchmark_options
+_NONE_WORDS = ("none", "null")
 
 
-def _set_path(data: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        data = data.setdefault(p, {})
-    data[leaf] = value
+def _dest(name: str) -> str:
+    return f"cfg_{name}"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _scalar_parser(annotation: Any) -> tuple[Any, str] | None:
+    """(converter, metavar) for a field settable from one flag; None for nested fields, which
+    stay reachable through `--set a.b=v`. `Optional` fields also take `none`."""
+    import types
+    from typing import Literal, Union, get_args, get_origin
+
+    members = (get_args(annotation) if get_origin(annotation) in (Union, types.UnionType)
+               else (annotation,))
+    optional = type(None) in members
+    members = tuple(m for m in members if m is not type(None))
+    convert: Any
+    if str in members and any(get_origin(m) is list for m in members) and len(members) == 2:
+        def convert(text: str) -> str | list[str]:  # "a,b" -> a list, as `benchmark` takes
+            parts = [p.strip() for p in text.split(",") if p.strip()]
+            return parts if "," in text else text
+        metavar = "NAME[,NAME...]"
+    elif len(members) != 1:
+        return None
+    elif get_origin(members[0]) is Literal:
+        choices = [str(c) for c in get_args(members[0])]
+
+        def convert(text: str) -> str:
+            if text not in choices:
+                raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
+            return text
+        metavar = "{" + ",".join(choices) + "}"
+    elif members[0] in (int, float, str, bool):
+        convert, metavar = members[0], members[0].__name__.upper()
+    else:
+        return None
+    if not optional:
+        return convert, metavar
+    base = convert
+
+    def convert_optional(text: str) -> Any:
+        return None if text.strip().lower() in _NONE_WORDS else base(text)
+
+    convert_optional.__name__ = getattr(base, "__name__", "value")  # argparse's error names it
+    return convert_optional, metavar
+
+
+def config_flags() -> dict[str, argparse.Action | None]:
+    """Every OptimizeConfig field and its flag (None: set it with `--set`); for the tests."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_config_flags(parser)
+    by_dest: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        by_dest.setdefault(action.dest, action)  # the generated flag, not an alias after it
+    from w4s.config import OptimizeConfig
+
+    return {name: by_dest.get(_dest(name)) for name in OptimizeConfig.model_fields}
+
+
+def _field_help(name: str, *, default: bool = True) -> str:
+    from pydantic_core import PydanticUndefined
+
+    from w4s.config import OptimizeConfig
+
+    info = OptimizeConfig.model_fields[name]
+    text = info.description or name.replace("_", " ")
+    if default and info.default not in (PydanticUndefined, None):
+        text += f" (default: {info.default})"
+    return text.replace("%", "%%")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per scalar OptimizeConfig field, named, typed and described by the model."""
+    from w4s.config import OptimizeConfig
+
+    for name, info in OptimizeConfig.model_fields.items():
+        parsed = _scalar_parser(info.annotation)
+        if parsed is None:
+            continue
+        convert, metavar = parsed
+        if info.annotation is bool:
+            p.add_argument(_flag(name), dest=_dest(name), action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=_field_help(name))
+        else:  # not given: no attribute at all, so `--test-size none` can set None
+            p.add_argument(_flag(name), dest=_dest(name), type=convert, metavar=metavar,
+                           default=argparse.SUPPRESS, help=_field_help(name))
+    # the older spelling of --no-use-cache
+    p.add_argument("--no-cache", dest=_dest("use_cache"), action="store_false",
+                   default=argparse.SUPPRESS,
+                   help="bypass the executor-call cache (same as --no-use-cache)")
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise W4SError(f"`--set` expects FIELD=VALUE with a dotted FIELD, but received {dotted!r}")
+    out: dict[str, Any] = {keys[-1]: value}
+    for key in reversed(keys[:-1]):
+        out = {key: out}
+    return out
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    for field in ("benchmark", "iterations", "candidates", "val_size", "test_size",
-                  "seed_workflow", "concurrency", "runs_dir", "budget_usd", "budget_tokens"):
-        value = getattr(args, field, None)
-        if value is not None:
-            data[field] = value
-    if isinstance(data.get("benchmark"), str) and "," in data["benchmark"]:
-        data["benchmark"] = [b.strip() for b in data["benchmark"].split(",") if b.strip()]
-    if getattr(args, "no_cache", False):
-        data["use_cache"] = False
+    """The config fields given on the command line; `--set` items last, merged deeply."""
+    from w4s.config import OptimizeConfig, deep_merge
+
+    given = vars(args)
+    data = {name: given[_dest(name)] for name in OptimizeConfig.model_fields
+            if _dest(name) in given}
     opts = _custom_benchmark_options(args)
     if opts:
-        data["benchmark_options"] = opts
+        data = deep_merge(data, {"benchmark_options": opts})
     for item in getattr(args, "set", None) or []:
         if "=" not in item:
             raise W4SError(f"`--set` expects FIELD=VALUE, but received {item!r}")
         key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise W4SError(f"`--set {key.strip()}`: not valid YAML/JSON: {raw!r}") from e
+        data = deep_merge(data, _nested(key.strip(), value))
     return data
 
 
 def _custom_benchmark_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts = {}
-    for field in ("question_field", "answer_field", "scorer"):
-        value = getattr(args, field, None)
-        if value is not None:
-            opts[field] = value
-    return opts
+    return {field: getattr(args, field) for field in _CUSTOM_BENCHMARK_FLAGS
+            if getattr(args, field, None) is not None}
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+# -------------------------------------------------------------- output
+
+
+def stdout_console(file: Any = None) -> Any:
+    """A rich console on stdout; piped (not a terminal): no colour, no width limit, so
+    tables keep one line per row."""
+    from rich.console import Console
+
+    out = file if file is not None else sys.stdout
+    console = Console(file=out, highlight=False)
+    if console.is_terminal:
+        return console
+    return Console(file=out, highlight=False, color_system=None, width=100_000)
+
+
+def _head_rule() -> Any:
+    from rich.box import Box
+
+    # rich's SIMPLE_HEAD in ASCII: a rule under the header, nothing else
+    return Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
+
+
+def _cell(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def table(cols: list[str], rows: list[tuple | list], *, title: str | None = None,
+          wide: dict[str, int] | None = None) -> Any:
+    """A rich table: numbers right-aligned, None as `-`, floats to 2 places; `wide` caps
+    the named text columns to a width, cut with an ellipsis."""
+    from rich.table import Table
+
+    t = Table(box=_head_rule(), title=title, title_justify="left", header_style="bold",
+              show_edge=False, pad_edge=False)
+    for i, col in enumerate(cols):
+        numeric = all(isinstance(r[i], int | float) or r[i] is None for r in rows)
+        width = (wide or {}).get(col)
+        t.add_column(col, justify="right" if numeric else "left", no_wrap=True,
+                     max_width=width, overflow="ellipsis" if width else "fold")
+    for r in rows:
+        t.add_row(*(_cell(v) for v in r))
+    return t
+
+
+def print_table(cols: list[str], rows: list[tuple | list], **kw: Any) -> None:
+    console = stdout_console()
+    if console.is_terminal:
+        console.print(table(cols, rows, **kw))
+        return
+    with console.capture() as captured:  # piped: the same text, without trailing padding
+        console.print(table(cols, rows, **kw))
+    lines = captured.get().splitlines()
+    console.file.write("".join(line.rstrip() + "\n" for line in lines))
+
+
+# -------------------------------------------------------------- commands
 
 
 def _run_optimize(config_data: dict[str, Any], config_file: str | None,
@@ -90,8 +229,13 @@ def _run_optimize(config_data: dict[str, Any], config_file: str | None,
     cfg = (load_config_file(config_file, config_data) if config_file
            else build_config(config_data))
     from flows.optimize import optimize
-
-    summary = optimize(cfg, run_id=run_id)
+    try:
+        summary = optimize(cfg, run_id=run_id)
+    except KeyboardInterrupt:
+        hint = f" {run_id}" if run_id else ""
+        print(f"w4s: interrupted; rerun with --run-id{hint} to resume (same config)",
+              file=sys.stderr)
+        return 130
     for one in summary.get("runs", [summary]):
         _print_result(one)
     return 0
@@ -104,7 +248,7 @@ def _print_result(summary: dict[str, Any]) -> None:
     cols, rows = iteration_table(run_dir)
     print()
     print(f"run {summary['run_id']}  ({summary['benchmark']}, status: {summary['status']})")
-    print(format_table(cols, rows))
+    print_table(cols, rows)
     print()
     print(f"best workflow:      {summary['best_workflow']}  (iteration {summary['best_iteration']},"
           f" validation {summary['best_val_accuracy']:.2f})")
@@ -148,7 +292,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs under {root}")
         return 0
     cols = list(runs[0])
-    print(format_table(cols, [[r[c] for c in cols] for r in runs]))
+    print_table(cols, [[r[c] for c in cols] for r in runs])
     return 0
 
 
@@ -164,7 +308,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     store.config()  # one clear line if it is not a run
     cols, rows = iteration_table(path)
     print(f"run {store.run_id}")
-    print(format_table(cols, rows))
+    print_table(cols, rows)
     summary = store.summary()
     if summary:
         test = summary["test_accuracy"]
@@ -179,7 +323,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from w4s.paths import runs_dir
 
     cols, rows = query_runs(runs_dir(args.runs_dir), args.sql)
-    print(format_table(cols, rows))
+    print_table(cols, rows)
     return 0
 
 
@@ -206,7 +350,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _add_benchmark_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--question-field", help="custom file: benchmark, field holding the question")
     p.add_argument("--answer-field", help="custom file: benchmark, field holding the answer")
-    p.add_argument("--scorer", help="custom benchmark scorer: numeric|exact|f1|choice|"
+    p.add_argument("--scorer", help="custom benchmark scorer: numeric|exact|f1|choice|math|"
                                     "python:module:function")
 
 
@@ -216,46 +360,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a small run on the embedded model, offline")
     p.add_argument("--benchmark", default="arithmetic", help="arithmetic (default) or humaneval")
-    p.add_argument("--iterations", type=int)
-    p.add_argument("--candidates", type=int)
-    p.add_argument("--runs-dir")
+    p.add_argument("--iterations", type=int, help=_field_help("iterations", default=False))
+    p.add_argument("--candidates", type=int, help=_field_help("candidates", default=False))
+    p.add_argument("--runs-dir", help=_field_help("runs_dir"))
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("optimize", help="an optimization run from a config file and options")
+    p = sub.add_parser(
+        "optimize", help="an optimization run from a config file and options",
+        description="Every scalar config field is a flag below; nested ones (executor, "
+                    "meta_agent, benchmark_options, prices) are set with --set a.b=VALUE, "
+                    "merged into the --config file's blocks key by key.")
     p.add_argument("--config", help="YAML or TOML file of OptimizeConfig fields")
-    p.add_argument("--benchmark", help="a name, file:PATH, or a comma-separated list "
-                                        "(one run per benchmark)")
-    p.add_argument("--iterations", type=int)
-    p.add_argument("--candidates", type=int)
-    p.add_argument("--val-size", type=int)
-    p.add_argument("--test-size", type=int)
-    p.add_argument("--seed-workflow")
-    p.add_argument("--concurrency", type=int)
-    p.add_argument("--budget-usd", type=float)
-    p.add_argument("--budget-tokens", type=int)
-    p.add_argument("--no-cache", action="store_true", help="bypass the executor-call cache")
-    p.add_argument("--runs-dir")
     p.add_argument("--run-id", help="resume this run: finished stages are skipped")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="any config field, e.g. --set executor.kind=openai")
+                   help="any config field, dotted for nested ones, the value as YAML, e.g. "
+                        "--set executor.kind=openai")
+    _add_config_flags(p)
     _add_benchmark_options(p)
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("evaluate", help="score a workflow file in the sandbox")
     p.add_argument("--workflow", required=True)
-    p.add_argument("--benchmark", required=True)
-    p.add_argument("--split", choices=["validation", "test"], default="validation")
-    p.add_argument("--val-size", type=int, default=10)
-    p.add_argument("--test-size", type=int)
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--benchmark", required=True, help="a name or file:PATH")
+    p.add_argument("--split", choices=["validation", "test", "all"], default=None,
+                   help="the items to score: `all` scores every item of the benchmark "
+                        "(default for file: benchmarks), else the seeded validation split "
+                        "(default) or the test split")
+    p.add_argument("--val-size", type=int, default=10,
+                   help=_field_help("val_size", default=False) + " (default: 10)")
+    p.add_argument("--test-size", type=int, help=_field_help("test_size", default=False))
+    p.add_argument("--split-seed", type=int, default=0, help=_field_help("split_seed"))
+    p.add_argument("--concurrency", type=int, default=4, help=_field_help("concurrency"))
     p.add_argument("--executor", help="executor BackendConfig as YAML/JSON, "
                                       "e.g. '{kind: openai, model: gpt-4o-mini}'")
-    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--no-cache", action="store_true", help="bypass the executor-call cache")
     p.add_argument("--rerun", action="store_true",
                    help="run every item in the sandbox, even one already run by identical code "
                         "(executor calls still come from the cache)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document (and no progress bar)")
     _add_benchmark_options(p)
     p.set_defaults(func=cmd_evaluate)
 

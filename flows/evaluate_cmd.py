@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from w4s.config import BackendConfig
 from w4s.cost import PriceTable
-from w4s.errors import ConfigError
+from w4s.errors import BenchmarkError, ConfigError
 from w4s.sandbox import EvalResult, Harness, SandboxSettings, check_workflow_source
 from w4s.sandbox.pool import isolation_report
 
 EXIT_OK, EXIT_INVALID_WORKFLOW, EXIT_BUDGET = 0, 1, 3
+SPLITS = ("validation", "test", "all")
+FILE_PREFIX = "file:"
 
 
 def evaluate_file(
     workflow: Path,
     benchmark: str,
-    split: str = "validation",
+    split: str | None = None,
     *,
     executor_cfg: BackendConfig,
     val_size: int | None = 10,
@@ -34,23 +38,37 @@ def evaluate_file(
     code_timeout_s: float = 5.0,
     budget_usd: float | None = None,
     budget_tokens: int | None = None,
+    progress: bool | None = None,
 ) -> int:
     """Print accuracy, spend and per-item outcomes; return the process exit code.
+
+    `split`: "validation" or "test" (the seeded split `val_size`/`test_size`/`split_seed`
+    draw), or "all" (every item, in file order); None is "all" for a `file:` benchmark and
+    "validation" for a named one. `progress`: a progress bar on stderr; None shows it when
+    stderr is a terminal and the output is not JSON.
 
     0: evaluated; 1: the workflow is invalid (nothing ran); 3: the budget ran out.
     """
     from models.factory import build_chat_model
     from w4s.benchmarks import get_benchmark
 
-    if split not in ("validation", "test"):
-        raise ConfigError(f"`split` must be 'validation' or 'test', but received {split!r}")
+    if split is None:
+        split = "all" if benchmark.startswith(FILE_PREFIX) else "validation"
+    if split not in SPLITS:
+        raise ConfigError(f"`split` must be one of {', '.join(SPLITS)}, but received {split!r}")
     try:
         code = Path(workflow).read_text()
     except OSError as e:
         raise ConfigError(f"`workflow`: cannot read {str(workflow)!r}: {e.strerror}") from e
     bench = get_benchmark(benchmark, **(benchmark_options or {}))
-    parts = bench.split(seed=split_seed, val_size=val_size, test_size=test_size)
-    items = parts.validation if split == "validation" else parts.test
+    if split == "all":
+        items = bench.load()
+    else:
+        try:
+            parts = bench.split(seed=split_seed, val_size=val_size, test_size=test_size)
+        except BenchmarkError as e:
+            raise BenchmarkError(f"{e}; `--split all` scores every item") from e
+        items = parts.validation if split == "validation" else parts.test
     header = {
         "workflow": str(workflow), "benchmark": bench.display_name, "split": split,
         "items": len(items), "executor": executor_cfg.label,
@@ -71,7 +89,11 @@ def evaluate_file(
     try:
         with Harness(executor, settings=settings, cache=cache, prices=prices,
                      budget_usd=budget_usd, budget_tokens=budget_tokens) as harness:
-            result = harness.evaluate(code, items, bench)
+            if progress if progress is not None else (not json_out and sys.stderr.isatty()):
+                result = _evaluate_with_progress(harness, code, items, bench,
+                                                 f"{bench.display_name} ({split})")
+            else:
+                result = harness.evaluate(code, items, bench)
         level = isolation_report()["level"]
     finally:
         if cache is not None:
@@ -81,6 +103,38 @@ def evaluate_file(
     else:
         _print_table(header, result, level)
     return EXIT_BUDGET if result.budget_exceeded else EXIT_OK
+
+
+def _evaluate_with_progress(harness: Harness, code: str, items: list, bench: Any,
+                            label: str) -> EvalResult:
+    """`harness.evaluate` under a rich progress bar on stderr, fed item by item."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    done = {"n": 0, "score": 0.0, "errors": 0}
+    lock = threading.Lock()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("accuracy {task.fields[accuracy]}  errors {task.fields[errors]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(file=sys.stderr), transient=False) as bar:
+        task = bar.add_task(label, total=len(items), accuracy="-", errors=0)
+
+        def on_item(_code_index: int, outcome: Any) -> None:
+            with lock:  # items finish on several threads
+                done["n"] += 1
+                done["score"] += outcome.score
+                done["errors"] += outcome.error is not None
+                bar.update(task, advance=1, accuracy=f"{done['score'] / done['n']:.2f}",
+                           errors=done["errors"])
+
+        return harness.evaluate(code, items, bench, on_item=on_item)
 
 
 def _document(header: dict, result: EvalResult, level: str) -> dict:
@@ -101,15 +155,18 @@ def _emit_invalid(header: dict, error: str, json_out: bool) -> None:
         print(f"workflow {header['workflow']} is invalid: {error}")
 
 
-def _one_line(text: str | None, width: int) -> str:
-    if not text:
-        return ""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    line = lines[-1] if lines else ""  # a traceback's last line names the exception
-    return line if len(line) <= width else line[: width - 3] + "..."
+def _answer_text(outcome: Any) -> str:
+    """One line per item: an error's last line (a traceback's names the exception), an
+    answer with its whitespace folded; the table cuts it to width."""
+    if outcome.error:
+        lines = [ln.strip() for ln in outcome.error.strip().splitlines() if ln.strip()]
+        return "ERROR " + (lines[-1] if lines else "")
+    return " ".join(str(outcome.answer or "").split())
 
 
 def _print_table(header: dict, result: EvalResult, level: str) -> None:
+    from flows.cli import print_table
+
     cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.4f}"
     print(f"benchmark:  {header['benchmark']} ({header['split']}, {header['items']} items)")
     print(f"executor:   {header['executor']}    sandbox isolation: {level}")
@@ -121,9 +178,7 @@ def _print_table(header: dict, result: EvalResult, level: str) -> None:
     if result.budget_exceeded:
         print("budget:     exceeded; items not started were skipped")
     print()
-    width = max([4] + [len(o.item_id) for o in result.outcomes])
-    print(f"{'item':<{width}}  score  calls  tokens   secs  answer / error")
-    for o in result.outcomes:
-        text = f"ERROR {_one_line(o.error, 60)}" if o.error else _one_line(o.answer, 60)
-        print(f"{o.item_id:<{width}}  {o.score:5.2f}  {o.executor_calls:5d}  "
-              f"{o.prompt_tokens + o.completion_tokens:6d}  {o.seconds:5.2f}  {text}")
+    cols = ["item", "score", "calls", "tokens", "secs", "answer / error"]
+    rows = [(o.item_id, o.score, o.executor_calls, o.prompt_tokens + o.completion_tokens,
+             o.seconds, _answer_text(o)) for o in result.outcomes]
+    print_table(cols, rows, wide={"answer / error": 60})

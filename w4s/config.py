@@ -66,34 +66,58 @@ class OptimizeConfig(_Frozen):
     """One W4S optimization run: iterations of m candidates, validated on a fixed split."""
 
     benchmark: str | list[str] = Field(
-        "arithmetic", description="a name, or a list: one run per benchmark (same settings)"
+        "arithmetic", description="a name, file:PATH, or a list: one run per benchmark "
+        "(same settings)"
     )
-    benchmark_options: dict[str, Any] = Field(default_factory=dict)
+    benchmark_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the benchmark, e.g. path, scorer"
+    )
     seed_workflow: str | None = Field(
         None, description="starting seed workflow; None evaluates all seeds and takes the best"
     )
-    meta_agent: BackendConfig = BackendConfig(max_new_tokens=384)
-    executor: BackendConfig = BackendConfig(max_new_tokens=64)
-    iterations: int = Field(3, ge=1, le=1000)
+    meta_agent: BackendConfig = Field(
+        BackendConfig(max_new_tokens=384), description="the model that writes workflows"
+    )
+    executor: BackendConfig = Field(
+        BackendConfig(max_new_tokens=64), description="the model the workflows call"
+    )
+    iterations: int = Field(3, ge=1, le=1000, description="optimization iterations")
     candidates: int = Field(3, ge=1, le=64, description="m actions sampled per iteration")
-    meta_temperature: float = Field(0.5, ge=0.0, le=2.0)
-    max_repairs: int = Field(3, ge=0, le=10)
+    meta_temperature: float = Field(
+        0.5, ge=0.0, le=2.0, description="sampling temperature of the meta-agent"
+    )
+    max_repairs: int = Field(
+        3, ge=0, le=10, description="repairs of a candidate that fails its self-check"
+    )
     max_failures_shown: int = Field(3, ge=0, le=50, description="K failure cases in feedback")
-    val_size: int = Field(10, ge=1)
-    test_size: int | None = Field(20, ge=1)
-    split_seed: int = 0
-    item_timeout_s: float = Field(60.0, gt=0)
-    code_timeout_s: float = Field(5.0, gt=0)
-    concurrency: int = Field(4, ge=1, le=512)
-    use_cache: bool = True
+    val_size: int = Field(10, ge=1, description="validation items, scored every iteration")
+    test_size: int | None = Field(
+        20, ge=1, description="held-out test items, scored once; None takes all the rest"
+    )
+    split_seed: int = Field(0, description="seed of the validation/test split")
+    item_timeout_s: float = Field(
+        60.0, gt=0, description="wall-clock limit of one item in the sandbox, seconds"
+    )
+    code_timeout_s: float = Field(
+        5.0, gt=0, description="limit of one agent.execute_code call, seconds"
+    )
+    concurrency: int = Field(4, ge=1, le=512, description="items run at once")
+    use_cache: bool = Field(True, description="use the executor-call cache")
     reuse_outcomes: bool = Field(
         True, description="with the cache: an item already run by identical code is not rerun"
     )
     prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="model -> (USD per 1M input, per 1M output tokens)"
     )
-    budget_usd: float | None = Field(None, gt=0)
-    budget_tokens: int | None = Field(None, gt=0)
+    budget_usd: float | None = Field(None, gt=0, description="stop cleanly past this spend")
+    budget_tokens: int | None = Field(
+        None, gt=0, description="stop cleanly past this many executor tokens"
+    )
+    max_infra_errors: int = Field(
+        0, ge=0, description="validation items per stage that may be lost to the executor or "
+        "the sandbox (never scored; their candidates are not rewarded) before the stage fails "
+        "and retries",
+    )
     runs_dir: str | None = Field(None, description="default: $W4S_HOME/runs or the user data dir")
 
     @field_validator("benchmark")

@@ -1,0 +1,207 @@
+"""The `w4s` front door: flags generated from OptimizeConfig, deep `--set` merges, the run id
+printed on Ctrl-C, `evaluate --split all`, its progress bar, and tables that stay plain text
+when piped. The optimize flow itself is stubbed here (tests/flows/test_optimize_flow.py runs
+it for real)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from typing import Any, Literal, Union, get_args, get_origin
+
+import pytest
+from pydantic import BaseModel
+
+from flows.cli import build_parser, config_flags, print_table
+from flows.cli import main as cli
+from w4s.config import OptimizeConfig
+
+
+def _is_scalar(annotation: Any) -> bool:
+    members = (get_args(annotation) if get_origin(annotation) in (Union, types.UnionType)
+               else (annotation,))
+    members = [m for m in members if m is not type(None)]
+    if members == [str, list[str]] or members == [list[str], str]:
+        return True  # `benchmark`: a name or a list (comma-separated on the command line)
+    return len(members) == 1 and (members[0] in (int, float, str, bool)
+                                  or get_origin(members[0]) is Literal)
+
+
+def test_every_scalar_config_field_has_a_flag_with_its_description():
+    flags = config_flags()
+    assert set(flags) == set(OptimizeConfig.model_fields)
+    for name, info in OptimizeConfig.model_fields.items():
+        action = flags[name]
+        if _is_scalar(info.annotation):
+            assert action is not None, f"OptimizeConfig.{name} has no flag"
+            assert f"--{name.replace('_', '-')}" in action.option_strings
+            assert info.description is None or info.description in action.help
+        else:  # nested: a model or a mapping, set with --set a.b=v
+            assert action is None
+            ann = info.annotation
+            assert get_origin(ann) is dict or (isinstance(ann, type) and issubclass(ann, BaseModel))
+
+
+def _overrides(*argv: str) -> dict[str, Any]:
+    from flows.cli import _overrides
+
+    return _overrides(build_parser().parse_args(["optimize", *argv]))
+
+
+def test_every_existing_flag_name_still_works_with_its_type():
+    data = _overrides(
+        "--benchmark", "gsm_plus,mgsm", "--iterations", "2", "--candidates", "1",
+        "--val-size", "3", "--test-size", "none", "--seed-workflow", "cot",
+        "--concurrency", "2", "--runs-dir", "r", "--budget-usd", "1.5", "--budget-tokens", "9",
+        "--no-cache", "--question-field", "q", "--answer-field", "a", "--scorer", "numeric",
+        "--meta-temperature", "0.25", "--no-reuse-outcomes", "--item-timeout-s", "7")
+    assert data == {
+        "benchmark": ["gsm_plus", "mgsm"], "iterations": 2, "candidates": 1, "val_size": 3,
+        "test_size": None, "seed_workflow": "cot", "concurrency": 2, "runs_dir": "r",
+        "budget_usd": 1.5, "budget_tokens": 9, "use_cache": False, "meta_temperature": 0.25,
+        "reuse_outcomes": False, "item_timeout_s": 7.0,
+        "benchmark_options": {"question_field": "q", "answer_field": "a", "scorer": "numeric"},
+    }
+    OptimizeConfig.model_validate(data)
+    assert _overrides("--benchmark", "svamp") == {"benchmark": "svamp"}
+    assert _overrides() == {}  # nothing given: the file's or the model's defaults hold
+    args = build_parser().parse_args(["optimize", "--run-id", "r1", "--config", "c.yaml"])
+    assert args.run_id == "r1" and args.config == "c.yaml"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["optimize", "--iterations", "three"])
+
+
+def test_set_items_merge_deeply_and_win_over_flags():
+    data = _overrides("--iterations", "2", "--set", "iterations=5",
+                      "--set", "executor.kind=openai", "--set", "executor.model=gpt-4o-mini",
+                      "--set", "executor={max_new_tokens: 9}")
+    assert data == {"iterations": 5,
+                    "executor": {"kind": "openai", "model": "gpt-4o-mini", "max_new_tokens": 9}}
+
+
+@pytest.fixture
+def fake_optimize(monkeypatch):
+    """flows.optimize stubbed (the CLI imports it lazily): records each config and run id,
+    returns no runs."""
+    calls: list[tuple[OptimizeConfig, str | None]] = []
+    behaviour: dict[str, Any] = {"raise": None}
+
+    def optimize(cfg, run_id=None):
+        calls.append((cfg, run_id))
+        if behaviour["raise"] is not None:
+            raise behaviour["raise"]
+        return {"runs": []}
+
+    monkeypatch.setitem(sys.modules, "flows.optimize", types.SimpleNamespace(optimize=optimize))
+    return calls, behaviour
+
+
+def test_set_on_a_config_file_keeps_the_rest_of_its_block(tmp_path, fake_optimize):
+    calls, _ = fake_optimize
+    run = tmp_path / "run.yaml"
+    run.write_text("iterations: 4\nbenchmark_options: {path: data.jsonl}\n"
+                   "executor: {kind: openai, model: gpt-4o-mini, api_key_env: KEY}\n")
+    assert cli(["optimize", "--config", str(run), "--set", "executor.max_new_tokens=256",
+                "--candidates", "2", "--scorer", "numeric", "--runs-dir", str(tmp_path)]) == 0
+    cfg, _ = calls[0]
+    assert cfg.executor.kind == "openai" and cfg.executor.model == "gpt-4o-mini"
+    assert cfg.executor.api_key_env == "KEY" and cfg.executor.max_new_tokens == 256
+    assert cfg.iterations == 4 and cfg.candidates == 2
+    assert cfg.benchmark_options == {"path": "data.jsonl", "scorer": "numeric"}
+
+
+def _write_items(path, n):
+    rows = [{"q": f"What is {i}+{i}?", "a": 2 * i} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+WORKFLOW = """def solver(agent, task):
+    a = int(task.split("What is ")[1].split("+")[0])
+    return {"answer": str(2 * a)}
+"""
+
+
+def _evaluate(tmp_path, bench, *extra):
+    wf = tmp_path / "wf.py"
+    wf.write_text(WORKFLOW)
+    return cli(["evaluate", "--workflow", str(wf), "--benchmark", bench, "--question-field", "q",
+                "--answer-field", "a", "--scorer", "numeric", "--executor",
+                "{kind: scripted, replies: ['0']}", "--json", *extra])
+
+
+@pytest.mark.parametrize("n", [2, 10])
+def test_evaluate_scores_every_item_of_a_file_by_default(tmp_path, capsys, n):
+    data = _write_items(tmp_path / "items.jsonl", n)
+    assert _evaluate(tmp_path, f"file:{data}") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["split"] == "all" and doc["items"] == n and doc["accuracy"] == 1.0
+    assert [o["item_id"] for o in doc["outcomes"]] == [f"file:items.jsonl-{i}" for i in range(n)]
+    assert _evaluate(tmp_path, f"file:{data}", "--split", "all") == 0
+    assert json.loads(capsys.readouterr().out)["items"] == n
+
+
+def test_evaluate_split_defaults_and_the_hint_on_a_small_file(tmp_path, capsys):
+    data = _write_items(tmp_path / "items.jsonl", 2)
+    assert _evaluate(tmp_path, f"file:{data}", "--split", "validation") == 2
+    err = capsys.readouterr().err
+    assert "`val_size` 10 leaves no test items" in err and "`--split all`" in err
+    wf = tmp_path / "wf.py"
+    assert cli(["evaluate", "--workflow", str(wf), "--benchmark", "arithmetic", "--val-size", "3",
+                "--executor", "{kind: scripted, replies: ['0']}", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["split"] == "validation" and doc["items"] == 3  # named benchmarks: validation
+
+
+def test_evaluate_progress_goes_to_stderr_and_json_stays_clean(tmp_path, capsys):
+    from flows.evaluate_cmd import evaluate_file
+    from w4s.config import BackendConfig
+
+    data = _write_items(tmp_path / "items.jsonl", 6)
+    wf = tmp_path / "wf.py"
+    wf.write_text(WORKFLOW)
+    kw = dict(executor_cfg=BackendConfig(kind="scripted", replies=["0"]), concurrency=2,
+              benchmark_options={"question_field": "q", "answer_field": "a",
+                                 "scorer": "numeric"})
+    assert evaluate_file(wf, f"file:{data}", json_out=True, progress=True, **kw) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["items"] == 6  # stdout holds the JSON document alone
+    assert "6/6" in err and "accuracy 1.00" in err  # the bar, fed item by item
+    assert _evaluate(tmp_path, f"file:{data}") == 0  # --json: no bar by default
+    out, err = capsys.readouterr()
+    assert json.loads(out)["items"] == 6 and "6/6" not in err
+
+
+def test_tables_piped_are_plain_text_one_line_per_row(capsys):
+    cols = ["iteration", "best_val", "note", *(f"column_{i}" for i in range(12))]
+    rows = [(0, 0.5, "a long note " * 5, *range(12)), (10, None, "x", *range(12))]
+    print_table(cols, rows)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "\x1b" not in out  # not a terminal: no colour codes
+    assert len(lines) == 4 and set(lines[1]) == {"-"}  # header, rule, two rows; never wrapped
+    assert lines[0].split() == cols
+    assert lines[2].split()[:2] == ["0", "0.50"] and lines[3].split()[:2] == ["10", "-"]
+    assert lines[2].index("0.50") + 4 == lines[3].index("-") + 1  # numbers right-aligned
+
+
+def test_evaluate_table_cuts_long_answers_and_keeps_the_exception_line(capsys):
+    from flows.evaluate_cmd import _print_table
+    from w4s.sandbox.types import ItemOutcome
+
+    spend = dict(executor_calls=1, prompt_tokens=2, completion_tokens=3, cost_usd=0.0)
+    long = ItemOutcome(item_id="a", answer="word " * 100, score=1.0, error=None, seconds=0.1,
+                       **spend)
+    bad = ItemOutcome(item_id="b", answer=None, score=0.0, seconds=0.2, **spend,
+                      error="Traceback (most recent call last):\n  ...\nValueError: boom\n")
+    result = types.SimpleNamespace(
+        outcomes=[long, bad], accuracy=0.5, executor_calls=2, prompt_tokens=4,
+        completion_tokens=6, cost_usd=0.0, cache_hits=0, cache_misses=2, reused=0,
+        budget_exceeded=False)
+    _print_table({"benchmark": "x", "split": "all", "items": 2, "executor": "e"}, result, "basic")
+    lines = capsys.readouterr().out.splitlines()
+    row_a = next(ln for ln in lines if ln.startswith("a "))
+    row_b = next(ln for ln in lines if ln.startswith("b "))
+    assert row_a.endswith("…") and len(row_a.split("   ")[-1]) <= 60
+    assert row_b.endswith("ERROR ValueError: boom")
