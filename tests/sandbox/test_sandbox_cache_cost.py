@@ -320,3 +320,21 @@ def test_budget_stopped_items_are_not_recorded(fake, make_bench):
         again = h.evaluate(ECHO, bench.load(), bench)
     assert again.accuracy == 1.0, [o.error for o in again.outcomes]
     assert again.reused <= 1 and again.reused == stopped.accuracy * 4
+
+
+def test_a_callers_meter_counts_its_spend_and_its_budget(fake, make_bench):
+    """Runs sharing one harness each bring a meter: their spend and budgets stay apart."""
+    bench = make_bench(4)
+    run_a, run_b = Meter(), Meter(budget_tokens=4)
+    with Harness(fake, settings=SandboxSettings(concurrency=1)) as h:
+        a = h.evaluate(ECHO, bench.load(), bench, meter=run_a)
+        b = h.evaluate(ECHO + "# b\n", bench.load(), bench, meter=run_b)
+        assert run_a.totals.tokens == a.prompt_tokens + a.completion_tokens > 0
+        assert run_b.totals.tokens == b.prompt_tokens + b.completion_tokens > 0
+        assert h.meter.totals.tokens == run_a.totals.tokens + run_b.totals.tokens
+        assert h.self_check(ECHO, bench.load()[0], meter=run_b) == "budget exceeded"
+        assert h.self_check(ECHO, bench.load()[0], meter=run_a) is None
+        again = h.evaluate(ECHO, bench.load(), bench, meter=run_a)
+    assert a.accuracy == 1.0 and not a.budget_exceeded
+    assert b.budget_exceeded and any(o.error == "budget exceeded" for o in b.outcomes)
+    assert not again.budget_exceeded and again.accuracy == 1.0  # run b's stop is b's alone

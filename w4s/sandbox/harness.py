@@ -87,8 +87,7 @@ class Harness:
         cap = getattr(executor, "max_new_tokens", None)
         key_model = executor.model_id + (f"@max_new_tokens={cap}" if cap else "")
         self._outcomes = OutcomeStore(cache, settings, key_model)
-        self._proxy = CallProxy(executor, cache=cache, meter=self._meter, prices=self.prices,
-                                key_model=key_model)
+        self._proxy = CallProxy(executor, cache=cache, prices=self.prices, key_model=key_model)
         self._pool = WorkerPool(settings.concurrency)
         self._items = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="w4s-item")
         self._closed = False
@@ -97,25 +96,29 @@ class Harness:
 
     @property
     def meter(self) -> Meter:
-        """Totals for the whole run: calls, tokens, cost, cache hits and misses."""
+        """Totals of everything this harness served: calls, tokens, cost, cache hits and
+        misses; its budget (`budget_usd`, `budget_tokens`) applies to every call."""
         return self._meter
 
     def evaluate(self, code: str, items: Sequence[Item], benchmark: Benchmark,
-                 on_item: OnItem | None = None) -> EvalResult:
+                 on_item: OnItem | None = None, *, meter: Meter | None = None) -> EvalResult:
         """One workflow on `items`; `on_item(0, outcome)` as each item finishes."""
-        return self.evaluate_many([code], items, benchmark, on_item=on_item)[0]
+        return self.evaluate_many([code], items, benchmark, on_item=on_item, meter=meter)[0]
 
     def evaluate_many(
         self, codes: Sequence[str], items: Sequence[Item], benchmark: Benchmark,
-        on_item: OnItem | None = None,
+        on_item: OnItem | None = None, *, meter: Meter | None = None,
     ) -> list[EvalResult]:
         """Several workflows at once; their items share the `concurrency` budget.
 
         `on_item(code_index, outcome)` is called once per finished item (len(codes) *
         len(items) calls in all, in no set order, from whichever thread finished it, before
-        this returns); an exception it raises is logged and ignored.
+        this returns); an exception it raises is logged and ignored. `meter`: a meter of the
+        caller's (e.g. one run's, when runs share a harness) that this evaluation's spend is
+        added to and whose budget it obeys, besides the harness's own.
         """
         self._check_open()
+        meters = self._meters(meter)
         items = list(items)
         static = [check_workflow_source(c) for c in codes]
         futures: dict[tuple[int, int], Future[ItemOutcome]] = {}
@@ -123,7 +126,7 @@ class Harness:
             for ci, code in enumerate(codes):
                 if static[ci] is None:
                     futures[ci, ii] = self._items.submit(self._run_item_reported, ci, code,
-                                                         item, benchmark, on_item)
+                                                         item, benchmark, on_item, meters)
         results = []
         for ci in range(len(codes)):
             outcomes = []
@@ -133,10 +136,11 @@ class Harness:
                 else:
                     outcomes.append(_failed(item.id, static[ci], 0.0))
                     _report(on_item, ci, outcomes[-1])
-            results.append(self._summarize(outcomes))
+            results.append(self._summarize(outcomes, meters))
         return results
 
-    def self_check(self, code: str, item: Item, *_legacy: object) -> str | None:
+    def self_check(self, code: str, item: Item, *_legacy: object,
+                   meter: Meter | None = None) -> str | None:
         """Run the workflow on one item: None if the solver ran and returned a dict with
         "answer", else the error text (a static check's, the traceback, the timeout...).
 
@@ -144,7 +148,8 @@ class Harness:
         it is right. An item lost to infrastructure (`ItemOutcome.infra_error`: the executor
         unreachable, a failed sandbox worker...) says nothing about the workflow, so instead
         of an error to repair this raises BackendError with `infrastructure=True`, for the
-        caller to retry later.
+        caller to retry later. A budget stop returns BUDGET_ERROR ("budget exceeded").
+        `meter` as in `evaluate_many`.
 
         A third argument (the benchmark, which was never used) is still accepted, with a
         DeprecationWarning, until the callers that pass it have dropped it.
@@ -156,7 +161,7 @@ class Harness:
         err = check_workflow_source(code)
         if err is not None:
             return err
-        out = self._items.submit(self._run_item, code, item, None).result()
+        out = self._items.submit(self._run_item, code, item, None, self._meters(meter)).result()
         if out.infra_error is not None:
             raise BackendError(f"self-check lost to infrastructure: {out.infra_error}",
                                infrastructure=True)
@@ -182,25 +187,31 @@ class Harness:
         if self._closed:
             raise RuntimeError("this Harness is closed; create a new one")
 
+    def _meters(self, meter: Meter | None) -> tuple[Meter, ...]:
+        return (self._meter,) if meter is None or meter is self._meter else (self._meter, meter)
+
     def _run_item_reported(self, ci: int, code: str, item: Item, benchmark: Benchmark,
-                           on_item: OnItem | None) -> ItemOutcome:
-        out = self._run_item(code, item, benchmark)
+                           on_item: OnItem | None, meters: tuple[Meter, ...]) -> ItemOutcome:
+        out = self._run_item(code, item, benchmark, meters)
         _report(on_item, ci, out)
         return out
 
-    def _run_item(self, code: str, item: Item, benchmark: Benchmark | None) -> ItemOutcome:
+    def _run_item(self, code: str, item: Item, benchmark: Benchmark | None,
+                  meters: tuple[Meter, ...] | None = None) -> ItemOutcome:
         start = time.monotonic()
+        meters = meters or (self._meter,)
         key = self._outcomes.key(code, item)
         recorded = self._outcomes.get(key)
         infra: str | None = None
         if recorded is not None:
             raw, answer, error = recorded.raw, recorded.answer, recorded.error
             spend = Spend(cache_hits=recorded.samples)  # what replaying its calls would cost
-            self._meter.add(spend)
+            for m in meters:
+                m.add(spend)
         else:
-            if self._meter.exceeded:
+            if any(m.exceeded for m in meters):
                 return _failed(item.id, BUDGET_ERROR, 0.0)
-            run = ItemRun(secrets.randbits(52))  # unguessable: stale frames never match
+            run = ItemRun(secrets.randbits(52), meters)  # unguessable job: no stale frames
             try:
                 raw, answer, error = self._execute(code, item, run)
             except Exception as e:  # a bug of ours must not end the run: record it on the item
@@ -347,12 +358,14 @@ class Harness:
 
     # ------------------------------------------------------------ totals
 
-    def _summarize(self, outcomes: list[ItemOutcome]) -> EvalResult:
+    @staticmethod
+    def _summarize(outcomes: list[ItemOutcome], meters: tuple[Meter, ...]) -> EvalResult:
         total = Spend()
         for o in outcomes:
             total = total + Spend(o.executor_calls, o.prompt_tokens, o.completion_tokens,
                                   o.cost_usd, o.cache_hits, o.cache_misses)
-        budget = any(o.error == BUDGET_ERROR for o in outcomes) or self._meter.exceeded
+        budget = (any(o.error == BUDGET_ERROR for o in outcomes)
+                  or any(m.exceeded for m in meters))
         return EvalResult(
             outcomes=outcomes,
             accuracy=sum(o.score for o in outcomes) / len(outcomes) if outcomes else 0.0,

@@ -39,8 +39,9 @@ MAX_CALLS_IN_FLIGHT = 64  # per item: a workflow flooding requests gets errors, 
 class ItemRun:
     """Per-item state shared by the reader thread and the executor-call threads."""
 
-    def __init__(self, job: int) -> None:
+    def __init__(self, job: int, meters: tuple[Meter, ...]) -> None:
         self.job = job
+        self.meters = meters  # each checks the budget before a fetch and adds its spend
         self.lock = threading.Lock()
         self.closed = False  # no replies may be sent once the job is over
         self.budget_hit = False
@@ -135,11 +136,10 @@ class Call:
 class CallProxy:
     """Serves workflows' executor calls: cache first, then the executor; meters the spend."""
 
-    def __init__(self, executor: ChatModel, *, cache: CallCache | None, meter: Meter,
-                 prices: PriceTable, key_model: str) -> None:
+    def __init__(self, executor: ChatModel, *, cache: CallCache | None, prices: PriceTable,
+                 key_model: str) -> None:
         self.executor = executor
         self.cache = cache
-        self.meter = meter
         self.prices = prices
         self.key_model = key_model
         # threads start on demand; many, because an abandoned (timed-out) call holds one
@@ -217,7 +217,8 @@ class CallProxy:
     def _fetch(self, run: ItemRun, call: Call) -> None:
         """Ask the executor for the samples the cache lacks; meter and cache them."""
         missing = call.missing
-        self.meter.check()
+        for meter in run.meters:
+            meter.check()
         kwargs: dict[str, Any] = {"n": len(missing), "temperature": call.temperature,
                                   "json_mode": call.json_mode}
         if call.max_tokens is not None:
@@ -250,6 +251,8 @@ class CallProxy:
                     log.warning("sandbox: call cache write failed: %s", e)
         self._account(run, spend)
 
-    def _account(self, run: ItemRun, spend: Spend) -> None:
-        self.meter.add(spend)
+    @staticmethod
+    def _account(run: ItemRun, spend: Spend) -> None:
+        for meter in run.meters:
+            meter.add(spend)
         run.add(spend)
