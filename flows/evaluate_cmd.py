@@ -144,6 +144,7 @@ def _document(header: dict, result: EvalResult, level: str) -> dict:
         "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd,
         "cache_hits": result.cache_hits, "cache_misses": result.cache_misses,
         "reused_outcomes": result.reused, "budget_exceeded": result.budget_exceeded,
+        "infra_errors": result.infra_errors,
         "outcomes": [asdict(o) for o in result.outcomes],
     }
 
@@ -157,10 +158,12 @@ def _emit_invalid(header: dict, error: str, json_out: bool) -> None:
 
 def _answer_text(outcome: Any) -> str:
     """One line per item: an error's last line (a traceback's names the exception), an
-    answer with its whitespace folded; the table cuts it to width."""
-    if outcome.error:
-        lines = [ln.strip() for ln in outcome.error.strip().splitlines() if ln.strip()]
-        return "ERROR " + (lines[-1] if lines else "")
+    answer with its whitespace folded; the table cuts it to width. LOST: infrastructure
+    failed the item (not the workflow's fault)."""
+    for tag, text in (("LOST", outcome.infra_error), ("ERROR", outcome.error)):
+        if text:
+            lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+            return f"{tag} {lines[-1] if lines else ''}"
     return " ".join(str(outcome.answer or "").split())
 
 
@@ -177,6 +180,9 @@ def _print_table(header: dict, result: EvalResult, level: str) -> None:
     print(f"cache:      {result.cache_hits} hits, {result.cache_misses} misses{reused}")
     if result.budget_exceeded:
         print("budget:     exceeded; items not started were skipped")
+    if result.infra_errors:
+        print(f"lost:       {result.infra_errors} items to the executor or the sandbox, scored 0 "
+              "(the accuracy understates the workflow)")
     print()
     cols = ["item", "score", "calls", "tokens", "secs", "answer / error"]
     rows = [(o.item_id, o.score, o.executor_calls, o.prompt_tokens + o.completion_tokens,

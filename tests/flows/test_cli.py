@@ -137,6 +137,7 @@ def test_evaluate_scores_every_item_of_a_file_by_default(tmp_path, capsys, n):
     assert _evaluate(tmp_path, f"file:{data}") == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["split"] == "all" and doc["items"] == n and doc["accuracy"] == 1.0
+    assert doc["infra_errors"] == 0
     assert [o["item_id"] for o in doc["outcomes"]] == [f"file:items.jsonl-{i}" for i in range(n)]
     assert _evaluate(tmp_path, f"file:{data}", "--split", "all") == 0
     assert json.loads(capsys.readouterr().out)["items"] == n
@@ -195,13 +196,17 @@ def test_evaluate_table_cuts_long_answers_and_keeps_the_exception_line(capsys):
                        **spend)
     bad = ItemOutcome(item_id="b", answer=None, score=0.0, seconds=0.2, **spend,
                       error="Traceback (most recent call last):\n  ...\nValueError: boom\n")
+    lost = ItemOutcome(item_id="c", answer=None, score=0.0, seconds=0.2, **spend,
+                       error="executor unreachable", infra_error="executor unreachable")
     result = types.SimpleNamespace(
-        outcomes=[long, bad], accuracy=0.5, executor_calls=2, prompt_tokens=4,
+        outcomes=[long, bad, lost], accuracy=0.5, executor_calls=2, prompt_tokens=4,
         completion_tokens=6, cost_usd=0.0, cache_hits=0, cache_misses=2, reused=0,
-        budget_exceeded=False)
-    _print_table({"benchmark": "x", "split": "all", "items": 2, "executor": "e"}, result, "basic")
+        budget_exceeded=False, infra_errors=1)
+    _print_table({"benchmark": "x", "split": "all", "items": 3, "executor": "e"}, result, "basic")
     lines = capsys.readouterr().out.splitlines()
     row_a = next(ln for ln in lines if ln.startswith("a "))
     row_b = next(ln for ln in lines if ln.startswith("b "))
     assert row_a.endswith("…") and len(row_a.split("   ")[-1]) <= 60
     assert row_b.endswith("ERROR ValueError: boom")
+    assert any(ln.startswith("lost:       1 items") for ln in lines)
+    assert next(ln for ln in lines if ln.startswith("c ")).endswith("LOST executor unreachable")
