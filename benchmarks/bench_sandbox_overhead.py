@@ -72,7 +72,8 @@ def main() -> None:
     run_programs(sources[:8])
     print(f"{len(sources)} HumanEval canonical solutions, {os.cpu_count()} CPUs, "
           f"isolation {report['level']} ({report['namespaces']}, landlock "
-          f"{report['landlock_abi']}, uid drop {report['uid_drop']})")
+          f"{report['landlock_abi']}, reads confined {report.get('reads_confined', False)}, "
+          f"uid drop {report['uid_drop']})")
 
     best: dict[str, tuple[float, int]] = {}
     for _ in range(max(1, args.repeat)):
