@@ -69,3 +69,33 @@ def test_jobs_do_not_see_the_sandbox_folders_on_the_import_path():
     assert r.ok, r.error
     path = json.loads(r.stdout)
     assert str(PKG) not in path and str(PKG.parent) not in path and "" not in path
+
+
+def test_one_clip_and_distinct_program_runners():
+    """w4s core uses the worker's `clip`; the zygote's forked runner is not a second
+    `run_program` beside the public one."""
+    import w4s.prompts
+    import w4s.sandbox
+    from w4s.sandbox import programs
+    from w4s.sandbox.worker import program, text
+
+    assert w4s.prompts.clip is text.clip is worker_pkg.clip
+    assert len(text.clip("x" * 1000, 100)) <= 100
+    assert w4s.sandbox.run_program is programs.run_program
+    assert not hasattr(program, "run_program") and callable(program.run_forked_program)
+
+
+def test_the_zygote_loads_libc_before_forking_jobs():
+    """Without Landlock (basic level) nothing else loads libc in the zygote, and finding it
+    runs ldconfig: each forked job would pay ~5 ms for its prctl."""
+    probe = (
+        "import sys, tempfile\n"
+        f"sys.path.insert(0, {str(PKG.parent)!r})\n"
+        "from worker import jail, libc\n"
+        "jail.Jail({'tmp_root': tempfile.mkdtemp(), 'landlock': False})\n"
+        "print(libc._libc is not None)\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True,
+                         timeout=60, env=pool.worker_env(), cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
