@@ -186,6 +186,11 @@ def _head_rule() -> Any:
     return Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
 
 
+def _score(v: float | None) -> str:
+    """An accuracy to 2 places; None (never scored, e.g. a budget spent first) as `-`."""
+    return "-" if v is None else f"{v:.2f}"
+
+
 def _cell(v: Any) -> str:
     return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
 
@@ -251,7 +256,7 @@ def _print_result(summary: dict[str, Any]) -> None:
     print_table(cols, rows)
     print()
     print(f"best workflow:      {summary['best_workflow']}  (iteration {summary['best_iteration']},"
-          f" validation {summary['best_val_accuracy']:.2f})")
+          f" validation {_score(summary['best_val_accuracy'])})")
     test = summary["test_accuracy"]
     if test is None:
         print("test accuracy:      not evaluated (the budget ran out first)")
@@ -313,7 +318,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if summary:
         test = summary["test_accuracy"]
         print(f"\nbest workflow: {summary['best_workflow']}  validation "
-              f"{summary['best_val_accuracy']:.2f}, test "
+              f"{_score(summary['best_val_accuracy'])}, test "
               f"{'not evaluated' if test is None else f'{test:.2f}'}  ({summary['status']})")
     return 0
 
@@ -380,15 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("evaluate", help="score a workflow file in the sandbox")
-    p.add_argument("--workflow", required=True)
+    p.add_argument("--workflow", required=True, help="a Python file defining solver(agent, task)")
     p.add_argument("--benchmark", required=True, help="a name or file:PATH")
     p.add_argument("--split", choices=["validation", "test", "all"], default=None,
                    help="the items to score: `all` scores every item of the benchmark "
                         "(default for file: benchmarks), else the seeded validation split "
                         "(default) or the test split")
     p.add_argument("--val-size", type=int, default=10,
-                   help=_field_help("val_size", default=False) + " (default: 10)")
-    p.add_argument("--test-size", type=int, help=_field_help("test_size", default=False))
+                   help="items of the seeded validation split (default: 10)")
+    p.add_argument("--test-size", type=int,
+                   help="items of the test split (default: every item not in validation)")
     p.add_argument("--split-seed", type=int, default=0, help=_field_help("split_seed"))
     p.add_argument("--concurrency", type=int, default=4, help=_field_help("concurrency"))
     p.add_argument("--executor", help="executor BackendConfig as YAML/JSON, "

@@ -187,6 +187,12 @@ def test_tables_piped_are_plain_text_one_line_per_row(capsys):
     assert lines[2].index("0.50") + 4 == lines[3].index("-") + 1  # numbers right-aligned
 
 
+def test_an_accuracy_never_scored_prints_as_a_dash():
+    from flows.cli import _score
+
+    assert _score(None) == "-" and _score(0.5) == "0.50"  # e.g. a budget spent before the seed
+
+
 def test_evaluate_table_cuts_long_answers_and_keeps_the_exception_line(capsys):
     from flows.evaluate_cmd import _print_table
     from w4s.sandbox.types import ItemOutcome
