@@ -7,35 +7,38 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import wait
 
+from flows.prefect_setup import route_w4s_logs
 from storage.query import iteration_table
-from storage.run_store import RunStore
-from tasks import runtime
+from storage.run_store import RunStore, group_run_ids, new_run_id
 from tasks.execute import evaluate_test, execute, seed
 from tasks.generate import generate
 from tasks.log_trajectory import log_trajectory
 from tasks.reward import reward
 from tasks.self_check import self_check
-from tasks.stages import prepare_run
+from tasks.stages import describe_result, prepare_run
 from w4s.config import OptimizeConfig
 from w4s.errors import BudgetExceeded
 from w4s.paths import runs_dir as default_runs_dir
 
 
 @flow(name="optimize", log_prints=True)
-def optimize(config: OptimizeConfig, run_id: str | None = None) -> dict:
+def optimize(config: OptimizeConfig, run_id: str | None = None,
+             budget_group: list[str] | None = None) -> dict:
     """One W4S run; rerunning with the same run_id skips the stages already finished.
 
-    A config listing several benchmarks runs one optimization per benchmark (subflows),
-    returning {"runs": [summary, ...]}.
+    A config listing several benchmarks runs one optimization per benchmark (subflows, ids
+    `{run_id}-{benchmark}`) under one budget, returning {"runs": [summary, ...]}.
     """
+    route_w4s_logs()
     if not isinstance(config.benchmark, str):
-        return {"runs": [
-            optimize(single, run_id=f"{run_id}-{single.benchmark}" if run_id else None)
-            for single in config.per_benchmark()
-        ]}
+        singles = config.per_benchmark()
+        ids = group_run_ids(run_id or new_run_id(config), [s.benchmark for s in singles])
+        return {"runs": [optimize(single, run_id=one, budget_group=ids)
+                         for single, one in zip(singles, ids, strict=True)]}
     logger = get_run_logger()
-    run_dir = prepare_run(config, default_runs_dir(config.runs_dir), run_id)
+    run_dir = prepare_run(config, default_runs_dir(config.runs_dir), run_id, budget_group)
     logger.info("run folder: %s", run_dir)
     status, done = "completed", 0
     try:
@@ -45,6 +48,7 @@ def optimize(config: OptimizeConfig, run_id: str | None = None) -> dict:
             logger.info("iteration %d/%d", it, config.iterations)
             indices = generate(run_dir, it)
             checks = [self_check.submit(run_dir, it, j) for j in indices]
+            wait(checks)  # every candidate's check ends (and is saved) before any error
             for fut in checks:
                 fut.result()
             execute(run_dir, it)
@@ -57,7 +61,6 @@ def optimize(config: OptimizeConfig, run_id: str | None = None) -> dict:
         _log_partial(run_dir, done + 1)
     summary = evaluate_test(run_dir, done, status)
     _publish(run_dir, summary)
-    runtime.close_all()
     return summary
 
 
@@ -74,12 +77,6 @@ def _publish(run_dir: str, summary: dict) -> None:
     cols, rows = iteration_table(Path(run_dir))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in rows]
-    test = summary["test_accuracy"]
-    text = (
-        f"# w4s run {summary['run_id']}\n\n"
-        f"best validation {summary['best_val_accuracy']:.2f}, "
-        f"test {'not evaluated' if test is None else f'{test:.2f}'} on "
-        f"{summary['test_items']} held-out items ({summary['benchmark']}), "
-        f"status: {summary['status']}\n\n" + "\n".join(lines)
-    )
+    text = (f"# w4s run {summary['run_id']} ({summary['benchmark']})\n\n"
+            f"{describe_result(summary)}\n\n" + "\n".join(lines))
     create_markdown_artifact(text, key="w4s-run-summary", description="w4s optimization run")

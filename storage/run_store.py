@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import tempfile
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ import pyarrow.parquet as pq
 
 from storage.schema import TRAJECTORY_SCHEMA
 from w4s.config import OptimizeConfig
+from w4s.cost import Spend
 from w4s.errors import W4SError
 from w4s.mdp import Candidate, State, hash_code
 
 CONFIG, SPLIT, SUMMARY = "config.json", "split.json", "summary.json"
+SPEND, BUDGET_GROUP = "spend.json", "budget_group.json"
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -37,10 +40,26 @@ def _write_json(path: Path, value: Any) -> None:
     atomic_write(path, json.dumps(value, indent=1, ensure_ascii=False, default=str))
 
 
+def benchmark_slug(benchmark: str) -> str:
+    """A benchmark's name as a run-id part: `file:PATH` by its file's stem."""
+    if benchmark.startswith("file:"):
+        benchmark = "file_" + Path(benchmark[5:]).name.split(".")[0]
+    return "".join(ch if ch.isalnum() else "_" for ch in benchmark)[:24]
+
+
 def new_run_id(config: OptimizeConfig) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    bench = "".join(ch if ch.isalnum() else "_" for ch in config.benchmark)[:24]
+    names = [config.benchmark] if isinstance(config.benchmark, str) else config.benchmark
+    bench = "+".join(benchmark_slug(n) for n in names)[:48]
     return f"{stamp}-{bench}-{secrets.token_hex(2)}"
+
+
+def group_run_ids(group_id: str, benchmarks: list[str]) -> list[str]:
+    """The run id of each benchmark of a multi-benchmark run (unique even for equal slugs)."""
+    slugs = [benchmark_slug(b) for b in benchmarks]
+    if len(set(slugs)) < len(slugs):
+        slugs = [f"{j}_{s}" for j, s in enumerate(slugs)]
+    return [f"{group_id}-{s}" for s in slugs]
 
 
 class RunStore:
@@ -130,6 +149,22 @@ class RunStore:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         return path
+
+    # -- executor spend, persisted so a resumed run counts it against its budget
+    def save_spend(self, spend: Spend) -> None:
+        _write_json(self.root / SPEND, asdict(spend))
+
+    def spend(self) -> Spend:
+        path = self.root / SPEND
+        return Spend(**json.loads(path.read_text())) if path.is_file() else Spend()
+
+    # -- runs sharing one budget (the benchmarks of one multi-benchmark run)
+    def save_budget_group(self, run_ids: list[str]) -> None:
+        _write_json(self.root / BUDGET_GROUP, run_ids)
+
+    def budget_group(self) -> list[str]:
+        path = self.root / BUDGET_GROUP
+        return json.loads(path.read_text()) if path.is_file() else [self.run_id]
 
     # -- results
     def save_workflow(self, name: str, code: str) -> Path:

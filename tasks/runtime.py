@@ -9,13 +9,19 @@ from __future__ import annotations
 import atexit
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from models.factory import build_chat_model
-from storage.call_cache import open_call_cache
+from storage.call_cache import default_cache_path, open_call_cache
+from storage.run_store import RunStore
 from w4s.benchmarks import Benchmark, Item, get_benchmark
 from w4s.config import OptimizeConfig
-from w4s.cost import PriceTable
+from w4s.cost import Meter, PriceTable, Spend
+from w4s.errors import ConfigError
 from w4s.protocols import ChatModel
 from w4s.sandbox import Harness, SandboxSettings
 
@@ -45,11 +51,12 @@ def items_by_id(cfg: OptimizeConfig) -> dict[str, Item]:
 
 
 def harness(cfg: OptimizeConfig) -> Harness:
-    """One warm worker pool per (executor, sandbox settings, budget) in this process."""
+    """One warm worker pool per (executor, sandbox settings) in this process, shared by
+    every run; each run brings its own spend meter (`run_meter`)."""
     key = "|".join(map(str, (
         cfg.executor.model_dump_json(), cfg.item_timeout_s, cfg.code_timeout_s,
-        cfg.concurrency, cfg.use_cache, cfg.reuse_outcomes, cfg.budget_usd, cfg.budget_tokens,
-        sorted(cfg.prices.items()),
+        cfg.concurrency, cfg.reuse_outcomes, sorted(cfg.prices.items()),
+        default_cache_path() if cfg.use_cache else None,
     )))
     with _lock:
         if key not in _harnesses:
@@ -62,14 +69,72 @@ def harness(cfg: OptimizeConfig) -> Harness:
                 ),
                 cache=open_call_cache() if cfg.use_cache else None,
                 prices=PriceTable.for_executor(cfg.executor.kind, model.model_id, cfg.prices),
-                budget_usd=cfg.budget_usd, budget_tokens=cfg.budget_tokens,
             )
         return _harnesses[key]
 
 
+@dataclass
+class _RunSpend:
+    meter: Meter  # this process's spend for the run; its budget counts `before` too
+    before: Spend  # the run's own spend persisted by earlier processes (a resume)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_spends: dict[str, _RunSpend] = {}
+
+
+def _run_spend(run_dir: str | Path) -> _RunSpend:
+    key = str(Path(run_dir).resolve())
+    with _lock:
+        if key not in _spends:
+            store = RunStore(key)
+            cfg = store.config()
+            own = store.spend()
+            shared = sum((RunStore(store.root.parent / r).spend()
+                          for r in store.budget_group() if r != store.run_id), Spend())
+            if cfg.budget_usd is not None:
+                _require_price(cfg)
+            _spends[key] = _RunSpend(
+                Meter(budget_usd=cfg.budget_usd, budget_tokens=cfg.budget_tokens,
+                      spent_before=own + shared),
+                own,
+            )
+        return _spends[key]
+
+
+def _require_price(cfg: OptimizeConfig) -> None:
+    model_id = executor(cfg).model_id
+    if PriceTable.for_executor(cfg.executor.kind, model_id, cfg.prices).price(model_id) is None:
+        raise ConfigError(
+            f"`budget_usd` needs a price for executor model {model_id!r}: "
+            "add it to `prices` or set `budget_tokens` instead"
+        )
+
+
+@contextmanager
+def run_meter(run_dir: str | Path) -> Iterator[Meter]:
+    """The run's spend meter and budget; what it metered is saved with the run on exit.
+
+    Spend persists in the run folder, so a resumed run, and each benchmark of a multi-
+    benchmark run (its budget group), counts what was spent before against the budget.
+    """
+    spend = _run_spend(run_dir)
+    try:
+        yield spend.meter
+    finally:
+        with spend.lock:  # concurrent stages of one run: the newest totals win
+            RunStore(run_dir).save_spend(spend.before + spend.meter.totals)
+
+
+def run_spend(run_dir: str | Path) -> Spend:
+    """Everything the run's executor calls have cost so far, over every process."""
+    spend = _run_spend(run_dir)
+    return spend.before + spend.meter.totals
+
+
 @atexit.register
 def close_all() -> None:
-    """Stop worker pools (called at exit and by the flow when a run ends)."""
+    """Stop the worker pools at exit. Not at a run's end: other runs may share them."""
     with _lock:
         for h in _harnesses.values():
             h.close()

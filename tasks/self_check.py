@@ -1,11 +1,12 @@
 from prefect import get_run_logger, task
 
 from tasks import stages
+from tasks.retry import retry_unless_final
 
 
-@task(name="self_check", retries=2, retry_delay_seconds=5)
+@task(name="self_check", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_final)
 def self_check(run_dir: str, iteration: int, index: int) -> str:
-    """Run one candidate on one validation sample, asking for up to 3 repairs."""
+    """Run one candidate on one validation sample, asking for up to `max_repairs` repairs."""
     status = stages.self_check(run_dir, iteration, index)
     get_run_logger().info("iteration %d candidate %d: self-check %s", iteration, index, status)
     return status

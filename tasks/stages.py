@@ -16,7 +16,7 @@ from storage.run_store import RunStore
 from tasks import runtime
 from w4s.benchmarks import Item
 from w4s.config import OptimizeConfig
-from w4s.errors import BudgetExceeded, W4SError
+from w4s.errors import BudgetExceeded, InfrastructureError, W4SError
 from w4s.mdp import (
     Candidate,
     State,
@@ -28,14 +28,21 @@ from w4s.mdp import (
 )
 from w4s.prompts import clip
 from w4s.sandbox import EvalResult, check_workflow_source
+from w4s.sandbox.harness import BUDGET_ERROR
 
 log = logging.getLogger("w4s")
 
 
-def prepare_run(config: OptimizeConfig, runs_dir: Path, run_id: str | None = None) -> str:
-    """Create (or reopen) the run folder and fix its validation/test split."""
+def prepare_run(config: OptimizeConfig, runs_dir: Path, run_id: str | None = None,
+                budget_group: list[str] | None = None) -> str:
+    """Create (or reopen) the run folder and fix its validation/test split.
+
+    `budget_group`: the ids of the runs (this one included) that share one budget.
+    """
     _seeds(config)  # a wrong seed name fails here, before any stage runs
     store = RunStore.create(runs_dir, config, run_id)
+    if budget_group:
+        store.save_budget_group(budget_group)
     try:
         store.split_ids()
     except FileNotFoundError:
@@ -75,17 +82,53 @@ def _record(cand: Candidate, result: EvalResult, items: Sequence[Item], k: int) 
 
 
 def _evaluate(store: RunStore, cfg: OptimizeConfig, cands: list[Candidate]) -> None:
-    """Run the candidates on the validation items concurrently; save each as it finishes."""
+    """Run the candidates on the validation items concurrently and save each one.
+
+    Only a complete, clean evaluation gives a candidate an accuracy. A candidate with items
+    refused by the budget is `budget_exceeded`; one with items lost to the executor or the
+    sandbox is `infra_error`: neither is scored, rewarded or trained on. A budget stop raises
+    BudgetExceeded; more lost items than `max_infra_errors` raise InfrastructureError, so
+    the stage's retry (or a resume) evaluates those candidates again.
+    """
     if not cands:
         return
     items = _items(store, cfg, "validation")
-    results = runtime.harness(cfg).evaluate_many([c.code for c in cands], items,
-                                                 runtime.benchmark(cfg))
+    with runtime.run_meter(store.root) as meter:
+        results = runtime.harness(cfg).evaluate_many(
+            [c.code for c in cands], items, runtime.benchmark(cfg), meter=meter)
+    lost, first_loss = 0, ""
     for cand, result in zip(cands, results, strict=True):
         _record(cand, result, items, cfg.max_failures_shown)
+        stopped = sum(1 for o in result.outcomes if o.error == BUDGET_ERROR)
+        reasons = [o.infra_error for o in result.outcomes if o.infra_error]
+        if stopped:
+            cand.status, cand.accuracy = "budget_exceeded", None
+            cand.error = f"{stopped} of {len(items)} items not run: budget exceeded"
+        elif reasons:
+            cand.status, cand.accuracy = "infra_error", None
+            cand.error = f"{len(reasons)} of {len(items)} items lost: {reasons[0]}"
+            lost += len(reasons)
+            first_loss = first_loss or f"candidate {cand.id}: {cand.error}"
+        else:
+            cand.status, cand.error = "ok", None
         store.save_candidate(cand)
-    if any(r.budget_exceeded for r in results):
+    _raise_if_budget_stopped(cands)
+    if lost > cfg.max_infra_errors:
+        raise InfrastructureError(
+            f"{lost} validation item(s) lost to infrastructure, more than `max_infra_errors` "
+            f"({cfg.max_infra_errors}) allows; {first_loss}"
+        )
+
+
+def _raise_if_budget_stopped(cands: Sequence[Candidate]) -> None:
+    """A budget stop is final for the run, also when a stage runs again (retry, resume)."""
+    if any(c.status == "budget_exceeded" for c in cands):
         raise BudgetExceeded("the run's executor budget is spent; results so far are saved")
+
+
+def _to_evaluate(cands: Sequence[Candidate]) -> list[Candidate]:
+    """Checked candidates not yet scored, and those whose items infrastructure lost."""
+    return [c for c in cands if c.status in ("ok", "infra_error") and c.accuracy is None]
 
 
 def _seeds(cfg: OptimizeConfig) -> dict[str, str]:
@@ -102,74 +145,97 @@ def _seeds(cfg: OptimizeConfig) -> dict[str, str]:
     return {cfg.seed_workflow: seeds[cfg.seed_workflow]}
 
 
-def seed_state(run_dir: str) -> float:
+def seed(run_dir: str) -> float:
     """Iteration 0: evaluate the seed workflow(s); the best one is the initial state."""
     store = RunStore(run_dir)
     cfg = store.config()
     if store.has_state(0):
         return store.load_state(0).last_accuracy
     bench = runtime.benchmark(cfg)
-    seeds = _seeds(cfg)
-    cands = store.candidates(0)
-    if not cands:
-        cands = []
-        for j, (name, code) in enumerate(seeds.items()):
-            c = Candidate(run_id=store.run_id, iteration=0, index=j, kind="seed", prompt=[],
-                          reply=code, seed_name=name, code=code, status="ok")
-            store.save_candidate(c)
-            cands.append(c)
-    _evaluate(store, cfg, [c for c in cands if c.accuracy is None])
-    best = max(cands, key=lambda c: (c.accuracy or 0.0, -c.index))
+    saved = {c.index: c for c in store.candidates(0)}
+    cands = []
+    for j, (name, code) in enumerate(_seeds(cfg).items()):
+        if j not in saved:  # also the seeds a killed earlier attempt did not get to save
+            saved[j] = Candidate(run_id=store.run_id, iteration=0, index=j, kind="seed",
+                                 prompt=[], reply=code, seed_name=name, code=code, status="ok")
+            store.save_candidate(saved[j])
+        cands.append(saved[j])
+    _evaluate(store, cfg, _to_evaluate(cands))
+    scored = [c for c in cands if c.accuracy is not None]
+    if not scored:
+        raise W4SError("no seed workflow finished a validation evaluation")
+    best = max(scored, key=lambda c: (c.accuracy, -c.index))
     best.chosen = True
     store.save_candidate(best)
     val = _items(store, cfg, "validation")
     example = val[0]
     state = State(task_description=bench.description, example_question=example.question,
                   example_answer=str(example.gold))
-    state = state.advance(0, best.accuracy or 0.0, best.code or "",
-                          failure_cases(best.failures))
+    state = state.advance(0, best.accuracy, best.code or "", failure_cases(best.failures))
     store.save_state(0, state)
-    return best.accuracy or 0.0
+    return best.accuracy
 
 
 def generate(run_dir: str, iteration: int) -> list[int]:
-    """Sample m candidate actions for the state after `iteration - 1`."""
+    """Sample m candidate actions for the state after `iteration - 1`.
+
+    A rerun samples only the candidates missing, e.g. after a crash between two saves, so
+    an iteration always goes on with all m.
+    """
     store = RunStore(run_dir)
-    existing = store.candidates(iteration)
-    if existing:
-        return [c.index for c in existing]
     cfg = store.config()
-    cands = sample_candidates(
-        runtime.meta_agent(cfg), store.load_state(iteration - 1), run_id=store.run_id,
-        iteration=iteration, m=cfg.candidates, temperature=cfg.meta_temperature,
-        max_tokens=cfg.meta_agent.max_new_tokens,
-    )
-    for c in cands:
-        store.save_candidate(c)
-    return [c.index for c in cands]
+    have = {c.index for c in store.candidates(iteration)}
+    missing = [j for j in range(cfg.candidates) if j not in have]
+    if missing:
+        cands = sample_candidates(
+            runtime.meta_agent(cfg), store.load_state(iteration - 1), run_id=store.run_id,
+            iteration=iteration, m=len(missing), temperature=cfg.meta_temperature,
+            max_tokens=cfg.meta_agent.max_new_tokens,
+        )
+        for j, c in zip(missing, cands, strict=True):
+            c.index = j
+            store.save_candidate(c)
+    return sorted(have.union(missing))
 
 
 def self_check(run_dir: str, iteration: int, index: int) -> str:
-    """Run the candidate on one validation sample; repair up to `max_repairs` times."""
+    """Run the candidate on one validation sample; repair up to `max_repairs` times.
+
+    The executor or sandbox failing is not the workflow's fault: it raises (BackendError,
+    so the task's retry fires) and asks for no repair; the candidate stays pending. A
+    budget stop marks the candidate `budget_exceeded` and raises BudgetExceeded.
+    """
     store = RunStore(run_dir)
     cand = store.load_candidate(iteration, index)
+    _raise_if_budget_stopped([cand])
     if cand.status != "pending":
         return cand.status
     cfg = store.config()
-    bench = runtime.benchmark(cfg)
     sample = _items(store, cfg, "validation")[0]
     harness = runtime.harness(cfg)
     meta = runtime.meta_agent(cfg)
 
     def check(code: str) -> str | None:
-        return check_workflow_source(code) or harness.self_check(code, sample, bench)
+        static = check_workflow_source(code)
+        if static is not None:
+            return static
+        with runtime.run_meter(store.root) as meter:
+            error = harness.self_check(code, sample, meter=meter)
+        if error == BUDGET_ERROR:
+            raise BudgetExceeded("the run's executor budget is spent")
+        return error
 
     def repair(messages):
         return meta.complete(messages, n=1, temperature=cfg.meta_temperature,
                              max_tokens=cfg.meta_agent.max_new_tokens)
 
-    cand = self_check_with_repairs(cand, check=check, repair=repair,
-                                   max_repairs=cfg.max_repairs)
+    try:
+        cand = self_check_with_repairs(cand, check=check, repair=repair,
+                                       max_repairs=cfg.max_repairs)
+    except BudgetExceeded:
+        cand.status, cand.error = "budget_exceeded", "self-check not run: budget exceeded"
+        store.save_candidate(cand)
+        raise
     store.save_candidate(cand)
     return cand.status
 
@@ -179,12 +245,13 @@ def execute(run_dir: str, iteration: int) -> list[float | None]:
     store = RunStore(run_dir)
     cfg = store.config()
     cands = store.candidates(iteration)
-    _evaluate(store, cfg, [c for c in cands if c.status == "ok" and c.accuracy is None])
+    _raise_if_budget_stopped(cands)
+    _evaluate(store, cfg, _to_evaluate(cands))
     return [c.accuracy for c in store.candidates(iteration)]
 
 
 def reward(run_dir: str, iteration: int) -> int | None:
-    """Reward all candidates; the best one advances the state. Returns the chosen index."""
+    """Reward the candidates; the best one advances the state. Returns the chosen index."""
     store = RunStore(run_dir)
     prev = store.load_state(iteration - 1)
     cands = store.candidates(iteration)
@@ -213,49 +280,59 @@ def log_trajectory(run_dir: str, iteration: int) -> str:
     ))
 
 
-def best_candidate(cands: Sequence[Candidate]) -> Candidate:
+def best_candidate(cands: Sequence[Candidate]) -> Candidate | None:
     """The best by validation accuracy; ties go to the earliest (the simpler history)."""
     scored = [c for c in cands if c.status == "ok" and c.accuracy is not None]
-    if not scored:
-        raise W4SError("no workflow of this run finished a validation evaluation")
-    return max(scored, key=lambda c: (c.accuracy, -c.iteration, -c.index))
+    return max(scored, key=lambda c: (c.accuracy, -c.iteration, -c.index)) if scored else None
 
 
-def finalize(run_dir: str, iterations_done: int, status: str = "completed") -> dict[str, Any]:
-    """Evaluate the best workflow (by validation accuracy) once on the held-out test split."""
+def evaluate_test(run_dir: str, iterations_done: int,
+                  status: str = "completed") -> dict[str, Any]:
+    """Evaluate the best workflow (by validation accuracy) once on the held-out test split.
+
+    The test score is reported, so it must be whole: an item lost to infrastructure raises
+    InfrastructureError (the task retries) rather than counting as wrong. A budget stop
+    leaves the test split unevaluated rather than scored as failures.
+    """
     store = RunStore(run_dir)
     cfg = store.config()
     cands = [c for i in range(iterations_done + 1) for c in store.candidates(i)]
     best = best_candidate(cands)
-    path = store.save_workflow("best", best.code or "")
+    if best is None and status != "budget exceeded":
+        raise W4SError("no workflow of this run finished a validation evaluation")
+    path = store.save_workflow("best", best.code or "") if best else None
     test_items = _items(store, cfg, "test")
-    harness = runtime.harness(cfg)
     test = None
-    if not harness.meter.exceeded:
-        test = harness.evaluate(best.code or "", test_items, runtime.benchmark(cfg))
+    with runtime.run_meter(store.root) as meter:
+        if best is not None and not meter.exceeded:
+            test = runtime.harness(cfg).evaluate(best.code or "", test_items,
+                                                 runtime.benchmark(cfg), meter=meter)
+    if test is not None and test.infra_errors and not test.budget_exceeded:
+        reason = next(o.infra_error for o in test.outcomes if o.infra_error)
+        raise InfrastructureError(
+            f"{test.infra_errors} of {len(test_items)} test items lost to infrastructure: "
+            f"{reason}"
+        )
     if test is None or test.budget_exceeded:
         status = "budget exceeded"
+    spend = runtime.run_spend(store.root)  # every call of the run, lost and stopped ones too
     summary = {
         "run_id": store.run_id,
+        "run_dir": str(store.root),
         "status": status,
         "benchmark": runtime.benchmark(cfg).display_name,
         "iterations_done": iterations_done,
-        "best_iteration": best.iteration,
-        "best_candidate": best.index,
-        "best_seed_name": best.seed_name,
-        "best_val_accuracy": best.accuracy,
-        # a budget stop leaves the test split unevaluated rather than scored as failures
-        "test_accuracy": None if status == "budget exceeded" or test is None else test.accuracy,
+        "best_iteration": best.iteration if best else None,
+        "best_candidate": best.index if best else None,
+        "best_seed_name": best.seed_name if best else None,
+        "best_val_accuracy": best.accuracy if best else None,
+        "test_accuracy": None if status == "budget exceeded" else test.accuracy,
         "test_items": len(test_items),
-        "best_workflow": str(path),
-        "executor_calls": sum(c.executor_calls for c in cands)
-        + (test.executor_calls if test else 0),
-        "executor_tokens": sum(c.executor_prompt_tokens + c.executor_completion_tokens
-                               for c in cands)
-        + (test.prompt_tokens + test.completion_tokens if test else 0),
+        "best_workflow": str(path) if path else None,
+        "executor_calls": spend.executor_calls,
+        "executor_tokens": spend.tokens,
         "meta_agent_tokens": sum(c.meta_prompt_tokens + c.meta_completion_tokens for c in cands),
-        "cost_usd": _sum_cost([c.cost_usd for c in cands if c.accuracy is not None]
-                              + ([test.cost_usd] if test else [])),
+        "cost_usd": None if spend.cost_usd is None else round(spend.cost_usd, 6),
         "meta_agent": cfg.meta_agent.label,
         "executor": cfg.executor.label,
         "finished_at": now(),
@@ -264,6 +341,13 @@ def finalize(run_dir: str, iterations_done: int, status: str = "completed") -> d
     return summary
 
 
-def _sum_cost(costs: list[float | None]) -> float | None:
-    """Unknown (None) if any part is unknown: never a silent 0."""
-    return None if any(c is None for c in costs) else round(sum(costs), 6)
+def describe_result(summary: dict[str, Any]) -> str:
+    """One line on a finished run's best workflow and its test score."""
+    test = summary["test_accuracy"]
+    tested = "not evaluated" if test is None else f"{test:.2f}"
+    if summary["best_val_accuracy"] is None:
+        best = "no workflow finished a validation evaluation"
+    else:
+        best = (f"best workflow (iteration {summary['best_iteration']}): validation "
+                f"{summary['best_val_accuracy']:.2f}")
+    return f"{best}, test {tested} on {summary['test_items']} items ({summary['status']})"

@@ -113,14 +113,17 @@ class Spend:
 class Meter:
     """Run-level totals of new executor spend; cache hits are counted, not charged."""
 
-    def __init__(self, *, budget_usd: float | None = None,
-                 budget_tokens: int | None = None) -> None:
+    def __init__(self, *, budget_usd: float | None = None, budget_tokens: int | None = None,
+                 spent_before: Spend = Spend()) -> None:  # noqa: B008 - frozen
+        """`spent_before`: spend this meter did not see (an earlier process of the run, the
+        other runs sharing its budget); it counts against the budget, not in `totals`."""
         if budget_usd is not None and not budget_usd > 0:
             raise ConfigError(f"`budget_usd` must be positive, but received {budget_usd!r}")
         if budget_tokens is not None and not budget_tokens > 0:
             raise ConfigError(f"`budget_tokens` must be positive, but received {budget_tokens!r}")
         self.budget_usd = budget_usd
         self.budget_tokens = budget_tokens
+        self.spent_before = spent_before
         self._lock = threading.Lock()
         self._spend = Spend()
 
@@ -143,7 +146,7 @@ class Meter:
 
     @property
     def exceeded(self) -> bool:
-        s = self.totals
+        s = self.spent_before + self.totals
         if self.budget_tokens is not None and s.tokens >= self.budget_tokens:
             return True
         return (self.budget_usd is not None and s.cost_usd is not None

@@ -176,6 +176,22 @@ def test_budget_stops_the_run_cleanly(make_bench, fake_cls):
         assert h.evaluate(code, bench.load(), bench).budget_exceeded  # and stays stopped
 
 
+def test_an_item_whose_call_the_budget_refused_is_not_scored_even_if_it_answers(
+        make_bench, fake_cls):
+    bench = make_bench(8)
+    # the first call spends the budget, the second is refused: the workflow swallows that
+    # and answers (correctly) anyway
+    code = ("def solver(agent, task):\n    try:\n        agent.llm('ECHO: ' + task)\n"
+            "        agent.llm('ECHO: again ' + task)\n    except Exception:\n        pass\n"
+            "    return {'answer': task}\n")
+    with Harness(fake_cls(), settings=SandboxSettings(concurrency=1), budget_tokens=4) as h:
+        result = h.evaluate(code, bench.load(), bench)
+    # the first item's second call was refused, every later item never started
+    assert result.budget_exceeded
+    assert [o.error for o in result.outcomes] == ["budget exceeded"] * 8
+    assert all(o.score == 0.0 for o in result.outcomes)
+
+
 def test_budget_usd_needs_a_known_price(fake_cls):
     with pytest.raises(ConfigError, match="budget_usd"):
         Harness(fake_cls(model_id="mystery-llm"), budget_usd=1.0)

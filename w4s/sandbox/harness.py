@@ -18,6 +18,7 @@ workflow: its own process can cause all of those.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
@@ -125,7 +126,10 @@ class Harness:
         for ii, item in enumerate(items):  # item-major, so candidates progress together
             for ci, code in enumerate(codes):
                 if static[ci] is None:
-                    futures[ci, ii] = self._items.submit(self._run_item_reported, ci, code,
+                    # the caller's context (e.g. its Prefect run, for the run's logs) goes
+                    # with each item; one copy per item, a context runs in one thread at a time
+                    futures[ci, ii] = self._items.submit(contextvars.copy_context().run,
+                                                         self._run_item_reported, ci, code,
                                                          item, benchmark, on_item, meters)
         results = []
         for ci in range(len(codes)):
@@ -161,7 +165,8 @@ class Harness:
         err = check_workflow_source(code)
         if err is not None:
             return err
-        out = self._items.submit(self._run_item, code, item, None, self._meters(meter)).result()
+        out = self._items.submit(contextvars.copy_context().run, self._run_item, code, item,
+                                 None, self._meters(meter)).result()
         if out.infra_error is not None:
             raise BackendError(f"self-check lost to infrastructure: {out.infra_error}",
                                infrastructure=True)
@@ -218,7 +223,7 @@ class Harness:
                 log.exception("sandbox: item %s failed inside the harness", item.id)
                 raw, answer, error = None, None, f"internal harness error: {type(e).__name__}: {e}"
                 run.lose(error)
-            if run.budget_hit and error is not None:
+            if run.budget_hit:  # a refused call leaves the item unjudged, even if it answered
                 error = BUDGET_ERROR
             infra = run.infra_error
             if key is not None and run.replayable and not run.budget_hit and infra is None:

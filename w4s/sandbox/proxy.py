@@ -15,6 +15,7 @@ infrastructure (`ItemRun.infra_error`), whatever the workflow then does with the
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -165,7 +166,8 @@ class CallProxy:
                 self._reply(w, run, frame, {"error": "too many executor calls in flight "
                                                      f"(limit {MAX_CALLS_IN_FLIGHT} per item)"})
                 return
-            self._calls.submit(self._serve_call, w, run, frame, call)
+            self._calls.submit(contextvars.copy_context().run, self._serve_call, w, run, frame,
+                               call)  # the item's context: its logs reach the caller's run
         else:
             self._account(run, Spend(cache_hits=call.n))
             self._reply(w, run, frame, {"texts": call.reply_texts()})
