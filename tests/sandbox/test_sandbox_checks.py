@@ -55,7 +55,7 @@ CASES = [
 @pytest.mark.parametrize(("code", "expected"), CASES)
 def test_self_check(quick_harness, make_bench, code, expected):
     bench = make_bench(1)
-    got = quick_harness.self_check(code, bench.load()[0], bench)
+    got = quick_harness.self_check(code, bench.load()[0])
     if expected is None:
         assert got is None
     else:
@@ -65,7 +65,7 @@ def test_self_check(quick_harness, make_bench, code, expected):
 def test_self_check_error_shows_the_failing_workflow_line(quick_harness, make_bench):
     bench = make_bench(1)
     code = "def solver(agent, task):\n    x = [1]\n    y = x[5]\n    return {'answer': y}\n"
-    err = quick_harness.self_check(code, bench.load()[0], bench)
+    err = quick_harness.self_check(code, bench.load()[0])
     assert 'File "<workflow>", line 3, in solver' in err
     assert "y = x[5]" in err
     assert err.rstrip().endswith("IndexError: list index out of range")
@@ -75,4 +75,4 @@ def test_self_check_error_shows_the_failing_workflow_line(quick_harness, make_be
 def test_self_check_ignores_the_score(quick_harness, make_bench):
     bench = make_bench(1)
     assert quick_harness.self_check("def solver(a, t):\n    return {'answer': 'wrong'}\n",
-                                    bench.load()[0], bench) is None
+                                    bench.load()[0]) is None

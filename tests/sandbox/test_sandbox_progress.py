@@ -83,8 +83,8 @@ def test_self_check_takes_no_benchmark(quick_harness, make_bench):
     assert quick_harness.self_check(ECHO, item) is None
     assert quick_harness.self_check("def solver(a, t):\n    return 1\n", item) == (
         "solver returned int, not dict")
-    with pytest.warns(DeprecationWarning, match="no benchmark"):
-        assert quick_harness.self_check(ECHO, item, make_bench(1)) is None
+    with pytest.raises(TypeError):
+        quick_harness.self_check(ECHO, item, make_bench(1))  # it never scored
 
 
 def test_self_check_lost_to_infrastructure_raises(fake, make_bench):

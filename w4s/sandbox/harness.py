@@ -25,7 +25,6 @@ import math
 import secrets
 import select
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -143,8 +142,7 @@ class Harness:
             results.append(self._summarize(outcomes, meters))
         return results
 
-    def self_check(self, code: str, item: Item, *_legacy: object,
-                   meter: Meter | None = None) -> str | None:
+    def self_check(self, code: str, item: Item, *, meter: Meter | None = None) -> str | None:
         """Run the workflow on one item: None if the solver ran and returned a dict with
         "answer", else the error text (a static check's, the traceback, the timeout...).
 
@@ -154,13 +152,7 @@ class Harness:
         of an error to repair this raises BackendError with `infrastructure=True`, for the
         caller to retry later. A budget stop returns BUDGET_ERROR ("budget exceeded").
         `meter` as in `evaluate_many`.
-
-        A third argument (the benchmark, which was never used) is still accepted, with a
-        DeprecationWarning, until the callers that pass it have dropped it.
         """
-        if _legacy:
-            warnings.warn("Harness.self_check takes no benchmark (it never scored); drop the "
-                          "argument", DeprecationWarning, stacklevel=2)
         self._check_open()
         err = check_workflow_source(code)
         if err is not None:
