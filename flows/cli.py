@@ -234,11 +234,15 @@ def _run_optimize(config_data: dict[str, Any], config_file: str | None,
     cfg = (load_config_file(config_file, config_data) if config_file
            else build_config(config_data))
     from flows.optimize import optimize
+    from storage.run_store import new_run_id
+
+    # drawn here as RunStore.create would, not in the flow, so Ctrl-C can name it; with several
+    # benchmarks this top-level id resumes every one's subflow
+    run_id = run_id or new_run_id(cfg)
     try:
         summary = optimize(cfg, run_id=run_id)
     except KeyboardInterrupt:
-        hint = f" {run_id}" if run_id else ""
-        print(f"w4s: interrupted; rerun with --run-id{hint} to resume (same config)",
+        print(f"w4s: interrupted; rerun with --run-id {run_id} to resume (same config)",
               file=sys.stderr)
         return 130
     for one in summary.get("runs", [summary]):

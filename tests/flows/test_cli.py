@@ -111,6 +111,28 @@ def test_set_on_a_config_file_keeps_the_rest_of_its_block(tmp_path, fake_optimiz
     assert cfg.benchmark_options == {"path": "data.jsonl", "scorer": "numeric"}
 
 
+def test_ctrl_c_prints_the_run_id_to_resume(tmp_path, fake_optimize, capsys):
+    calls, behaviour = fake_optimize
+    behaviour["raise"] = KeyboardInterrupt()
+    assert cli(["optimize", "--benchmark", "svamp", "--runs-dir", str(tmp_path)]) == 130
+    run_id = calls[-1][1]
+    assert run_id and "svamp" in run_id  # drawn like RunStore.create draws it
+    err = capsys.readouterr().err
+    assert f"rerun with --run-id {run_id} to resume" in err
+    # a given id is the one used and printed
+    assert cli(["optimize", "--run-id", "mine", "--runs-dir", str(tmp_path)]) == 130
+    assert calls[-1][1] == "mine" and "--run-id mine to resume" in capsys.readouterr().err
+    # several benchmarks: one top-level id, which resumes every subflow
+    assert cli(["optimize", "--benchmark", "gsm8k,svamp", "--runs-dir", str(tmp_path)]) == 130
+    cfg, run_id = calls[-1]
+    assert cfg.benchmark == ["gsm8k", "svamp"] and "/" not in run_id
+    assert f"--run-id {run_id} to resume" in capsys.readouterr().err
+    files = f"file:{tmp_path / 'a.jsonl'},file:{tmp_path / 'b.jsonl'}"
+    assert cli(["optimize", "--benchmark", files, "--runs-dir", str(tmp_path)]) == 130
+    run_id = calls[-1][1]
+    assert "/" not in run_id and f"--run-id {run_id} to resume" in capsys.readouterr().err
+
+
 def _write_items(path, n):
     rows = [{"q": f"What is {i}+{i}?", "a": 2 * i} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
