@@ -22,6 +22,7 @@ _DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",  # no Prefect client telemetry (nor its notice): w4s works offline
 }
 
 

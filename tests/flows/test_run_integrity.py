@@ -13,6 +13,7 @@ import pytest
 
 from flows.optimize import optimize
 from models.factory import build_chat_model, clear_model_cache
+from storage.query import iteration_table
 from storage.run_store import RunStore
 from tasks import execute as execute_tasks
 from tasks import self_check as self_check_tasks
@@ -84,6 +85,8 @@ def test_budget_stop_inside_execute_ends_the_run_and_no_row_is_rewarded(tmp_path
     stopped = [r for r in rows if r["status"] == "budget_exceeded"]
     assert stopped and all(r["reward"] is None and r["val_accuracy"] is None for r in stopped)
     assert not store.has_state(1) and not store.trajectory_path(2).exists()
+    cols, table = iteration_table(store.root)  # what `w4s show` and the UI artifact print
+    assert dict(zip(cols, table[1], strict=True))["stopped"] == len(stopped)
     # spend is kept with the run: a resume makes no new executor call and stops again
     spent = store.spend()
     assert spent.tokens >= 160
