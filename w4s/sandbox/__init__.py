@@ -18,7 +18,8 @@ holds the final answer under "answer". Inside the sandbox, `agent` offers:
 
 Executor failures raise `ExecutorError` inside the workflow. Calls are proxied to the
 parent, which holds the API keys, the call cache and the spend meter; the worker has no
-network, no keys and can write only to its own temporary folder.
+network, no keys, can write only to its own temporary folder and, where Landlock is on,
+read only the interpreter, the system libraries and that folder (`python -m w4s.sandbox`).
 """
 
 from w4s.sandbox.cache import CallCache, MemoryCallCache, call_key
