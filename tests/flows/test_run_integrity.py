@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.parquet as pq
 import pytest
+from fake_openai import FakeOpenAIEndpoint, chat_completion
 
 from flows.optimize import optimize
 from models.factory import build_chat_model, clear_model_cache
@@ -118,55 +118,36 @@ def test_benchmarks_of_one_run_share_its_budget(tmp_path):
 # ------------------------------------------------------------------ executor outage
 
 
-class _Executor:
+class _Executor(FakeOpenAIEndpoint):
     """An OpenAI-compatible endpoint that answers `up_for` requests, then 503s until revived."""
 
     def __init__(self, up_for: int) -> None:
         self.up_for, self.served, self.lock = up_for, 0, threading.Lock()
         self.fail_next = 0  # 503 the next requests, then serve again
-        owner = self
+        super().__init__(self._answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with owner.lock:
-                    up = owner.served < owner.up_for and owner.fail_next <= 0
-                    owner.fail_next -= 1
-                    owner.served += up
-                if up:
-                    status, reply = 200, {
-                        "model": body["model"], "usage": {"prompt_tokens": 3,
-                                                          "completion_tokens": 1},
-                        "choices": [{"index": 0, "message": {"role": "assistant",
-                                                             "content": "7"}}]}
-                else:
-                    status, reply = 503, {"error": {"message": "overloaded"}}
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+    def _answer(self, body: dict) -> tuple[int, dict]:
+        with self.lock:
+            up = self.served < self.up_for and self.fail_next <= 0
+            self.fail_next -= 1
+            self.served += up
+        if up:
+            return 200, chat_completion(body, ["7"], usage={"prompt_tokens": 3,
+                                                            "completion_tokens": 1})
+        return 503, {"error": {"message": "overloaded"}}
 
 
 @pytest.fixture
 def endpoint() -> Iterator[_Executor]:
     server = _Executor(up_for=0)
     yield server
-    server.httpd.shutdown()
+    server.stop()
 
 
 def test_outage_mid_execute_fails_the_stage_and_a_resume_scores_it(
         tmp_path, endpoint, no_retry_delay):
     cfg = _config(tmp_path, [ASKS_THEN_COMPUTES], iterations=1, use_cache=False, executor={
-        "kind": "openai", "model": "gpt-4o-mini", "base_url": endpoint.base_url,
+        "kind": "openai", "model": "gpt-4o-mini", "base_url": endpoint.url,
         "api_key_env": None, "max_retries": 0, "timeout_s": 5})
     endpoint.up_for = 6 + 3  # the seed's 6 items and the 3 self-checks, then down
     state = optimize(cfg, run_id="outage", return_state=True)
@@ -195,7 +176,7 @@ def test_executor_retry_warnings_reach_the_runs_prefect_logs(tmp_path, endpoint)
     from prefect.logging.handlers import APILogWorker
 
     cfg = _config(tmp_path, [GOOD], iterations=1, candidates=1, use_cache=False, executor={
-        "kind": "openai", "model": "gpt-4o-mini", "base_url": endpoint.base_url,
+        "kind": "openai", "model": "gpt-4o-mini", "base_url": endpoint.url,
         "api_key_env": None, "max_retries": 2, "timeout_s": 5})
     endpoint.up_for, endpoint.fail_next = 10**6, 1  # one 503, retried by the backend
     state = optimize(cfg, run_id="logs", return_state=True)

@@ -4,13 +4,11 @@ key/model/URL), False when the request itself was rejected (400, a prompt too lo
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_openai import FakeOpenAIEndpoint
 
 from models.openai_compat import OpenAICompatChatModel
 from models.scripted import ScriptedChatModel
@@ -19,31 +17,12 @@ from w4s.errors import BackendError, one_line
 ASK = [{"role": "user", "content": "What is 2+3?"}]
 
 
-class StatusServer:
-    """Answers every POST with `status` and `body` (raw bytes when a str)."""
+class StatusServer(FakeOpenAIEndpoint):
+    """Answers every POST with `status` and `body` (sent as it is when a str)."""
 
     def __init__(self) -> None:
         self.status, self.body = 200, {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers["Content-Length"]))
-                body = server.body
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(server.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True).start()
+        super().__init__(lambda request: (self.status, self.body))
 
     def model(self, transport: str, url: str | None = None) -> OpenAICompatChatModel:
         return OpenAICompatChatModel(model="m", base_url=url or self.url, api_key="sk-test",
@@ -60,8 +39,7 @@ def transport(request: pytest.FixtureRequest) -> str:
 def server() -> Iterator[StatusServer]:
     s = StatusServer()
     yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    s.stop()
 
 
 @pytest.mark.parametrize(("status", "infra"), [

@@ -10,9 +10,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_openai import FakeOpenAIEndpoint, chat_completion
 
 from models.factory import build_chat_model
 from models.openai_compat import OpenAICompatChatModel
@@ -22,57 +22,18 @@ from w4s.errors import BackendError, ConfigError
 MESSAGES = [{"role": "user", "content": "What is 2+3?"}]
 
 
-def ok_body(request: dict, texts: list[str] | None = None) -> dict:
-    n = request.get("n", 1)
-    texts = texts or [f"reply {i}" for i in range(n)]
-    return {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": request["model"],
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": t},
-                "finish_reason": "stop",
-            }
-            for i, t in enumerate(texts)
-        ],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 3 * len(texts), "total_tokens": 0},
-    }
-
-
-class FakeServer:
-    """Answers each POST with the next scripted (status, body-or-callable); records requests."""
+class FakeServer(FakeOpenAIEndpoint):
+    """Answers each POST with the next scripted (status, body-or-callable), then with a
+    chat_completion for the request."""
 
     def __init__(self, transport: str = "http") -> None:
         self.transport = transport
         self.script: list[tuple[int, object]] = []
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        server = self
+        super().__init__(self._next)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                server.headers.append({k.lower(): v for k, v in self.headers.items()})
-                status, reply = server.script.pop(0) if server.script else (200, ok_body)
-                payload = reply(body) if callable(reply) else reply
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.handle_error = lambda *args: None  # a client that timed out hung up
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+    def _next(self, request: dict) -> tuple[int, object]:
+        status, reply = self.script.pop(0) if self.script else (200, chat_completion)
+        return status, reply(request) if callable(reply) else reply
 
     def model(self, **kwargs: object) -> OpenAICompatChatModel:
         options = {"max_retries": 3, "timeout_s": 5.0, "backoff_s": 0.001, "max_backoff_s": 0.01,
@@ -86,10 +47,8 @@ class FakeServer:
 @pytest.fixture(params=["http", "openai"])
 def server(request: pytest.FixtureRequest) -> Iterator[FakeServer]:
     fake = FakeServer(request.param)
-    fake.thread.start()
     yield fake
-    fake.httpd.shutdown()
-    fake.httpd.server_close()
+    fake.stop()
 
 
 def error(status: int, message: str) -> tuple[int, dict]:
@@ -130,7 +89,7 @@ def test_n_falls_back_to_single_calls_when_rejected(server: FakeServer) -> None:
 
 
 def test_server_that_ignores_n_is_topped_up(server: FakeServer) -> None:
-    server.script = [(200, lambda req: ok_body(req, ["only one"]))]
+    server.script = [(200, lambda req: chat_completion(req, ["only one"]))]
     out = server.model().complete(MESSAGES, n=2)
     assert out.texts == ("only one", "reply 0")
     assert out.prompt_tokens == 22 and out.extra["calls"] == 2
@@ -195,7 +154,7 @@ def test_404_names_model_and_base_url(server: FakeServer) -> None:
 def test_timeout_is_retried_then_reported(server: FakeServer) -> None:
     def slow(request: dict) -> dict:
         time.sleep(0.6)
-        return ok_body(request)
+        return chat_completion(request)
 
     server.script = [(200, slow), (200, slow)]
     with pytest.raises(BackendError, match=r"^\[m\] timed out at .* after 2 attempts"):
@@ -258,7 +217,7 @@ def test_kept_alive_connection_closed_by_the_server_is_reopened() -> None:
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 while len(body) < length:
                     body += conn.recv(65536)
-                reply = json.dumps(ok_body(json.loads(body))).encode()
+                reply = json.dumps(chat_completion(json.loads(body))).encode()
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(reply), reply))
             # closed without "Connection: close": the client finds out on its next request
@@ -286,37 +245,22 @@ def test_transport_and_base_url_are_checked() -> None:
 
 def test_http_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     """HTTP_PROXY (with credentials) carries the request; the proxy sees the absolute URL."""
-    seen: list[tuple[str, str | None]] = []
-
-    class Proxy(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            seen.append((self.path, self.headers.get("Proxy-Authorization")))
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            data = json.dumps(ok_body(body)).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
+    proxy = FakeOpenAIEndpoint(lambda request: (200, chat_completion(request)))
     try:
-        monkeypatch.setenv("HTTP_PROXY", f"http://bob:s%3Acret@127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.setenv("HTTP_PROXY", f"http://bob:s%3Acret@127.0.0.1:{proxy.port}")
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
         model = OpenAICompatChatModel(model="m", base_url="http://vllm.internal:8000/v1",
                                       api_key="k", max_retries=0)
         assert model.complete(MESSAGES).text == "reply 0"
+        seen = [(p, h.get("proxy-authorization"))
+                for p, h in zip(proxy.paths, proxy.headers, strict=True)]
         assert seen == [("http://vllm.internal:8000/v1/chat/completions",
                          "Basic Ym9iOnM6Y3JldA==")]  # bob:s:cret
         local = OpenAICompatChatModel(model="m", base_url="http://127.0.0.1:9/v1", api_key="k",
                                       max_retries=0)
         with pytest.raises(BackendError, match="unreachable"):  # straight to port 9, no proxy
             local.complete(MESSAGES)
-        assert len(seen) == 1
+        assert len(proxy.requests) == 1
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        proxy.stop()

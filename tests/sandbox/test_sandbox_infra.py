@@ -6,12 +6,11 @@ The executor here is the real OpenAI-compatible backend against a local HTTP ser
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_openai import FakeOpenAIEndpoint, chat_completion
 
 from models.openai_compat import OpenAICompatChatModel
 from w4s.sandbox import Harness, MemoryCallCache, SandboxSettings
@@ -27,7 +26,7 @@ def solver(agent, task):
 SETTINGS = SandboxSettings(concurrency=2, item_timeout_s=10.0)
 
 
-class ChatServer:
+class ChatServer(FakeOpenAIEndpoint):
     """/v1/chat/completions on 127.0.0.1, one connection per request (no keep-alive).
 
     mode "ok": echoes what follows "ECHO: "; after `stop_after` answers it stops listening
@@ -39,69 +38,26 @@ class ChatServer:
                  status: int = 200) -> None:
         self.mode, self.stop_after, self.status = mode, stop_after, status
         self.answered = 0
-        self.requests = 0
         self.release = threading.Event()
         self._lock = threading.Lock()
-        server = self
+        super().__init__(self.serve)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"  # the connection closes after every reply
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.serve(self, body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda *args: None
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,),
-                                        daemon=True)
-        self._thread.start()
-        self._stopped = False
-
-    def serve(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+    def serve(self, body: dict) -> tuple[int, dict] | None:
         with self._lock:
-            self.requests += 1
             stopping = self.stop_after is not None and self.answered >= self.stop_after
             if not stopping and self.mode == "ok":
                 self.answered += 1
         if stopping:
             threading.Thread(target=self.stop, daemon=True).start()
-            handler.close_connection = True
-            return  # dropped without a reply, as a server going down does
+            return None  # dropped without a reply, as a server going down does
         if self.mode == "hang":
             self.release.wait(30)
-            return
+            return None
         if self.mode == "status":
-            self._send(handler, self.status, {"error": {"message": "prompt is too long"}})
-            return
+            return self.status, {"error": {"message": "prompt is too long"}}
         text = body["messages"][-1]["content"].removeprefix("ECHO: ")
-        self._send(handler, 200, {
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
-        })
-
-    @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        self.httpd.shutdown()
-        self.httpd.server_close()  # from now on: connection refused
+        return 200, chat_completion(body, [text], usage={"prompt_tokens": 3,
+                                                         "completion_tokens": 1})
 
     def executor(self, **options: object) -> OpenAICompatChatModel:
         kwargs = {"max_retries": 1, "timeout_s": 30.0, "backoff_s": 0.01, "max_backoff_s": 0.02}
