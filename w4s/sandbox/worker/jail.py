@@ -15,6 +15,7 @@ import sys
 
 from .landlock import landlock_abi, landlock_restrict, landlock_ruleset
 from .libc import (
+    MNT_DETACH,
     MS_BIND,
     MS_MOVE,
     MS_NODEV,
@@ -24,7 +25,7 @@ from .libc import (
     PR_SET_PDEATHSIG,
     get_libc,
 )
-from .readable import readable_paths
+from .readable import interpreter_paths, readable_paths, within
 
 
 def _import_dirs() -> set[str]:
@@ -95,12 +96,31 @@ class Jail:
 
     @staticmethod
     def _mount_private_tmp() -> bool:
-        """A fresh size-capped tmpfs on /tmp: only possible inside our own mount namespace."""
+        """A fresh size-capped tmpfs on /tmp: only possible inside our own mount namespace.
+
+        Interpreter folders under /tmp (a virtualenv in a checkout there, as a CI clone may
+        be) are bound back at their own paths, or jobs could not import from them; if that
+        fails, /tmp stays shared rather than break imports.
+        """
         libc = get_libc()
         if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
             return False
-        return libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
-                          b"size=512m,mode=1777") == 0
+        keep = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY))
+                for p in interpreter_paths() if within(p, "/tmp")]
+        try:
+            if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
+                          b"size=512m,mode=1777") != 0:
+                return False
+            for path, fd in keep:
+                os.makedirs(path, mode=0o755, exist_ok=True)
+                if libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None,
+                              MS_BIND | MS_REC, None) != 0:
+                    libc.umount2(b"/tmp", MNT_DETACH)
+                    return False
+            return True
+        finally:
+            for _, fd in keep:
+                os.close(fd)
 
     def _expose_interpreter(self) -> list[str]:
         """Let the dropped uid import from an interpreter installed under a private dir.

@@ -7,6 +7,7 @@ import ctypes.util
 
 PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG = 38, 1
 MS_NOSUID, MS_NODEV, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 2, 4, 4096, 8192, 16384, 1 << 18
+MNT_DETACH = 2  # umount2: detach now, free once unused
 
 _libc = None
 

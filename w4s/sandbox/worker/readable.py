@@ -21,7 +21,7 @@ SYSTEM_DATA = ("/etc/localtime", "/usr/share/zoneinfo", "/dev/zero", "/dev/rando
                "/dev/urandom", "/sys/devices/system/cpu")
 
 
-def _within(path: str, root: str) -> bool:
+def within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -45,9 +45,9 @@ def interpreter_paths() -> list[str]:
         if not entry:
             continue
         real = os.path.realpath(entry)
-        if not os.path.exists(real) or not any(_within(real, p) for p in prefixes):
+        if not os.path.exists(real) or not any(within(real, p) for p in prefixes):
             continue
-        if project is not None and _within(project, real):
+        if project is not None and within(project, real):
             continue  # it would expose the checkout (e.g. a venv's prefix above it)
         paths.add(real)
     return sorted(paths)
@@ -60,4 +60,4 @@ def readable_paths(*, own_proc: bool) -> list[str]:
     if own_proc:
         paths.append("/proc")
     paths = [p for p in paths if os.path.exists(p)]
-    return [p for p in paths if not any(q != p and _within(p, q) for q in paths)]
+    return [p for p in paths if not any(q != p and within(p, q) for q in paths)]
