@@ -42,3 +42,13 @@ def test_first_command_on_a_fresh_prefect_home_completes(tmp_path: Path) -> None
     assert (tmp_path / "prefect-home" / "prefect.db").is_file()
     summary = json.loads((tmp_path / "runs" / "first" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["test_accuracy"] == 1.0
+
+
+def test_w4s_info_messages_are_shown_after_any_command(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from flows.cli import main
+
+    assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    logging.getLogger("models.embedded").info("dequantizing the embedded model once")
+    assert "dequantizing the embedded model once" in caplog.text  # INFO, not only WARNING
