@@ -1,0 +1,53 @@
+"""`w4s dataset`: build an RLAO training set from run trajectories (no Prefect, no model)."""
+
+from __future__ import annotations
+
+import argparse
+
+from w4s.reward import TAU
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the `dataset` subcommand; the lead wires it into flows/cli.py."""
+    p = subparsers.add_parser(
+        "dataset", help="trajectory rows -> a reward-weighted Parquet dataset (TRL layout)",
+        description="Select meta-agent actions from runs' trajectories with DuckDB and write "
+                    "prompt/completion/weight Parquet plus a JSON card beside it. "
+                    "budget_exceeded and infra_error rows are never included.")
+    p.add_argument("--runs-dir", help="the runs folder (default: $W4S_HOME/runs)")
+    p.add_argument("--out", required=True, help="the dataset file, e.g. data/rlao.parquet")
+    p.add_argument("--run", action="append", default=[], metavar="RUN_ID",
+                   help="only this run (repeatable; default: every run)")
+    p.add_argument("--benchmark", action="append", default=[],
+                   help="only this benchmark, as stored, with or without ' (synthetic)' "
+                        "(repeatable)")
+    p.add_argument("--since", help="created_at >= this ISO date/time (UTC if no offset)")
+    p.add_argument("--until", help="created_at < this ISO date/time (UTC if no offset)")
+    p.add_argument("--min-reward", type=float, help="reward >= this")
+    p.add_argument("--max-reward", type=float, help="reward <= this")
+    p.add_argument("--status", action="append", default=[], metavar="STATUS",
+                   help="only this status: ok, or skipped with --include-skipped (repeatable)")
+    p.add_argument("--include-skipped", action="store_true",
+                   help="also candidates that failed their self-check after the repairs")
+    p.add_argument("--sft", action="store_true", help="every weight 1.0 (the SFT ablation)")
+    p.add_argument("--tau", type=float, default=TAU,
+                   help=f"weight = exp(reward / tau) (default: {TAU})")
+    p.set_defaults(func=cmd_dataset)
+    return p
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    """Build the dataset; print one summary line and the card's path. Errors: W4SError."""
+    from storage.dataset import DatasetQuery, build_dataset
+    from w4s.paths import runs_dir
+
+    query = DatasetQuery(
+        runs=tuple(args.run), benchmarks=tuple(args.benchmark), since=args.since,
+        until=args.until, min_reward=args.min_reward, max_reward=args.max_reward,
+        statuses=tuple(args.status), include_skipped=args.include_skipped,
+        tau=args.tau, sft=args.sft,
+    )
+    result = build_dataset(runs_dir(args.runs_dir), args.out, query)
+    print(result.summary_line())
+    print(f"card: {result.card_path}")
+    return 0

@@ -1,0 +1,274 @@
+"""RLAO datasets: trajectory rows -> a reward-weighted Parquet file in TRL's layout.
+
+Everything is DuckDB SQL over the runs' trajectory Parquet files, so a dataset is exactly
+what its query says and the card can account for every row it left out.
+
+Sample construction follows the paper: for turn i and candidate j the prompt is the
+conversation of the best actions and their feedback up to turn i-1 and the completion is
+candidate (i, j)'s reply. That conversation is the row's stored state (`prompt_json`, the
+messages the candidate was sampled from: `State.messages()`, whose user message carries the
+chosen workflows and their feedback), so it is taken as stored, never rebuilt. A skipped
+candidate's reply is its last repair attempt's, the prompt its original state.
+
+One optimization run is one episode (a multi-turn trajectory from a seed state), so
+`episode` is the run id until collection runs several episodes per run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from storage.run_store import atomic_write
+from w4s.errors import W4SError
+from w4s.reward import TAU
+
+STATUSES = ("ok", "skipped", "budget_exceeded", "infra_error")
+# budget_exceeded / infra_error rows have no reward: nothing the meta-agent did explains
+# them, so no option can include them.
+NEVER_TRAINED = ("budget_exceeded", "infra_error")
+MESSAGES_TYPE = '[{"role":"VARCHAR","content":"VARCHAR"}]'
+
+_message = pa.struct([("role", pa.string()), ("content", pa.string())])
+DATASET_SCHEMA = pa.schema([
+    ("prompt", pa.list_(_message)),
+    ("completion", pa.list_(_message)),
+    ("weight", pa.float64()),
+    ("reward", pa.float64()),
+    ("run_id", pa.string()),
+    ("episode", pa.string()),
+    ("turn", pa.int32()),
+    ("candidate", pa.int32()),
+    ("benchmark", pa.string()),
+])
+"""The output columns (TRL's conversational prompt-completion layout plus provenance)."""
+
+
+@dataclass(frozen=True)
+class DatasetQuery:
+    """Which trajectory rows become samples, and how they are weighted.
+
+    `runs`: run ids (all runs under the runs dir when empty). `benchmarks`: a row's stored
+    benchmark name, with or without its " (synthetic)" label. `since` <= created_at < `until`
+    (ISO 8601; a time without an offset is UTC; half-open so consecutive ranges never
+    overlap). `min_reward` <= reward <= `max_reward`. `statuses`: narrow to these (of ok,
+    and skipped when `include_skipped`). `sft`: every weight 1 (the paper's ablation).
+    """
+
+    runs: tuple[str, ...] = ()
+    benchmarks: tuple[str, ...] = ()
+    since: str | None = None
+    until: str | None = None
+    min_reward: float | None = None
+    max_reward: float | None = None
+    statuses: tuple[str, ...] = ()
+    include_skipped: bool = False
+    tau: float = TAU
+    sft: bool = False
+
+
+@dataclass
+class DatasetResult:
+    """What `build_dataset` wrote: the Parquet path, its card path and the card itself."""
+
+    path: Path
+    card_path: Path
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.card["counts"]["included"]
+
+    def summary_line(self) -> str:
+        w, tau = self.card["weights"], self.card["tau"]
+        how = "sft" if self.card["sft"] else f"tau {tau:g}"
+        return f"{self.rows} rows, weights {w['min']:.4g}..{w['max']:.4g} ({how}), {self.path}"
+
+
+def _utc(name: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise W4SError(f"`{name}` is not an ISO 8601 date or time: {value!r}") from None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+
+
+def _check(q: DatasetQuery) -> tuple[datetime | None, datetime | None, tuple[str, ...]]:
+    """Validate a query; returns (since, until, allowed statuses)."""
+    if not q.tau > 0:
+        raise W4SError(f"`tau` must be > 0, but received {q.tau!r}")
+    unknown = [s for s in q.statuses if s not in STATUSES]
+    if unknown:
+        raise W4SError(f"`status` {unknown[0]!r} is unknown; choose from: {', '.join(STATUSES)}")
+    never = [s for s in q.statuses if s in NEVER_TRAINED]
+    if never:
+        raise W4SError(f"`status` {never[0]!r} rows have no reward and are never in a dataset")
+    if "skipped" in q.statuses and not q.include_skipped:
+        raise W4SError("`status` 'skipped' needs include_skipped (--include-skipped)")
+    if q.min_reward is not None and q.max_reward is not None and q.min_reward > q.max_reward:
+        raise W4SError(f"`min_reward` {q.min_reward} is above `max_reward` {q.max_reward}")
+    since, until = _utc("since", q.since), _utc("until", q.until)
+    if since is not None and until is not None and since >= until:
+        raise W4SError(f"`since` {q.since!r} is not before `until` {q.until!r}")
+    allowed = ("ok", "skipped") if q.include_skipped else ("ok",)
+    return since, until, tuple(q.statuses) or allowed
+
+
+def trajectory_files(runs_dir: Path, runs: tuple[str, ...] = ()) -> list[str]:
+    """The trajectory Parquet files of the chosen runs (every run when `runs` is empty)."""
+    if not runs_dir.is_dir():
+        raise W4SError(f"`runs_dir` {str(runs_dir)!r} does not exist")
+    if not runs:
+        files = sorted(runs_dir.glob("*/trajectories/iter-*.parquet"))
+        if not files:
+            raise W4SError(f"`runs_dir` {str(runs_dir)!r} holds no trajectory rows")
+        return [str(p) for p in files]
+    out = []
+    for run in dict.fromkeys(runs):
+        files = sorted((runs_dir / run / "trajectories").glob("iter-*.parquet"))
+        if not files:
+            raise W4SError(f"`run` {run!r} has no trajectory rows under {str(runs_dir)!r}")
+        out += [str(p) for p in files]
+    return out
+
+
+# Each row gets the first reason that excludes it (NULL: included); the card counts them.
+_REASONED = """
+CREATE TEMP TABLE reasoned AS
+SELECT *, CASE
+    WHEN kind IS DISTINCT FROM 'action' THEN 'seed'
+    WHEN status IN ('budget_exceeded', 'infra_error') THEN status
+    WHEN status IS NULL OR status NOT IN ('ok', 'skipped') THEN 'unfinished'
+    WHEN len(CAST($benchmarks AS VARCHAR[])) > 0
+         AND NOT list_contains(CAST($benchmarks AS VARCHAR[]), benchmark)
+         AND NOT list_contains(CAST($benchmarks AS VARCHAR[]),
+                               regexp_replace(benchmark, ' \\(synthetic\\)$', ''))
+         THEN 'benchmark'
+    WHEN CAST($since AS TIMESTAMPTZ) IS NOT NULL
+         AND coalesce(TRY_CAST(created_at AS TIMESTAMPTZ) < CAST($since AS TIMESTAMPTZ), true)
+         THEN 'date'
+    WHEN CAST($until AS TIMESTAMPTZ) IS NOT NULL
+         AND coalesce(TRY_CAST(created_at AS TIMESTAMPTZ) >= CAST($until AS TIMESTAMPTZ), true)
+         THEN 'date'
+    WHEN status = 'skipped' AND NOT $include_skipped THEN 'skipped'
+    WHEN NOT list_contains(CAST($statuses AS VARCHAR[]), status) THEN 'status'
+    WHEN reward IS NULL THEN 'no_reward'
+    WHEN reply IS NULL OR coalesce(json_type(TRY_CAST(prompt_json AS JSON)), '') <> 'ARRAY'
+         THEN 'bad_text'
+    WHEN reward < CAST($min_reward AS DOUBLE) OR reward > CAST($max_reward AS DOUBLE)
+         THEN 'reward'
+END AS excluded
+FROM read_parquet($files, union_by_name = true)
+"""
+
+_SAMPLES = f"""
+SELECT from_json(prompt_json, '{MESSAGES_TYPE}') AS prompt,
+       [{{'role': 'assistant', 'content': reply}}] AS completion,
+       CAST(CASE WHEN $sft THEN 1.0 ELSE exp(reward / $tau) END AS DOUBLE) AS weight,
+       CAST(reward AS DOUBLE) AS reward,
+       run_id, run_id AS episode, CAST(iteration AS INTEGER) AS turn,
+       CAST(candidate AS INTEGER) AS candidate, benchmark
+FROM reasoned WHERE excluded IS NULL
+ORDER BY run_id, turn, candidate
+"""
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> list[tuple]:
+    return con.execute(sql, params or {}).fetchall()
+
+
+def build_dataset(runs_dir: str | Path, out: str | Path,
+                  query: DatasetQuery | None = None) -> DatasetResult:
+    """Select trajectory rows by `query`, write them as one RLAO Parquet file plus its card.
+
+    Every input error is one W4SError raised before anything is written. The Parquet file
+    and the card (`<name>.card.json` beside it) are each written atomically.
+    """
+    q = query or DatasetQuery()
+    since, until, statuses = _check(q)
+    runs_dir, out = Path(runs_dir), Path(out)
+    files = trajectory_files(runs_dir, q.runs)
+    params = {
+        "files": files, "benchmarks": list(q.benchmarks),
+        "since": since and since.isoformat(), "until": until and until.isoformat(),
+        "include_skipped": q.include_skipped, "statuses": list(statuses),
+        "min_reward": q.min_reward, "max_reward": q.max_reward,
+    }
+    with duckdb.connect() as con:
+        try:
+            con.execute(_REASONED, params)
+        except duckdb.Error as e:
+            raise W4SError(f"`runs_dir`: cannot read the trajectory rows: "
+                           f"{str(e).splitlines()[0]}") from e
+        considered = _rows(con, "SELECT count(*) FROM reasoned")[0][0]
+        if considered == 0:
+            raise W4SError(f"`runs_dir` {str(runs_dir)!r} holds no trajectory rows")
+        excluded = dict(_rows(con, "SELECT excluded, count(*) FROM reasoned "
+                                  "WHERE excluded IS NOT NULL GROUP BY 1 ORDER BY 1"))
+        included = considered - sum(excluded.values())
+        if included == 0:
+            why = ", ".join(f"{k} {v}" for k, v in excluded.items())
+            raise W4SError(f"the selection is empty: {considered} rows considered, "
+                           f"all excluded ({why})")
+        hist = _rows(con, "SELECT reward, count(*) FROM reasoned WHERE excluded IS NULL "
+                         "GROUP BY 1 ORDER BY 1")
+        sources = _rows(con, """
+            SELECT run_id, any_value(benchmark), any_value(meta_model),
+                   any_value(config_hash), count(*)
+            FROM reasoned WHERE excluded IS NULL GROUP BY 1 ORDER BY 1""")
+        sample_params = {"sft": q.sft, "tau": float(q.tau)}
+        wmin, wmax = _rows(con, f"SELECT min(weight), max(weight) FROM ({_SAMPLES})",
+                          sample_params)[0]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".parquet")
+        os.close(fd)
+        try:
+            con.execute(f"COPY ({_SAMPLES}) TO '{tmp.replace(chr(39), chr(39) * 2)}' "
+                        "(FORMAT parquet)", sample_params)
+            digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+            os.replace(tmp, out)
+        except BaseException as e:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, duckdb.Error):
+                raise W4SError(f"`out`: cannot write {str(out)!r}: "
+                               f"{str(e).splitlines()[0]}") from e
+            raise
+    card = {
+        "dataset": out.name,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sha256": digest,
+        "query": {**asdict(q), "runs": list(q.runs), "benchmarks": list(q.benchmarks),
+                  "runs_dir": str(runs_dir), "statuses": list(statuses),
+                  "since": params["since"], "until": params["until"]},
+        "sql": " ".join((_REASONED + ";" + _SAMPLES).split()),
+        "tau": q.tau, "sft": q.sft,
+        "weight": "1.0 (sft)" if q.sft else f"exp(reward / {q.tau:g})",
+        "episode": "the run id: one optimization run is one episode",
+        "source_runs": [{"run_id": r, "benchmark": b, "meta_model": m, "config_hash": h,
+                         "rows": n} for r, b, m, h, n in sources],
+        "counts": {"considered": considered, "included": included, "excluded": excluded},
+        "reward_histogram": {repr(float(r)): n for r, n in hist},
+        "weights": {"min": wmin, "max": wmax},
+        "schema": {f.name: str(f.type) for f in DATASET_SCHEMA},
+    }
+    card_path = card_path_for(out)
+    atomic_write(card_path, json.dumps(card, indent=1, ensure_ascii=False))
+    return DatasetResult(out, card_path, card)
+
+
+def card_path_for(dataset: str | Path) -> Path:
+    """`D.parquet` -> `D.card.json`, beside it."""
+    p = Path(dataset)
+    return p.with_name(p.stem + ".card.json") if p.suffix == ".parquet" else \
+        p.with_name(p.name + ".card.json")
