@@ -12,6 +12,7 @@ from prefect.futures import wait
 from flows.prefect_setup import route_w4s_logs
 from storage.query import iteration_table
 from storage.run_store import RunStore, group_run_ids, new_run_id
+from tasks import runtime
 from tasks.execute import evaluate_test, execute, seed
 from tasks.generate import generate
 from tasks.log_trajectory import log_trajectory
@@ -59,6 +60,11 @@ def optimize(config: OptimizeConfig, run_id: str | None = None,
         logger.warning("%s", e)
         status = "budget exceeded"
         _log_partial(run_dir, done + 1)
+    except KeyboardInterrupt:
+        # the process is going down: stop the sandbox workers now, or Prefect's task runner
+        # waits for the stages still running (up to an item's timeout) before it exits
+        runtime.stop_all()
+        raise
     summary = evaluate_test(run_dir, done, status)
     _publish(run_dir, summary)
     return summary

@@ -21,7 +21,7 @@ from storage.run_store import RunStore
 from w4s.benchmarks import Benchmark, Item, get_benchmark
 from w4s.config import OptimizeConfig
 from w4s.cost import Meter, PriceTable, Spend
-from w4s.errors import ConfigError
+from w4s.errors import ConfigError, InfrastructureError
 from w4s.protocols import ChatModel
 from w4s.sandbox import Harness, SandboxSettings
 
@@ -59,6 +59,8 @@ def harness(cfg: OptimizeConfig) -> Harness:
         default_cache_path() if cfg.use_cache else None,
     )))
     with _lock:
+        if _stopping.is_set():
+            raise InfrastructureError("w4s is shutting down: no new sandbox workers")
         if key not in _harnesses:
             model = executor(cfg)
             _harnesses[key] = Harness(
@@ -130,6 +132,20 @@ def run_spend(run_dir: str | Path) -> Spend:
     """Everything the run's executor calls have cost so far, over every process."""
     spend = _run_spend(run_dir)
     return spend.before + spend.meter.totals
+
+
+_stopping = threading.Event()
+
+
+def stop_all() -> None:
+    """Ctrl-C: stop every worker pool now and start no new one. Items still running are
+    lost to infrastructure (never scored), and their stages are not retried."""
+    _stopping.set()
+    close_all()
+
+
+def stopping() -> bool:
+    return _stopping.is_set()
 
 
 @atexit.register

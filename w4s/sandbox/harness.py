@@ -215,6 +215,8 @@ class Harness:
                 log.exception("sandbox: item %s failed inside the harness", item.id)
                 raw, answer, error = None, None, f"internal harness error: {type(e).__name__}: {e}"
                 run.lose(error)
+            if self._closed:  # its worker was killed under it (shutdown, Ctrl-C): not judged
+                run.lose("interrupted: the harness was closed while the item ran")
             if run.budget_hit:  # a refused call leaves the item unjudged, even if it answered
                 error = BUDGET_ERROR
             infra = run.infra_error
