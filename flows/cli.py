@@ -426,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id or run folder")
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_show)
+
+    from flows import dataset_cmd
+
+    dataset_cmd.add_parser(sub)  # RLAO: trajectory rows -> a reward-weighted dataset
     return parser
 
 

@@ -238,3 +238,12 @@ def test_evaluate_table_cuts_long_answers_and_keeps_the_exception_line(capsys):
     assert row_b.endswith("ERROR ValueError: boom")
     assert any(ln.startswith("lost:       1 items") for ln in lines)
     assert next(ln for ln in lines if ln.startswith("c ")).endswith("LOST executor unreachable")
+
+
+def test_dataset_is_a_subcommand_with_one_line_errors(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["dataset", "--out", str(tmp_path / "d.parquet"), "--runs-dir",
+                 str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("w4s: error:") and "does not exist" in err and len(err.splitlines()) == 1
