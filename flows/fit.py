@@ -1,0 +1,289 @@
+"""`w4s fit` and `w4s adapters`: fit a LoRA adapter on a reward-weighted dataset, register it.
+
+`fit_adapter` checks every input (dataset, base, hyperparameters) before loading a model,
+so a bad input costs a one-line error, not a model load. The work itself is in models/rlao.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from models.rlao import RLAOConfig
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+
+
+@dataclass
+class FitResult:
+    out: Path
+    metrics: dict[str, Any]
+    adapter_id: str | None  # None when not registered
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_base(base: str) -> tuple[Path, str]:
+    """(local folder, base model id): `embedded` is SmolLM2-135M-Instruct's cached folder."""
+    from w4s.errors import ConfigError
+
+    if base == EMBEDDED:
+        from models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path, ensure_embedded_folder
+
+        embedded_gguf_path()  # a one-line error if the package is missing, before anything
+        return ensure_embedded_folder(), EMBEDDED_MODEL_ID
+    folder = Path(base).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"`base` {base!r} is neither `embedded` nor a local Hugging Face model "
+            "folder (no config.json there)"
+        )
+    return folder.resolve(), str(folder.resolve())
+
+
+def fit_adapter(
+    dataset: str | Path,
+    base: str,
+    out: str | Path,
+    *,
+    epochs: int = 1,
+    max_steps: int | None = None,
+    lr: float = 1e-4,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    batch_tokens: int = 4096,
+    grad_accum: int = 1,
+    max_seq_len: int = 2048,
+    seed: int = 0,
+    checkpoint_every: int = 50,
+    register: bool = True,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+) -> FitResult:
+    """Fit, write `out` (a PEFT adapter folder + metrics.json), register it; rerunning with the
+    same `out` resumes from its last checkpoint."""
+    from models import rlao
+    from w4s.errors import ConfigError
+
+    started = time.perf_counter()
+    config = RLAOConfig(
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=tuple(target_modules),
+        batch_tokens=batch_tokens,
+        grad_accum=grad_accum,
+        max_seq_len=max_seq_len,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+    )
+    dataset = Path(dataset)
+    rows = rlao.read_dataset(dataset)  # every dataset check, before the model loads
+    folder, base_id = resolve_base(base)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"`out` {str(out)!r} exists and is not a folder")
+    sha = file_sha256(dataset)
+    device, dtype = rlao.pick_device()
+    model, tokenizer = rlao.load_base(folder, device=device, dtype=dtype)
+    samples, stats = rlao.tokenize_rows(tokenizer, rows, config.max_seq_len)
+    if not samples:
+        raise ConfigError(
+            f"`max_seq_len` {config.max_seq_len}: every completion is longer, "
+            f"so all {stats.dropped_too_long} samples were dropped"
+        )
+    if not any(s.weight > 0 for s in samples):
+        raise ConfigError("every sample left after dropping long completions has weight zero")
+    model = rlao.add_lora(model, config)
+    fingerprint = rlao.resume_fingerprint(config, {"dataset_sha256": sha, "base_model": base_id})
+    out.mkdir(parents=True, exist_ok=True)
+    state, resumed_from = rlao.train(model, samples, config, out, fingerprint, on_step=on_step)
+    model.save_pretrained(out)
+    import peft
+    import torch
+    import transformers
+
+    metrics = {
+        "base_model": base_id,
+        "base_path": str(folder),
+        "dataset": str(dataset.resolve()),
+        "dataset_sha256": sha,
+        "hyperparameters": {**asdict(config), "target_modules": list(config.target_modules)},
+        "loss_curve": [{"step": i + 1, "loss": loss} for i, loss in enumerate(state.losses)],
+        "steps": state.step,
+        "resumed_from_step": resumed_from,
+        "rows": len(rows),
+        "samples": stats.samples,
+        "samples_dropped": stats.dropped_too_long,
+        "samples_truncated": stats.truncated,
+        "template_fallback": stats.template_fallback,
+        "tokens_total": stats.tokens,
+        "tokens_completion": stats.completion_tokens,
+        "tokens_trained": state.tokens,
+        "tokens_per_s": state.tokens / state.train_seconds if state.train_seconds else None,
+        "train_seconds": state.train_seconds,
+        "seconds": time.perf_counter() - started,
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    adapter_id = None
+    if register:
+        from storage.adapters import register as register_adapter
+
+        summary = {
+            k: metrics[k] for k in ("steps", "samples", "tokens_total", "tokens_per_s", "seconds")
+        }
+        summary["final_loss"] = state.losses[-1] if state.losses else None
+        adapter_id = register_adapter(
+            out,
+            base_model=base_id,
+            dataset_sha256=sha,
+            hyperparameters=metrics["hyperparameters"],
+            metrics=summary,
+            dataset=metrics["dataset"],
+        ).id
+    return FitResult(out=out, metrics=metrics, adapter_id=adapter_id)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _stderr_progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:
+    print(
+        f"step {step}/{total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    result = fit_adapter(
+        args.dataset,
+        args.base,
+        args.out,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        lr=args.lr,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=[t.strip() for t in args.target_modules.split(",") if t.strip()],
+        batch_tokens=args.batch_tokens,
+        grad_accum=args.grad_accum,
+        max_seq_len=args.max_seq_len,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        on_step=_stderr_progress,
+    )
+    m = result.metrics
+    last = m["loss_curve"][-1]["loss"] if m["loss_curve"] else float("nan")
+    print(
+        f"fitted {result.adapter_id or result.out}: {m['steps']} steps, {m['samples']} samples "
+        f"({m['samples_dropped']} dropped), {m['tokens_total']} tokens, final loss {last:.4f}, "
+        f"{m['tokens_per_s'] or 0:,.0f} tok/s, {m['seconds']:.1f}s -> {result.out}"
+    )
+    return 0
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    from storage.adapters import list_adapters
+
+    records = list_adapters()
+    if args.json:
+        print(json.dumps([asdict(r) for r in records], indent=2))
+        return 0
+    if not records:
+        print("no adapters registered; fit one with `w4s fit`")
+        return 0
+    for r in records:
+        loss = r.metrics.get("final_loss")
+        print(
+            f"{r.id}  {r.created_at[:19]}  base={r.base_model}  steps={r.metrics.get('steps')}  "
+            f"loss={loss if loss is None else f'{loss:.4f}'}  {r.path}"
+        )
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Adds the `fit` and `adapters` subcommands to the `w4s` parser."""
+    d = RLAOConfig()
+    p = subparsers.add_parser("fit", help="fit a LoRA adapter on a reward-weighted dataset")
+    p.add_argument("--dataset", required=True, help="a prompt-completion Parquet file")
+    p.add_argument(
+        "--base",
+        default=EMBEDDED,
+        help="`embedded` (SmolLM2-135M-Instruct, default) or a local Hugging Face folder",
+    )
+    p.add_argument("--out", required=True, help="the adapter folder (rerun to resume)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)"
+    )
+    p.add_argument("--lr", type=float, default=d.lr, help=f"default {d.lr}")
+    p.add_argument("--lora-r", type=int, default=d.lora_r, help=f"default {d.lora_r}")
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help=f"default {d.lora_alpha}")
+    p.add_argument(
+        "--lora-dropout", type=float, default=d.lora_dropout, help=f"default {d.lora_dropout}"
+    )
+    p.add_argument(
+        "--target-modules",
+        default=",".join(d.target_modules),
+        help=f"comma-separated, default {','.join(d.target_modules)}",
+    )
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=d.batch_tokens,
+        help=f"tokens per packed row, default {d.batch_tokens}",
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=d.grad_accum,
+        help=f"packed rows per optimizer step, default {d.grad_accum}",
+    )
+    p.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=d.max_seq_len,
+        help=f"default {d.max_seq_len}; longer prompts are cut from the left",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        help=f"optimizer steps, default {d.checkpoint_every}; 0 = none",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    p.set_defaults(func=cmd_fit)
+
+    p = subparsers.add_parser("adapters", help="list the fitted adapters")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.set_defaults(func=cmd_adapters)

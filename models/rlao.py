@@ -1,0 +1,563 @@
+"""RLAO trainer: reward-weighted regression of the meta-agent with a LoRA adapter.
+
+The loss is the mean over samples of `weight_i * mean token cross-entropy over sample i's
+completion tokens`. It is divided by the number of samples in the optimizer step, not by the
+sum of their weights, as the paper and the authors' code do: so a weight of 12.18 scales that
+sample's step 12.18 times, and the weights' scale acts on the effective learning rate.
+
+Three faults of the authors' code are avoided on purpose (shared/reference/rlao-facts.md):
+- prompt tokens are masked and stay masked (their collator rebuilt labels from input_ids);
+- samples are packed into rows up to a token budget with restarting `position_ids` and no
+  attention mask, never padded to a fixed length;
+- one forward pass runs per packed row, not per sample.
+`use_cache=False` is required: with a cache, transformers skips packing detection and logits
+leak across samples. The LM head runs only on the positions that predict completion tokens,
+since the logits of a 49k vocabulary dominate the memory of a small model.
+
+torch, transformers and peft are imported inside functions: importing w4s stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from w4s.errors import ConfigError, one_line
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+REQUIRED_COLUMNS = ("prompt", "completion", "weight")
+_CHECKPOINTS = "checkpoints"
+_KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class RLAOConfig:
+    """Hyperparameters of one fit; saved in metrics.json and in every checkpoint."""
+
+    epochs: int = 1  # passes over the samples (ignored when max_steps asks for more)
+    max_steps: int | None = None  # optimizer steps; None = epochs x steps per epoch
+    lr: float = 1e-4  # AdamW, constant
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0  # None disables clipping
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    batch_tokens: int = 4096  # token budget of one packed row (a sample longer goes alone)
+    grad_accum: int = 1  # packed rows per optimizer step
+    max_seq_len: int = 2048  # longer samples lose prompt tokens from the left
+    seed: int = 0
+    checkpoint_every: int = 50  # optimizer steps; 0 disables checkpoints
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        positive = ("epochs", "lora_r", "lora_alpha", "batch_tokens", "grad_accum", "max_seq_len")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"`{name}` must be a positive integer, but received {value!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"`max_steps` must be positive or None, received {self.max_steps!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"`lr` must be positive, but received {self.lr!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"`lora_dropout` must be in [0, 1), received {self.lora_dropout!r}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"`checkpoint_every` must be >= 0, received {self.checkpoint_every!r}"
+            )
+        if not self.target_modules:
+            raise ConfigError("`target_modules` is empty: name at least one, e.g. q_proj,v_proj")
+
+
+@dataclass
+class Sample:
+    """One tokenized sample: labels are IGNORE on the prompt, the token ids on the completion."""
+
+    input_ids: list[int]
+    labels: list[int]
+    weight: float
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+@dataclass
+class TokenizeStats:
+    samples: int = 0
+    dropped_too_long: int = 0  # the completion alone exceeds max_seq_len
+    truncated: int = 0  # prompt tokens cut from the left
+    template_fallback: int = 0  # the prompt was not a prefix of the full conversation
+    tokens: int = 0
+    completion_tokens: int = 0
+
+
+# ------------------------------------------------------------------------- dataset
+
+
+def read_dataset(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a prompt-completion Parquet file, checked before any model is loaded:
+    missing file or columns, no rows, negative/non-finite weights or all weights zero."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"`dataset` {str(path)!r} does not exist")
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise ConfigError(f"`dataset` {str(path)!r} is not a Parquet file: {one_line(e)}") from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise ConfigError(
+            f"`dataset` {path.name!r} lacks column(s) {', '.join(missing)}; a fit needs "
+            f"{', '.join(REQUIRED_COLUMNS)} (the prompt-completion layout `w4s dataset` writes)"
+        )
+    rows = pq.read_table(path, columns=list(REQUIRED_COLUMNS)).to_pylist()
+    if not rows:
+        raise ConfigError(f"`dataset` {path.name!r} has no rows: nothing to fit")
+    weights = [r["weight"] for r in rows]
+    bad = [w for w in weights if w is None or not math.isfinite(w) or w < 0]
+    if bad:
+        raise ConfigError(
+            f"`dataset` {path.name!r}: weights must be finite and >= 0, received {bad[0]!r} "
+            f"({len(bad)} row(s))"
+        )
+    if not any(w > 0 for w in weights):
+        raise ConfigError(f"`dataset` {path.name!r}: every weight is zero, so the loss is zero")
+    for i, r in enumerate(rows):
+        if not r["prompt"] or not r["completion"]:
+            raise ConfigError(f"`dataset` {path.name!r} row {i}: empty `prompt` or `completion`")
+    return rows
+
+
+def _encode_chat(
+    tokenizer: Any, messages: list[dict], *, generation_prompt: bool
+) -> tuple[str, list[int]]:
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt
+    )
+    return text, tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_sample(
+    tokenizer: Any,
+    prompt: list[dict],
+    completion: list[dict],
+    weight: float,
+    max_seq_len: int,
+    stats: TokenizeStats | None = None,
+) -> Sample | None:
+    """Render with the chat template; mask the prompt; cut the prompt from the left if too
+    long. None when the completion alone does not fit in max_seq_len (counted in stats)."""
+    stats = stats if stats is not None else TokenizeStats()
+    prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
+    completion = [{"role": m["role"], "content": m["content"]} for m in completion]
+    prompt_text, prompt_ids = _encode_chat(tokenizer, prompt, generation_prompt=True)
+    full_text, full_ids = _encode_chat(tokenizer, prompt + completion, generation_prompt=False)
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        completion_ids = full_ids[len(prompt_ids) :]
+    elif full_text.startswith(prompt_text):
+        # a tokenizer merged across the boundary: tokenize the completion's text separately
+        # so the mask stays exact
+        if stats.template_fallback == 0:
+            log.warning(
+                "prompt ids are not a prefix of the full conversation's ids; "
+                "tokenizing completions separately"
+            )
+        stats.template_fallback += 1
+        completion_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)[
+            "input_ids"
+        ]
+    else:
+        raise ConfigError(
+            "the tokenizer's chat template does not render the prompt (with the generation "
+            "prompt) as a prefix of prompt + completion, so the completion cannot be masked"
+        )
+    if not completion_ids:
+        raise ConfigError("a completion rendered to no tokens; check the `completion` column")
+    if len(completion_ids) > max_seq_len - 1:  # at least one prompt token must precede it
+        stats.dropped_too_long += 1
+        return None
+    room = max_seq_len - len(completion_ids)
+    if len(prompt_ids) > room:
+        prompt_ids = prompt_ids[-room:]
+        stats.truncated += 1
+    stats.samples += 1
+    stats.tokens += len(prompt_ids) + len(completion_ids)
+    stats.completion_tokens += len(completion_ids)
+    return Sample(
+        input_ids=list(prompt_ids) + list(completion_ids),
+        labels=[IGNORE] * len(prompt_ids) + list(completion_ids),
+        weight=float(weight),
+    )
+
+
+def tokenize_rows(
+    tokenizer: Any, rows: list[dict], max_seq_len: int
+) -> tuple[list[Sample], TokenizeStats]:
+    stats = TokenizeStats()
+    samples = []
+    for r in rows:
+        s = tokenize_sample(
+            tokenizer, r["prompt"], r["completion"], r["weight"], max_seq_len, stats
+        )
+        if s is not None:
+            samples.append(s)
+    return samples, stats
+
+
+# ------------------------------------------------------------------------- batching
+
+
+def pack(
+    lengths: Sequence[int], batch_tokens: int, order: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Greedy rows of sample indices, in `order`, each up to batch_tokens tokens (a longer
+    sample gets a row of its own)."""
+    rows: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i in order if order is not None else range(len(lengths)):
+        if current and used + lengths[i] > batch_tokens:
+            rows.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += lengths[i]
+    if current:
+        rows.append(current)
+    return rows
+
+
+def collate_packed(samples: Sequence[Sample]) -> dict[str, Any]:
+    """One row: ids and labels concatenated, position_ids restarting at 0 per sample, the
+    first label of each sample IGNORE, `sample_index` naming each token's sample. No mask."""
+    import torch
+
+    ids, labels, positions, owner = [], [], [], []
+    for k, s in enumerate(samples):
+        ids += s.input_ids
+        labels += [IGNORE] + s.labels[1:]
+        positions += list(range(len(s.input_ids)))
+        owner += [k] * len(s.input_ids)
+    return {
+        "input_ids": torch.tensor([ids]),
+        "position_ids": torch.tensor([positions]),
+        "labels": torch.tensor([labels]),
+        "sample_index": torch.tensor([owner]),
+        "weights": torch.tensor([s.weight for s in samples], dtype=torch.float32),
+    }
+
+
+def collate_padded(
+    samples: Sequence[Sample], pad_id: int, length: int | None = None
+) -> dict[str, Any]:
+    """The baseline: one sample per row, right-padded to `length` (default: the longest)."""
+    import torch
+
+    length = length or max(len(s.input_ids) for s in samples)
+    n = len(samples)
+    ids = torch.full((n, length), pad_id)
+    labels = torch.full((n, length), IGNORE)
+    mask = torch.zeros((n, length), dtype=torch.long)
+    owner = torch.full((n, length), -1)
+    for k, s in enumerate(samples):
+        m = len(s.input_ids)
+        ids[k, :m] = torch.tensor(s.input_ids)
+        labels[k, :m] = torch.tensor(s.labels)
+        mask[k, :m] = 1
+        owner[k, :m] = k
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "sample_index": owner,
+        "weights": torch.tensor([s.weight for s in samples], dtype=torch.float32),
+    }
+
+
+# ------------------------------------------------------------------------- loss
+
+
+def _weighted_from_token_ce(ce: Any, owner: Any, weights: Any, n_samples: int) -> Any:
+    """sum_i weight_i * mean(ce over sample i's tokens) / n_samples."""
+    import torch
+
+    n = weights.shape[0]
+    sums = torch.zeros(n, dtype=ce.dtype, device=ce.device).index_add(0, owner, ce)
+    counts = torch.zeros(n, dtype=ce.dtype, device=ce.device).index_add(
+        0, owner, torch.ones_like(ce)
+    )
+    per_sample = sums / counts.clamp(min=1)
+    return (weights.to(ce.device, ce.dtype) * per_sample).sum() / n_samples
+
+
+def weighted_loss_from_logits(
+    logits: Any, batch: dict[str, Any], n_samples: int | None = None
+) -> Any:
+    """The loss from full logits [B, T, V] (tests, the reference form)."""
+    import torch.nn.functional as F
+
+    targets = batch["labels"][:, 1:].to(logits.device)
+    owner = batch["sample_index"][:, 1:].to(logits.device)
+    valid = targets != IGNORE
+    ce = F.cross_entropy(logits[:, :-1][valid].float(), targets[valid], reduction="none")
+    n = n_samples if n_samples is not None else batch["weights"].shape[0]
+    return _weighted_from_token_ce(ce, owner[valid], batch["weights"], n)
+
+
+def forward_loss(model: Any, batch: dict[str, Any], n_samples: int | None = None) -> Any:
+    """One forward pass of a packed or padded batch; the LM head runs on completion-
+    predicting positions only. Equals weighted_loss_from_logits on the full logits."""
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    kwargs = {"input_ids": batch["input_ids"].to(device), "use_cache": False}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"].to(device)
+    if "attention_mask" in batch:
+        kwargs["attention_mask"] = batch["attention_mask"].to(device)
+    hidden = model.get_decoder()(**kwargs).last_hidden_state
+    targets = batch["labels"][:, 1:].to(device)
+    owner = batch["sample_index"][:, 1:].to(device)
+    valid = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][valid]).float()
+    ce = F.cross_entropy(logits, targets[valid], reduction="none")
+    n = n_samples if n_samples is not None else batch["weights"].shape[0]
+    return _weighted_from_token_ce(ce, owner[valid], batch["weights"], n)
+
+
+# ------------------------------------------------------------------------- model
+
+
+def pick_device() -> tuple[str, Any]:
+    """bf16 on a GPU, fp32 on the CPU (bf16 matmuls are slow there and lose precision)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    return "cpu", torch.float32
+
+
+def load_base(folder: str | Path, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
+    """Model and tokenizer from a local Hugging Face folder; ConfigError if it is not one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"`base` {str(folder)!r} is not a Hugging Face model folder "
+            "(no config.json); pass `embedded` or a local folder"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"`base` {str(folder)!r} cannot be loaded: {one_line(e)}") from e
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ConfigError(f"`base` {str(folder)!r}: the tokenizer has no chat template")
+    return model.to(device), tokenizer
+
+
+def add_lora(model: Any, config: RLAOConfig) -> Any:
+    """Wrap the base in a trainable peft LoRA; the seed fixes lora_A's initialisation."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(config.seed)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:  # e.g. a target module the architecture lacks
+        raise ConfigError(
+            f"`target_modules` {','.join(config.target_modules)!r}: {one_line(e)}"
+        ) from e
+
+
+# ------------------------------------------------------------------------- training loop
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint carries besides the weights and the optimizer."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    train_seconds: float = 0.0
+
+
+def schedule(samples: Sequence[Sample], config: RLAOConfig) -> list[list[list[int]]]:
+    """Optimizer steps -> packed rows -> sample indices, fixed by the seed, so a resumed
+    fit replays the same order. Each epoch shuffles, then packs."""
+    lengths = [len(s.input_ids) for s in samples]
+    steps: list[list[list[int]]] = []
+    epoch = 0
+    while epoch < config.epochs or (config.max_steps is not None and len(steps) < config.max_steps):
+        order = list(range(len(samples)))
+        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
+        rows = pack(lengths, config.batch_tokens, order)
+        steps += [rows[i : i + config.grad_accum] for i in range(0, len(rows), config.grad_accum)]
+        epoch += 1
+    return steps[: config.max_steps] if config.max_steps is not None else steps
+
+
+def resume_fingerprint(config: RLAOConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (not epochs or max_steps)."""
+    keep = {
+        k: v
+        for k, v in asdict(config).items()
+        if k not in ("epochs", "max_steps", "checkpoint_every")
+    }
+    keep["target_modules"] = list(config.target_modules)
+    return {**keep, **extra}
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    out: Path, model: Any, optimizer: Any, state: TrainState, fingerprint: dict[str, Any]
+) -> Path:
+    """out/checkpoints/step-NNNNNN: adapter, optimizer, RNG, state; written under a temporary
+    name and renamed, so a kill never leaves a half checkpoint. Keeps the last two."""
+    import torch
+
+    root = out / _CHECKPOINTS
+    final = root / f"step-{state.step:06d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    (tmp / "trainer_state.json").write_text(
+        json.dumps({**asdict(state), "fingerprint": fingerprint})
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    for old in sorted(p for p in root.glob("step-*"))[:-_KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    found = sorted(
+        p for p in (out / _CHECKPOINTS).glob("step-*") if (p / "trainer_state.json").is_file()
+    )
+    return found[-1] if found else None
+
+
+def load_checkpoint(
+    path: Path, model: Any, optimizer: Any, fingerprint: dict[str, Any]
+) -> TrainState:
+    """Restore adapter weights, optimizer and RNG; ConfigError if the checkpoint belongs to a
+    fit with other data or hyperparameters."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = json.loads((path / "trainer_state.json").read_text())
+    if saved.pop("fingerprint") != json.loads(json.dumps(fingerprint)):
+        raise ConfigError(
+            f"`out` {str(path.parent.parent)!r} holds checkpoints of a fit with another dataset "
+            "or hyperparameters; pass a new --out or delete its checkpoints/ folder"
+        )
+    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return TrainState(**saved)
+
+
+StepCallback = Callable[[int, int, float, float], None]  # step, total, loss, tokens/s
+
+
+def train(
+    model: Any,
+    samples: Sequence[Sample],
+    config: RLAOConfig,
+    out: Path,
+    fingerprint: dict[str, Any] | None = None,
+    on_step: StepCallback | None = None,
+) -> tuple[TrainState, int]:
+    """The loop: AdamW over the LoRA parameters, grad_accum packed rows per step, each
+    step's loss the mean over its samples; resumes from out's last checkpoint.
+    Returns the final state and the step it resumed from (0 for a fresh fit)."""
+    import torch
+
+    out = Path(out)
+    fingerprint = fingerprint or resume_fingerprint(config, {})
+    plan = schedule(samples, config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    state = TrainState()
+    checkpoint = last_checkpoint(out)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, fingerprint)
+        log.info("resuming from %s (step %d)", checkpoint, state.step)
+    else:
+        torch.manual_seed(config.seed)  # LoRA dropout
+    resumed_from = state.step
+    model.train()
+    for step in range(state.step, len(plan)):
+        start = time.perf_counter()
+        rows = plan[step]
+        n_samples = sum(len(r) for r in rows)
+        step_loss = 0.0
+        step_tokens = 0
+        optimizer.zero_grad(set_to_none=True)
+        for row in rows:
+            batch = collate_packed([samples[i] for i in row])
+            loss = forward_loss(model, batch, n_samples=n_samples)
+            loss.backward()
+            step_loss += float(loss.detach())
+            step_tokens += batch["input_ids"].numel()
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        seconds = time.perf_counter() - start
+        state.step = step + 1
+        state.losses.append(step_loss)
+        state.tokens += step_tokens
+        state.train_seconds += seconds
+        if on_step is not None:
+            on_step(state.step, len(plan), step_loss, step_tokens / max(seconds, 1e-9))
+        if config.checkpoint_every and (
+            state.step % config.checkpoint_every == 0 or state.step == len(plan)
+        ):
+            save_checkpoint(out, model, optimizer, state, fingerprint)
+    return state, resumed_from

@@ -1,0 +1,453 @@
+"""RLAO trainer: the weighted loss, the prompt mask, packing, adapters, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flows.fit import fit_adapter
+from models import rlao
+from storage import adapters
+from w4s.errors import W4SError
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+MESSAGE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def write_dataset(path: Path, rows: list[dict], drop: str | None = None) -> Path:
+    """A Parquet file in the layout `w4s dataset` writes (prompt, completion, weight, reward,
+    provenance)."""
+    n = len(rows)
+    columns = {
+        "prompt": pa.array([r["prompt"] for r in rows], type=MESSAGE),
+        "completion": pa.array([r["completion"] for r in rows], type=MESSAGE),
+        "weight": pa.array([float(r["weight"]) for r in rows], type=pa.float64()),
+        "reward": pa.array([float(r.get("reward", 0.0)) for r in rows], type=pa.float64()),
+        "run_id": pa.array(["run"] * n),
+        "episode": pa.array(list(range(n)), type=pa.int64()),
+        "turn": pa.array([0] * n, type=pa.int64()),
+        "candidate": pa.array([0] * n, type=pa.int64()),
+        "benchmark": pa.array(["arithmetic"] * n),
+    }
+    if drop:
+        del columns[drop]
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def row(user: str, answer: str, weight: float) -> dict:
+    return {
+        "prompt": [SYSTEM, {"role": "user", "content": user}],
+        "completion": [{"role": "assistant", "content": answer}],
+        "weight": weight,
+    }
+
+
+ROWS = [
+    row("What is 2+3?", "The answer is 5.", 12.18),
+    row("Write Python code that prints the value.", "def solver(question): return answer", 1.0),
+    row("the quick brown fox", "jumps over the lazy dog", 3.49),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.models.conftest import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("rlao-tiny"))
+
+
+@pytest.fixture
+def model_tok(tiny):
+    return rlao.load_base(tiny)
+
+
+def samples_of(tokenizer, rows=ROWS, max_seq_len=512):
+    samples, _ = rlao.tokenize_rows(tokenizer, rows, max_seq_len)
+    return samples
+
+
+# --------------------------------------------------------------------------- tokenization
+
+
+def test_labels_mask_exactly_the_prompt(model_tok):
+    _, tok = model_tok
+    r = ROWS[0]
+    s = rlao.tokenize_sample(tok, r["prompt"], r["completion"], 2.0, 512)
+    prompt_text = tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
+    assert s.labels[:n_prompt] == [rlao.IGNORE] * n_prompt
+    assert s.labels[n_prompt:] == s.input_ids[n_prompt:]
+    assert tok.decode(s.input_ids[n_prompt:]).startswith("The answer is 5.")
+
+
+def test_truncation_cuts_the_prompt_from_the_left_and_drops_long_completions(model_tok):
+    _, tok = model_tok
+    full = rlao.tokenize_sample(tok, ROWS[0]["prompt"], ROWS[0]["completion"], 1.0, 512)
+    n_completion = full.completion_tokens
+    stats = rlao.TokenizeStats()
+    cut = rlao.tokenize_sample(
+        tok, ROWS[0]["prompt"], ROWS[0]["completion"], 1.0, n_completion + 3, stats
+    )
+    assert len(cut.input_ids) == n_completion + 3 and stats.truncated == 1
+    assert cut.input_ids == full.input_ids[-(n_completion + 3) :]
+    assert cut.completion_tokens == n_completion
+    dropped = rlao.tokenize_sample(
+        tok, ROWS[0]["prompt"], ROWS[0]["completion"], 1.0, n_completion, stats
+    )
+    assert dropped is None and stats.dropped_too_long == 1
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def test_weighted_loss_equals_a_hand_computation(model_tok):
+    model, tok = model_tok
+    samples = samples_of(tok)[:2]
+    batch = rlao.collate_padded(samples, tok.pad_token_id)
+    with torch.no_grad():
+        loss = rlao.forward_loss(model, batch)
+        hand = 0.0
+        for s in samples:  # one unpadded forward per sample, by hand
+            logits = model(torch.tensor([s.input_ids]), use_cache=False).logits[0]
+            ces = [
+                F.cross_entropy(logits[t - 1], torch.tensor(s.labels[t])).item()
+                for t in range(1, len(s.labels))
+                if s.labels[t] != rlao.IGNORE
+            ]
+            hand += s.weight * sum(ces) / len(ces)
+        hand /= len(samples)  # divided by the count of samples, not the sum of weights
+    assert loss.item() == pytest.approx(hand, rel=1e-5)
+
+
+def test_prompt_positions_get_zero_gradient(model_tok):
+    model, tok = model_tok
+    samples = samples_of(tok)
+    batch = rlao.collate_packed(samples)
+    with torch.no_grad():
+        logits = model(
+            batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits
+    logits.requires_grad_(True)
+    loss = rlao.weighted_loss_from_logits(logits, batch)
+    (grad,) = torch.autograd.grad(loss, logits)
+    predicts_completion = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    predicts_completion[:, :-1] = batch["labels"][:, 1:] != rlao.IGNORE
+    assert grad[~predicts_completion].abs().max().item() == 0.0
+    assert grad[predicts_completion].abs().sum(-1).min().item() > 0
+    # and the fast path (LM head on completion positions only) is the same loss
+    with torch.no_grad():
+        assert rlao.forward_loss(model, batch).item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_training_on_prompt_labels_would_change_the_loss(model_tok):
+    """The authors' collator (labels = input_ids) trains on prompts; ours keeps the mask."""
+    model, tok = model_tok
+    batch = rlao.collate_packed(samples_of(tok)[:1])
+    trained_on_prompt = dict(batch, labels=batch["input_ids"].clone())
+    with torch.no_grad():
+        assert rlao.forward_loss(model, trained_on_prompt).item() != pytest.approx(
+            rlao.forward_loss(model, batch).item()
+        )
+
+
+def _lora_grads(model, batch) -> torch.Tensor:
+    model.zero_grad(set_to_none=True)
+    rlao.forward_loss(model, batch, n_samples=2).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+
+def test_doubling_a_weight_doubles_its_gradient(model_tok):
+    model, tok = model_tok
+    model = rlao.add_lora(model, rlao.RLAOConfig(lora_dropout=0.0))
+    with torch.no_grad():  # lora_B starts at zero, so lora_A would get no gradient
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    a, b = samples_of(tok)[:2]
+
+    def grads(wa, wb):
+        a.weight, b.weight = wa, wb
+        return _lora_grads(model, rlao.collate_packed([a, b]))
+
+    g11, g21, g10 = grads(1.0, 1.0), grads(2.0, 1.0), grads(1.0, 0.0)
+    assert torch.allclose(g21 - g11, g10, atol=1e-7, rtol=1e-4)  # a's contribution
+    assert torch.allclose(grads(2.0, 0.0), 2 * g10, atol=1e-7, rtol=1e-4)
+    assert g10.abs().sum() > 0
+
+
+def test_packed_equals_unpacked_loss_and_logits(model_tok):
+    model, tok = model_tok
+    samples = samples_of(tok)
+    packed = rlao.collate_packed(samples)
+    padded = rlao.collate_padded(samples, tok.pad_token_id)
+    with torch.no_grad():
+        assert rlao.forward_loss(model, packed).item() == pytest.approx(
+            rlao.forward_loss(model, padded).item(), rel=1e-5
+        )
+        logits = model(
+            packed["input_ids"], position_ids=packed["position_ids"], use_cache=False
+        ).logits[0]
+        start = 0
+        for s in samples:
+            alone = model(torch.tensor([s.input_ids]), use_cache=False).logits[0]
+            assert torch.allclose(logits[start : start + len(s.input_ids)], alone, atol=1e-5)
+            start += len(s.input_ids)
+
+
+def test_pack_respects_the_token_budget():
+    rows = rlao.pack([5, 5, 5, 12, 3], batch_tokens=10)
+    assert rows == [[0, 1], [2], [3], [4]]
+
+
+# --------------------------------------------------------------------------- fitting
+
+FAST = {"lora_dropout": 0.0, "batch_tokens": 256, "checkpoint_every": 0}
+
+
+def test_fit_writes_a_peft_adapter_that_reloads_with_identical_logits(tiny, tmp_path):
+    from peft import PeftModel
+
+    data = write_dataset(tmp_path / "d.parquet", ROWS)
+    result = fit_adapter(data, str(tiny), tmp_path / "out", max_steps=3, lr=1e-2, **FAST)
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    for key in (
+        "loss_curve",
+        "tokens_per_s",
+        "samples",
+        "tokens_total",
+        "tokens_completion",
+        "samples_dropped",
+        "hyperparameters",
+        "base_model",
+        "dataset_sha256",
+        "seconds",
+    ):
+        assert key in m
+    assert len(m["loss_curve"]) == 3 and m["samples"] == 3 and m["steps"] == 3
+    assert m["hyperparameters"]["lora_r"] == 8
+    assert result.adapter_id == adapters.resolve("latest").id
+
+    base, tok = rlao.load_base(tiny)
+    ids = torch.tensor([samples_of(tok)[0].input_ids])
+    with torch.no_grad():
+        before = base(ids, use_cache=False).logits
+        fitted = PeftModel.from_pretrained(base, tmp_path / "out").eval()
+        after = fitted(ids, use_cache=False).logits
+        # the same adapter loaded twice gives identical logits, and it changes the model
+        again = PeftModel.from_pretrained(rlao.load_base(tiny)[0], tmp_path / "out").eval()
+        assert torch.equal(after, again(ids, use_cache=False).logits)
+    assert not torch.allclose(before, after)
+
+
+def test_save_load_round_trip_of_a_trained_adapter(model_tok, tiny, tmp_path):
+    from peft import PeftModel
+
+    model, tok = model_tok
+    config = rlao.RLAOConfig(max_steps=2, lr=1e-2, **FAST)
+    model = rlao.add_lora(model, config)
+    rlao.train(model, samples_of(tok), config, tmp_path / "ck")
+    model.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([samples_of(tok)[1].input_ids])
+    model.eval()
+    with torch.no_grad():
+        mine = model(ids, use_cache=False).logits
+        loaded = PeftModel.from_pretrained(rlao.load_base(tiny)[0], tmp_path / "adapter").eval()
+        assert torch.equal(mine, loaded(ids, use_cache=False).logits)
+
+
+def _margin(folder: Path, tiny: Path, prompt, a: str, b: str) -> float:
+    """Mean token log-probability of completion a minus that of b."""
+    from peft import PeftModel
+
+    base, tok = rlao.load_base(tiny)
+    model = PeftModel.from_pretrained(base, folder).eval() if folder else base
+    out = []
+    for text in (a, b):
+        s = rlao.tokenize_sample(tok, prompt, [{"role": "assistant", "content": text}], 1.0, 512)
+        batch = rlao.collate_packed([s])
+        with torch.no_grad():
+            out.append(-rlao.forward_loss(model, batch).item())
+    return out[0] - out[1]
+
+
+def test_weights_move_the_margin_toward_the_heavier_completion(tiny, tmp_path):
+    prompt = [SYSTEM, {"role": "user", "content": "What is 2+3?"}]
+    a, b = "The answer is 5.", "the lazy dog 0123"
+    base_margin = _margin(None, tiny, prompt, a, b)
+    margins = {}
+    for name, (wa, wb) in {"a": (12.18, 1.0), "b": (1.0, 12.18)}.items():
+        rows = [
+            {"prompt": prompt, "completion": [{"role": "assistant", "content": a}], "weight": wa},
+            {"prompt": prompt, "completion": [{"role": "assistant", "content": b}], "weight": wb},
+        ]
+        data = write_dataset(tmp_path / f"{name}.parquet", rows)
+        fit_adapter(
+            data, str(tiny), tmp_path / name, max_steps=8, lr=3e-3, lora_r=4, register=False, **FAST
+        )
+        margins[name] = _margin(tmp_path / name, tiny, prompt, a, b)
+    assert margins["a"] > base_margin > margins["b"], (base_margin, margins)
+
+
+def test_resume_continues_the_step_count_and_matches_an_uninterrupted_fit(tiny, tmp_path):
+    data = write_dataset(tmp_path / "d.parquet", ROWS)
+    opts = dict(lr=1e-2, lora_dropout=0.1, batch_tokens=64, checkpoint_every=1, register=False)
+    straight = fit_adapter(data, str(tiny), tmp_path / "straight", max_steps=4, **opts)
+    fit_adapter(data, str(tiny), tmp_path / "resumed", max_steps=2, **opts)
+    assert (tmp_path / "resumed" / "checkpoints" / "step-000002").is_dir()
+    resumed = fit_adapter(data, str(tiny), tmp_path / "resumed", max_steps=4, **opts)
+    assert resumed.metrics["resumed_from_step"] == 2 and resumed.metrics["steps"] == 4
+    got = [p["loss"] for p in resumed.metrics["loss_curve"]]
+    want = [p["loss"] for p in straight.metrics["loss_curve"]]
+    assert got == pytest.approx(want, rel=1e-6)
+    with pytest.raises(W4SError, match="another dataset or hyperparameters"):
+        fit_adapter(data, str(tiny), tmp_path / "resumed", max_steps=5, **{**opts, "lr": 1e-3})
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("case", ["empty", "zero", "missing", "base", "no-file"])
+def test_bad_input_is_a_one_line_error_before_any_model_loads(case, tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(rlao, "load_base", lambda *a, **k: pytest.fail("loaded a model"))
+    base = str(tiny)
+    data = tmp_path / "d.parquet"
+    if case == "empty":
+        write_dataset(data, [])
+    elif case == "zero":
+        write_dataset(data, [dict(r, weight=0.0) for r in ROWS])
+    elif case == "missing":
+        write_dataset(data, ROWS, drop="completion")
+    elif case == "base":
+        write_dataset(data, ROWS)
+        base = str(tmp_path / "no-such-model")
+    with pytest.raises(W4SError) as e:
+        fit_adapter(data, base, tmp_path / "out")
+    text = str(e.value)
+    assert "\n" not in text and len(text) < 300
+    expected = {
+        "empty": "no rows",
+        "zero": "weight is zero",
+        "missing": "completion",
+        "base": "no-such-model",
+        "no-file": "does not exist",
+    }[case]
+    assert expected in text
+
+
+def test_bad_hyperparameter_is_named():
+    with pytest.raises(W4SError, match="`batch_tokens`"):
+        rlao.RLAOConfig(batch_tokens=0)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_resolves_latest_id_and_path(tmp_path):
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(
+            json.dumps({"base_model_name_or_path": "base-x"})
+        )
+    first = adapters.register(
+        tmp_path / "one",
+        base_model="base-x",
+        dataset_sha256="ab",
+        hyperparameters={"lora_r": 8},
+        metrics={"steps": 1},
+    )
+    second = adapters.register(tmp_path / "two", base_model="base-x")
+    assert [r.id for r in adapters.list_adapters()] == [first.id, second.id]
+    assert adapters.resolve("latest").id == second.id
+    assert adapters.resolve(first.id).path == str((tmp_path / "one").resolve())
+    assert adapters.resolve(first.id).hyperparameters == {"lora_r": 8}
+    assert adapters.resolve(str(tmp_path / "one")).id == first.id
+    files = sorted(p.name for p in adapters.adapters_dir().glob("*.json"))
+    assert files == sorted(f"{r.id}.json" for r in (first, second))
+    for spec, words in (
+        ("nope-123", "not a registered id"),
+        (str(tmp_path / "missing"), "not a PEFT adapter folder"),
+    ):
+        with pytest.raises(W4SError, match=words) as e:
+            adapters.resolve(spec)
+        assert "\n" not in str(e.value)
+    with pytest.raises(W4SError, match="fitted on 'base-x'"):
+        adapters.check_base(first, "other-base")
+
+
+def test_latest_with_an_empty_registry_is_an_error():
+    with pytest.raises(W4SError, match="no adapter is registered"):
+        adapters.resolve("latest")
+
+
+def test_cli_fit_and_adapters(tiny, tmp_path, capsys):
+    import argparse
+
+    from flows import fit
+
+    parser = argparse.ArgumentParser(prog="w4s")
+    fit.add_parser(parser.add_subparsers(dest="command", required=True))
+    data = write_dataset(tmp_path / "d.parquet", ROWS)
+    args = parser.parse_args(
+        [
+            "fit",
+            "--dataset",
+            str(data),
+            "--base",
+            str(tiny),
+            "--out",
+            str(tmp_path / "out"),
+            "--max-steps",
+            "2",
+            "--lr",
+            "1e-3",
+            "--lora-r",
+            "4",
+            "--target-modules",
+            "q_proj,k_proj",
+            "--batch-tokens",
+            "128",
+            "--seed",
+            "1",
+        ]
+    )
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    assert "step 2/2" in captured.err and "fitted " in captured.out
+    args = parser.parse_args(["adapters"])
+    assert args.func(args) == 0
+    assert str((tmp_path / "out").resolve()) in capsys.readouterr().out
+    record = adapters.resolve("latest")
+    assert record.hyperparameters["target_modules"] == ["q_proj", "k_proj"]
+    assert math.isfinite(record.metrics["final_loss"])
+
+
+@pytest.mark.slow
+def test_fit_on_the_embedded_model(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = write_dataset(tmp_path / "d.parquet", ROWS[:2])
+    result = fit_adapter(
+        data,
+        "embedded",
+        tmp_path / "out",
+        max_steps=2,
+        lr=1e-3,
+        batch_tokens=512,
+        checkpoint_every=0,
+    )
+    assert result.metrics["base_model"] == "smollm2-135m-instruct"
+    assert result.metrics["steps"] == 2 and all(
+        math.isfinite(p["loss"]) for p in result.metrics["loss_curve"]
+    )
+    base = AutoModelForCausalLM.from_pretrained(result.metrics["base_path"], dtype=torch.float32)
+    PeftModel.from_pretrained(base, tmp_path / "out")
