@@ -123,18 +123,39 @@ def _embedded_weights(device: str) -> tuple[Any, Any]:
     return base.model, base.tokenizer
 
 
-def load_embedded_chat_model(
-    *, device: str = "cpu", max_new_tokens: int = 512
-) -> TransformersChatModel:
-    """SmolLM2-135M-Instruct as a batching TransformersChatModel, loaded from the cache."""
+@functools.lru_cache(maxsize=4)
+def _adapted_weights(device: str, adapter: str, digest: str) -> tuple[Any, Any, str]:
+    """A separate base copy with the adapter, once per (device, adapter content): PEFT
+    injects its layers in place, so the shared base of `_embedded_weights` (the executor's)
+    must never be wrapped. `digest` is in the key so a refitted adapter is loaded anew."""
     from models.transformers_local import TransformersChatModel
 
-    model, tokenizer = _embedded_weights(device)
-    return TransformersChatModel(
-        model, tokenizer, model_id=EMBEDDED_MODEL_ID, max_new_tokens=max_new_tokens
+    adapted = TransformersChatModel.from_path(
+        ensure_embedded_folder(), model_id=EMBEDDED_MODEL_ID, device=device, adapter=adapter
     )
+    return adapted.model, adapted.tokenizer, adapted.model_id
+
+
+def load_embedded_chat_model(
+    *, device: str = "cpu", max_new_tokens: int = 512, adapter: str | None = None,
+    field: str = "adapter",
+) -> TransformersChatModel:
+    """SmolLM2-135M-Instruct as a batching TransformersChatModel, loaded from the cache;
+    with `adapter` (a PEFT LoRA folder) on its own copy of the weights."""
+    from models.transformers_local import TransformersChatModel
+
+    if adapter is None:
+        model, tokenizer = _embedded_weights(device)
+        model_id = EMBEDDED_MODEL_ID
+    else:
+        from models.lora_gguf import adapter_digest, check_adapter_dir
+
+        folder = check_adapter_dir(adapter, field=field).resolve()
+        model, tokenizer, model_id = _adapted_weights(device, str(folder), adapter_digest(folder))
+    return TransformersChatModel(model, tokenizer, model_id=model_id, max_new_tokens=max_new_tokens)
 
 
 def forget_embedded_weights() -> None:
     _embedded_weights.cache_clear()
+    _adapted_weights.cache_clear()
 

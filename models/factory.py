@@ -25,7 +25,9 @@ def build_chat_model(
     """The model `cfg` describes; `role` ("executor", "meta_agent") names fields in errors.
 
     Equal configs share one instance (also across roles), including a `scripted` model's
-    position in its replies. `cache=False` builds a fresh one.
+    position in its replies. `cache=False` builds a fresh one. `adapter` is part of the key,
+    and an adapted model never wraps the weights an unadapted config shares, so a
+    meta-agent's adapter cannot reach an executor built from the same base.
     """
     if not cache:
         return _build(cfg, role)
@@ -79,7 +81,12 @@ def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
     if cfg.kind == "embedded":
         from models.embedded import load_embedded_chat_model
 
-        return load_embedded_chat_model(device=cfg.device, max_new_tokens=cfg.max_new_tokens)
+        return load_embedded_chat_model(
+            device=cfg.device,
+            max_new_tokens=cfg.max_new_tokens,
+            adapter=cfg.adapter,
+            field=f"{prefix}adapter",
+        )
     if cfg.kind == "transformers":
         from models.transformers_local import TransformersChatModel
 
@@ -94,6 +101,7 @@ def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
             device=cfg.device,
             max_new_tokens=cfg.max_new_tokens,
             field_prefix=prefix,
+            adapter=cfg.adapter,
         )
     if cfg.kind == "llamacpp":
         from models.llamacpp import LlamaCppChatModel

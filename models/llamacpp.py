@@ -50,6 +50,8 @@ class LlamaCppChatModel:
         n_parallel: int = 8,
         n_ctx: int = 0,
         n_threads: int | None = None,
+        lora_path: str | Path | None = None,
+        lora_scale: float = 1.0,
     ) -> None:
         try:
             import xllamacpp
@@ -65,6 +67,10 @@ class LlamaCppChatModel:
         params.n_parallel = n_parallel
         params.n_ctx = n_ctx  # 0: the model's own context length
         params.kv_unified = True
+        if lora_path is not None:  # a GGUF LoRA (models.lora_gguf), applied to every request
+            params.lora_adapters = [
+                xllamacpp.CommonAdapterLoraInfo(path=str(lora_path), scale=float(lora_scale))
+            ]
         params.warmup = False
         params.verbosity = -1  # llama.cpp logs every request to stderr otherwise
         threads = n_threads or os.cpu_count() or 1
@@ -86,25 +92,33 @@ class LlamaCppChatModel:
         cls, cfg: BackendConfig, *, field_prefix: str = "", **options: Any
     ) -> LlamaCppChatModel:
         """`model` is a GGUF path, a folder with `gguf_file`, or "smollm2-135m-instruct";
-        `options` go to the constructor (n_parallel, n_ctx, n_threads)."""
+        `adapter` a PEFT LoRA folder, converted once to a cached GGUF LoRA; `options` go to
+        the constructor (n_parallel, n_ctx, n_threads, lora_scale)."""
         from models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path
 
         if cfg.model == EMBEDDED_MODEL_ID:
-            return cls(
-                embedded_gguf_path(),
-                # its own id: llama.cpp's Q4_1 kernels answer a little differently from the
-                # dequantized transformers copy, so they must not share executor-cache entries
-                model_id=f"{EMBEDDED_MODEL_ID}-llamacpp",
-                max_new_tokens=cfg.max_new_tokens,
-                **options,
-            )
-        path = Path(cfg.model or "").expanduser()
-        if cfg.gguf_file:
-            path = path / cfg.gguf_file
-        if not path.is_file():
-            field = "gguf_file" if cfg.gguf_file else "model"
-            raise ConfigError(f"`{field_prefix}{field}`: GGUF file {str(path)!r} does not exist")
-        return cls(path, max_new_tokens=cfg.max_new_tokens, **options)
+            path = embedded_gguf_path()
+            # its own id: llama.cpp's Q4_1 kernels answer a little differently from the
+            # dequantized transformers copy, so they must not share executor-cache entries
+            model_id = f"{EMBEDDED_MODEL_ID}-llamacpp"
+        else:
+            path = Path(cfg.model or "").expanduser()
+            if cfg.gguf_file:
+                path = path / cfg.gguf_file
+            if not path.is_file():
+                field = "gguf_file" if cfg.gguf_file else "model"
+                raise ConfigError(
+                    f"`{field_prefix}{field}`: GGUF file {str(path)!r} does not exist"
+                )
+            model_id = path.stem
+        if cfg.adapter:
+            from models.lora_gguf import adapted_model_id, gguf_adapter_for
+
+            lora, digest = gguf_adapter_for(cfg.adapter, path, field=f"{field_prefix}adapter")
+            options.setdefault("lora_path", lora)
+            # an adapted model answers differently: its id keeps caches and records apart
+            model_id = adapted_model_id(model_id, digest)
+        return cls(path, model_id=model_id, max_new_tokens=cfg.max_new_tokens, **options)
 
     def complete(
         self,

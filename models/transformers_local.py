@@ -108,9 +108,12 @@ class TransformersChatModel:
         device: str = "cpu",
         max_new_tokens: int = 512,
         field_prefix: str = "",
+        adapter: str | Path | None = None,
         **kwargs: Any,
     ) -> TransformersChatModel:
-        """Load a local folder (safetensors, or a GGUF file in it); never contacts a hub."""
+        """Load a local folder (safetensors, or a GGUF file in it); never contacts a hub.
+
+        `adapter`: a PEFT LoRA folder applied on top; the id then names the adapter too."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,10 +133,15 @@ class TransformersChatModel:
             ) from e
         model.to(device)
         log.info("loaded %s in %.1fs", where, time.perf_counter() - start)
+        model_id = model_id or Path(str(path)).name
+        if adapter is not None:
+            model, model_id = apply_adapter(
+                model, adapter, model_id=model_id, field=f"{field_prefix}adapter"
+            )
         return cls(
             model,
             tokenizer,
-            model_id=model_id or Path(str(path)).name,
+            model_id=model_id,
             max_new_tokens=max_new_tokens,
             **kwargs,
         )
@@ -290,6 +298,56 @@ class TransformersChatModel:
         self.stats.rows += len(rows)
         self.stats.largest_batch = max(self.stats.largest_batch, len(rows))
         return [(tuple(texts[id(req)]), counts[id(req)]) for req in batch]
+
+
+def apply_adapter(
+    model: Any, adapter: str | Path, *, model_id: str, field: str = "adapter"
+) -> tuple[Any, str]:
+    """`model` wrapped in the PEFT LoRA at `adapter` (eval mode) and the adapted model's id.
+
+    PEFT injects its layers into `model` in place, so pass a model no other ChatModel uses.
+    The adapter's tensor shapes are checked against `model` first, so one fitted on another
+    base fails in one line naming `field` rather than with peft's size-mismatch dump.
+    """
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    from models.lora_gguf import (
+        ADAPTER_WEIGHTS,
+        LORA_KEY,
+        adapted_model_id,
+        adapter_digest,
+        check_adapter_dir,
+        read_adapter_config,
+    )
+
+    folder = check_adapter_dir(adapter, field=field)
+    read_adapter_config(folder, field=field)
+    with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as f:
+        for key in f.keys():
+            m = LORA_KEY.match(key)
+            if m is None:
+                continue  # modules_to_save and the like: peft checks them itself
+            shape = tuple(f.get_slice(key).get_shape())
+            try:
+                weight = model.get_submodule(m["module"]).weight
+            except AttributeError:
+                raise ConfigError(
+                    f"`{field}`: the adapter was fitted on another base: {model_id!r} has no "
+                    f"module {m['module']}"
+                ) from None
+            dim = 1 if m["ab"] == "A" else 0  # A: r x in, B: out x r
+            if shape[dim] != weight.shape[dim]:
+                raise ConfigError(
+                    f"`{field}`: the adapter was fitted on another base: {m['module']} is "
+                    f"{tuple(weight.shape)} in {model_id!r}, the adapter's lora_{m['ab']} "
+                    f"is {shape}"
+                )
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise ConfigError(f"`{field}`: cannot load the adapter: {one_line(e)}") from e
+    return peft_model.eval(), adapted_model_id(model_id, adapter_digest(folder))
 
 
 def _row_generator(req: _Request, j: int, device: Any) -> torch.Generator | None:

@@ -48,6 +48,11 @@ class BackendConfig(_Frozen):
         "http", description="`openai` kind: stdlib keep-alive HTTP, or the official client"
     )
     replies: list[str] | None = Field(None, description="`scripted` backend only: canned replies")
+    adapter: str | None = Field(
+        None,
+        description="path to a PEFT LoRA adapter folder served on top of this model "
+        "(embedded, transformers, llamacpp); None serves the base model",
+    )
 
     @model_validator(mode="after")
     def _check_kind(self) -> BackendConfig:
@@ -55,6 +60,8 @@ class BackendConfig(_Frozen):
             raise ValueError("`model` is required for kind 'openai' (the served model name)")
         if self.kind in ("transformers", "llamacpp") and not self.model:
             raise ValueError(f"`model` is required for kind {self.kind!r} (a local path)")
+        if self.adapter is not None and self.kind not in ("embedded", "transformers", "llamacpp"):
+            raise ValueError(f"`adapter` is not supported for kind {self.kind!r} yet")
         return self
 
     @property
