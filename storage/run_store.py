@@ -23,6 +23,7 @@ from w4s.config import OptimizeConfig
 from w4s.cost import Spend
 from w4s.errors import W4SError
 from w4s.mdp import Candidate, State, hash_code
+from w4s.prompts import PROMPT_VERSION
 
 CONFIG, SPLIT, SUMMARY = "config.json", "split.json", "summary.json"
 SPEND, BUDGET_GROUP = "spend.json", "budget_group.json"
@@ -139,8 +140,13 @@ class RunStore:
         self, iteration: int, cands: list[Candidate], *, benchmark: str,
         meta_model: str, executor_model: str,
     ) -> Path:
-        config_hash = self.config().config_hash()
-        rows = [_row(c, benchmark, meta_model, executor_model, config_hash) for c in cands]
+        cfg = self.config()
+        run = {"benchmark": benchmark, "meta_model": meta_model,
+               "executor_model": executor_model, "config_hash": cfg.config_hash(),
+               "meta_temperature": cfg.meta_temperature,
+               "meta_adapter": getattr(cfg.meta_agent, "adapter", None),
+               "prompt_version": PROMPT_VERSION}
+        rows = [_row(c, run) for c in cands]
         table = pa.Table.from_pylist(rows, schema=TRAJECTORY_SCHEMA)
         path = self.trajectory_path(iteration)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,11 +186,12 @@ class RunStore:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _row(c: Candidate, benchmark: str, meta_model: str, executor_model: str,
-         config_hash: str) -> dict[str, Any]:
+def _row(c: Candidate, run: dict[str, Any]) -> dict[str, Any]:
+    """One trajectory row: the candidate, plus `run`'s fields shared by every row."""
     return {
+        **run,
         "run_id": c.run_id, "iteration": c.iteration, "candidate": c.index, "kind": c.kind,
-        "seed_name": c.seed_name, "benchmark": benchmark, "prompt_hash": c.prompt_hash,
+        "seed_name": c.seed_name, "prompt_hash": c.prompt_hash,
         "prompt_json": json.dumps(c.prompt, ensure_ascii=False), "reply": c.reply,
         "analysis": c.analysis, "code": c.code, "code_hash": hash_code(c.code),
         "status": c.status, "error": c.error, "repairs": c.repairs,
@@ -195,6 +202,6 @@ def _row(c: Candidate, benchmark: str, meta_model: str, executor_model: str,
         "meta_completion_tokens": c.meta_completion_tokens, "executor_calls": c.executor_calls,
         "executor_prompt_tokens": c.executor_prompt_tokens,
         "executor_completion_tokens": c.executor_completion_tokens, "cost_usd": c.cost_usd,
-        "cache_hits": c.cache_hits, "meta_model": meta_model, "executor_model": executor_model,
-        "config_hash": config_hash, "created_at": c.created_at, "finished_at": c.finished_at,
+        "cache_hits": c.cache_hits, "created_at": c.created_at, "finished_at": c.finished_at,
+        "conversation_json": json.dumps(c.conversation or c.prompt, ensure_ascii=False),
     }

@@ -37,6 +37,13 @@ TRAJECTORY_SCHEMA = pa.schema([
     ("meta_model", pa.string()),
     ("executor_model", pa.string()),
     ("config_hash", pa.string()),
+    # provenance for RLAO: the conversation `reply` was sampled from (the prompt, or after
+    # repairs the prompt plus each failed attempt and its error), the sampling temperature,
+    # the meta-agent's adapter and the prompt template
+    ("conversation_json", pa.string()),
+    ("meta_temperature", pa.float64()),
+    ("meta_adapter", pa.string()),
+    ("prompt_version", pa.string()),
     ("created_at", pa.string()),
     ("finished_at", pa.string()),
 ])

@@ -104,6 +104,9 @@ class Candidate:
     error: str | None = None
     repairs: int = 0
     repair_log: list[dict[str, str]] = field(default_factory=list)
+    # the conversation `reply` was sampled from: `prompt` itself, or after repairs, the
+    # prompt followed by each failed attempt and its error (None: `prompt`)
+    conversation: list[Message] | None = None
     meta_prompt_tokens: int = 0
     meta_completion_tokens: int = 0
     accuracy: float | None = None
@@ -182,6 +185,7 @@ def self_check_with_repairs(
     while True:
         error = action.error if action.code is None else check(action.code)
         cand.analysis, cand.code, cand.reply = action.analysis, action.code, reply
+        cand.conversation = conversation if cand.repairs else None
         if error is None:
             cand.status, cand.error = "ok", None
             return cand

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from w4s.protocols import Message
 from w4s.sandbox.worker.text import clip  # the project's one `clip` (re-exported here)
 
+# Bumped whenever a prompt below changes: trajectory rows record it, so a dataset can keep
+# samples from one template.
+PROMPT_VERSION = "w4s-prompt-v1"
+
 SYSTEM = (
     "You are an expert in designing agentic workflows. You improve a Python workflow that "
     "solves tasks by calling a strong executor language model. Reply with a short analysis "

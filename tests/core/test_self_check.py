@@ -114,3 +114,12 @@ def test_budget_stopped_and_infra_failed_candidates_get_no_reward():
     chosen = assign_rewards(cands, state)
     assert chosen is cands[2]
     assert [c.reward for c in cands] == [None, None, 1.0]
+
+
+def test_a_repaired_reply_records_the_conversation_it_was_sampled_from():
+    repair = Repairs([OK])
+    cand = self_check_with_repairs(_cand(BROKEN), check=_check, repair=repair, max_repairs=3)
+    assert cand.conversation == repair.conversations[-1]
+    assert cand.conversation[-2] == {"role": "assistant", "content": BROKEN}
+    assert self_check_with_repairs(_cand(OK), check=_check, repair=Repairs([]),
+                                   max_repairs=3).conversation is None  # the prompt itself

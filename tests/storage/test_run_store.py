@@ -62,3 +62,23 @@ def test_not_a_run_folder_is_one_line(tmp_path):
         RunStore(tmp_path / "nothing").config()
     with pytest.raises(W4SError, match="no trajectory rows"):
         iteration_table(tmp_path)
+
+
+def test_rows_carry_the_sampling_provenance(tmp_path):
+    import json
+
+    from w4s.prompts import PROMPT_VERSION
+
+    cfg = OptimizeConfig(meta_temperature=0.8)
+    store = RunStore.create(tmp_path, cfg, "r1")
+    plain, repaired = _cand(1, 0, 0.2), _cand(1, 1, 0.5)
+    repaired.conversation = [*repaired.prompt, {"role": "assistant", "content": "try 1"},
+                             {"role": "user", "content": "it failed"}]
+    store.write_trajectory(1, [plain, repaired], benchmark="b", meta_model="m",
+                           executor_model="e")
+    rows = pq.read_table(store.trajectory_path(1)).to_pylist()
+    assert json.loads(rows[0]["conversation_json"]) == plain.prompt  # sampled from the state
+    assert json.loads(rows[1]["conversation_json"])[-1]["content"] == "it failed"
+    assert {r["meta_temperature"] for r in rows} == {0.8}
+    assert {r["prompt_version"] for r in rows} == {PROMPT_VERSION}
+    assert {r["meta_adapter"] for r in rows} == {None}
