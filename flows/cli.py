@@ -94,33 +94,35 @@ def config_flags() -> dict[str, argparse.Action | None]:
     return {name: by_dest.get(_dest(name)) for name in OptimizeConfig.model_fields}
 
 
-def _field_help(name: str, *, default: bool = True) -> str:
+def _field_help(name: str, model: type | None = None, *, default: bool = True) -> str:
     from pydantic_core import PydanticUndefined
 
     from w4s.config import OptimizeConfig
 
-    info = OptimizeConfig.model_fields[name]
+    info = (model or OptimizeConfig).model_fields[name]
     text = info.description or name.replace("_", " ")
     if default and info.default not in (PydanticUndefined, None):
         text += f" (default: {info.default})"
     return text.replace("%", "%%")
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per scalar OptimizeConfig field, named, typed and described by the model."""
+def _add_config_flags(p: argparse.ArgumentParser, model: type | None = None) -> None:
+    """One flag per scalar field of `model` (OptimizeConfig), named, typed and described by
+    the model."""
     from w4s.config import OptimizeConfig
 
-    for name, info in OptimizeConfig.model_fields.items():
+    model = model or OptimizeConfig
+    for name, info in model.model_fields.items():
         parsed = _scalar_parser(info.annotation)
         if parsed is None:
             continue
         convert, metavar = parsed
         if info.annotation is bool:
             p.add_argument(_flag(name), dest=_dest(name), action=argparse.BooleanOptionalAction,
-                           default=argparse.SUPPRESS, help=_field_help(name))
+                           default=argparse.SUPPRESS, help=_field_help(name, model))
         else:  # not given: no attribute at all, so `--test-size none` can set None
             p.add_argument(_flag(name), dest=_dest(name), type=convert, metavar=metavar,
-                           default=argparse.SUPPRESS, help=_field_help(name))
+                           default=argparse.SUPPRESS, help=_field_help(name, model))
     # the older spelling of --no-use-cache
     p.add_argument("--no-cache", dest=_dest("use_cache"), action="store_false",
                    default=argparse.SUPPRESS,
@@ -137,12 +139,12 @@ def _nested(dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _overrides(args: argparse.Namespace, model: type | None = None) -> dict[str, Any]:
     """The config fields given on the command line; `--set` items last, merged deeply."""
     from w4s.config import OptimizeConfig, deep_merge
 
     given = vars(args)
-    data = {name: given[_dest(name)] for name in OptimizeConfig.model_fields
+    data = {name: given[_dest(name)] for name in (model or OptimizeConfig).model_fields
             if _dest(name) in given}
     opts = _custom_benchmark_options(args)
     if opts:
@@ -253,7 +255,7 @@ def _run_optimize(config_data: dict[str, Any], config_file: str | None,
 def _print_result(summary: dict[str, Any]) -> None:
     from storage.query import iteration_table
 
-    run_dir = Path(summary["best_workflow"]).parent.parent
+    run_dir = Path(summary["run_dir"])
     cols, rows = iteration_table(run_dir)
     print()
     print(f"run {summary['run_id']}  ({summary['benchmark']}, status: {summary['status']})")
@@ -289,6 +291,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     return _run_optimize(_overrides(args), args.config, args.run_id)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from storage.run_store import new_run_id
+    from w4s.config import CollectConfig, build_config, load_config_file
+
+    data = _overrides(args, CollectConfig)
+    cfg = (load_config_file(args.config, data, CollectConfig) if args.config
+           else build_config(data, CollectConfig))
+    from flows.collect import collect
+
+    cid = args.collection_id or new_run_id(cfg)  # named now, so Ctrl-C can say it
+    try:
+        summary = collect(cfg, collection_id=cid)
+    except KeyboardInterrupt:
+        print(f"w4s: interrupted; rerun with --collection-id {cid} to resume (same config)",
+              file=sys.stderr)
+        return 130
+    hist = ", ".join(f"{r}: {n}" for r, n in summary["reward_histogram"].items()) or "none"
+    print(f"collection {cid} ({summary['status']}): {len(summary['completed'])} episodes, "
+          f"{summary['rows']} candidate rows, rewards {hist}, positive share "
+          f"{summary['positive_share']}")
+    print(f"next: w4s dataset --runs-dir {summary['runs_dir']} "
+          + " ".join(f"--run {e}" for e in summary["episodes"]) + " --out DATASET.parquet")
+    return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -387,6 +414,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     _add_benchmark_options(p)
     p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("collect", help="RLAO: collect trajectories from many episodes at once",
+                       description="Episodes (optimization runs without a test evaluation) "
+                       "side by side; nested fields through --set a.b=VALUE.")
+    p.add_argument("--config", help="YAML or TOML file of CollectConfig fields")
+    p.add_argument("--collection-id", help="resume this collection: finished stages are skipped")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="any config field, e.g. --set meta_agent.kind=llamacpp")
+    from w4s.config import CollectConfig
+
+    _add_config_flags(p, CollectConfig)
+    _add_benchmark_options(p)
+    p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("evaluate", help="score a workflow file in the sandbox")
     p.add_argument("--workflow", required=True, help="a Python file defining solver(agent, task)")

@@ -59,7 +59,7 @@ def optimize(config: OptimizeConfig, run_id: str | None = None,
     except BudgetExceeded as e:
         logger.warning("%s", e)
         status = "budget exceeded"
-        _log_partial(run_dir, done + 1)
+        log_partial(run_dir, done + 1)
     except KeyboardInterrupt:
         # the process is going down: stop the sandbox workers now, or Prefect's task runner
         # waits for the stages still running (up to an item's timeout) before it exits
@@ -70,7 +70,7 @@ def optimize(config: OptimizeConfig, run_id: str | None = None,
     return summary
 
 
-def _log_partial(run_dir: str, last: int) -> None:
+def log_partial(run_dir: str, last: int) -> None:
     """Keep what interrupted iterations produced: their candidates go to Parquet too."""
     store = RunStore(run_dir)
     for it in range(last + 1):

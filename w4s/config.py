@@ -147,6 +147,42 @@ class OptimizeConfig(_Frozen):
         return hash_json(self.model_dump(mode="json"))
 
 
+class CollectConfig(OptimizeConfig):
+    """RLAO data collection: `episodes` optimization runs per benchmark (`iterations` turns
+    of `candidates` each, never a test evaluation), run side by side so the meta-agent's
+    calls batch across episodes. Episode k of E samples at a temperature spread evenly over
+    [min_temperature, max_temperature]: diverse actions for offline RL to reweight."""
+
+    iterations: int = Field(2, ge=1, le=100, description="turns per episode")
+    candidates: int = Field(5, ge=1, le=64, description="m actions sampled per turn")
+    episodes: int = Field(4, ge=1, le=1000, description="episodes per benchmark")
+    min_temperature: float = Field(0.5, ge=0.0, le=2.0,
+                                   description="meta-agent temperature of the first episode")
+    max_temperature: float = Field(1.0, ge=0.0, le=2.0,
+                                   description="meta-agent temperature of the last episode")
+
+    @model_validator(mode="after")
+    def _temperatures(self) -> CollectConfig:
+        if self.min_temperature > self.max_temperature:
+            raise ValueError(f"`min_temperature` {self.min_temperature} is above "
+                             f"`max_temperature` {self.max_temperature}")
+        return self
+
+    def episode_configs(self) -> list[OptimizeConfig]:
+        """One OptimizeConfig per episode: benchmark-major, temperatures spread per benchmark."""
+        own = {"episodes", "min_temperature", "max_temperature"}
+        base = self.model_dump(exclude=own)
+        out = []
+        for single in self.per_benchmark():
+            for k in range(self.episodes):
+                share = k / (self.episodes - 1) if self.episodes > 1 else 0.0
+                temperature = round(self.min_temperature + share * (
+                    self.max_temperature - self.min_temperature), 4)
+                out.append(OptimizeConfig.model_validate(
+                    {**base, "benchmark": single.benchmark, "meta_temperature": temperature}))
+        return out
+
+
 def hash_json(value: Any) -> str:
     """Content hash of a JSON-able value; keys sorted so equal configs hash equal."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
@@ -163,8 +199,9 @@ def format_validation_error(err: ValidationError) -> str:
     return f"`{where}`: {first['msg']}{got}{extra}"
 
 
-def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) -> OptimizeConfig:
-    """Read YAML (.yaml/.yml) or TOML (.toml), apply CLI overrides, validate."""
+def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None,
+                     model: type[OptimizeConfig] = OptimizeConfig) -> OptimizeConfig:
+    """Read YAML (.yaml/.yml) or TOML (.toml), apply CLI overrides, validate as `model`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"`config`: file {str(path)!r} does not exist")
@@ -175,7 +212,7 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None) 
         raise ConfigError(f"`config`: {path} is not valid {path.suffix[1:]}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"`config`: {path} must hold a mapping of settings")
-    return build_config(deep_merge(data, overrides or {}))
+    return build_config(deep_merge(data, overrides or {}), model)
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +227,9 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_config(data: dict[str, Any]) -> OptimizeConfig:
+def build_config(data: dict[str, Any],
+                 model: type[OptimizeConfig] = OptimizeConfig) -> OptimizeConfig:
     try:
-        return OptimizeConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from e

@@ -1,0 +1,146 @@
+"""RLAO collection as a Prefect flow: many episodes, turn by turn side by side.
+
+An episode is one optimization run (its own run folder, so `w4s show`, `w4s query` and
+`w4s dataset` read it like any run) without the test evaluation: held-out items are never
+used. All episodes take each stage together (every episode's `generate`, then every
+candidate's `self_check`, ...), so the meta-agent's and the executor's calls batch across
+episodes. Every stage skips finished work, so a collection killed at any point and rerun
+with the same id continues without duplicate or partial rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture, wait
+
+from flows.optimize import log_partial
+from flows.prefect_setup import route_w4s_logs
+from storage.query import query
+from storage.run_store import atomic_write, benchmark_slug, new_run_id
+from tasks.execute import execute, seed
+from tasks.generate import generate
+from tasks.log_trajectory import log_trajectory
+from tasks.reward import reward
+from tasks.self_check import self_check
+from tasks.stages import prepare_run
+from w4s.config import CollectConfig
+from w4s.errors import BudgetExceeded, W4SError, one_line
+from w4s.paths import runs_dir as default_runs_dir
+
+
+def episode_ids(collection_id: str, config: CollectConfig) -> list[str]:
+    """Stable ids (a rerun with the same collection id finds the same folders)."""
+    counts: dict[str, int] = {}
+    ids = []
+    for episode in config.episode_configs():
+        slug = benchmark_slug(episode.benchmark)
+        k = counts[slug] = counts.get(slug, -1) + 1
+        ids.append(f"{collection_id}-{slug}-e{k:03d}")
+    return ids
+
+
+class _Episodes:
+    """The live episodes of a collection; one whose stage fails drops out with its reason."""
+
+    def __init__(self, run_dirs: list[str]) -> None:
+        self.live = list(run_dirs)
+        self.failed: dict[str, str] = {}
+
+    def each(self, submit: Callable[[str], PrefectFuture | list[PrefectFuture]]) -> dict:
+        """Submit one stage for every live episode, wait for all, keep the results of those
+        that succeeded. A budget stop ends the whole collection (one shared budget)."""
+        futures = {d: submit(d) for d in self.live}
+        flat = [f for fs in futures.values() for f in (fs if isinstance(fs, list) else [fs])]
+        wait(flat)
+        results, budget = {}, None
+        for d, fs in futures.items():
+            try:
+                results[d] = ([f.result() for f in fs] if isinstance(fs, list)
+                              else fs.result())
+            except BudgetExceeded as e:
+                budget = e
+            except Exception as e:  # noqa: BLE001 - one episode's failure is that episode's
+                self.failed[Path(d).name] = f"{type(e).__name__}: {one_line(e, 300)}"
+        self.live = [d for d in self.live if d in results]
+        if budget is not None:
+            raise budget
+        return results
+
+
+@flow(name="collect", log_prints=True)
+def collect(config: CollectConfig, collection_id: str | None = None) -> dict[str, Any]:
+    """Collect RLAO trajectories; returns the collection's summary (also saved beside the
+    episodes as `<id>.collection.json`). Fails, after saving, if any episode failed."""
+    route_w4s_logs()
+    logger = get_run_logger()
+    cid = collection_id or new_run_id(config)
+    root = default_runs_dir(config.runs_dir)
+    ids = episode_ids(cid, config)
+    # one budget for the whole collection: every episode counts the others' spend
+    run_dirs = [prepare_run(cfg, root, eid, ids)
+                for eid, cfg in zip(ids, config.episode_configs(), strict=True)]
+    logger.info("collection %s: %d episodes x %d turns x %d candidates under %s",
+                cid, len(ids), config.iterations, config.candidates, root)
+    episodes, status = _Episodes(run_dirs), "completed"
+    try:
+        episodes.each(seed.submit)
+        episodes.each(lambda d: log_trajectory.submit(d, 0))
+        for turn in range(1, config.iterations + 1):
+            logger.info("turn %d/%d: %d episodes", turn, config.iterations, len(episodes.live))
+            indices = episodes.each(lambda d, t=turn: generate.submit(d, t))
+            episodes.each(lambda d, t=turn, ix=indices: [self_check.submit(d, t, j)
+                                                         for j in ix[d]])
+            episodes.each(lambda d, t=turn: execute.submit(d, t))
+            episodes.each(lambda d, t=turn: reward.submit(d, t))
+            episodes.each(lambda d, t=turn: log_trajectory.submit(d, t))
+    except BudgetExceeded as e:
+        logger.warning("%s", e)
+        status = "budget exceeded"
+        for d in episodes.live:
+            log_partial(d, config.iterations)
+    summary = _summary(cid, root, ids, episodes, status)
+    atomic_write(root / f"{cid}.collection.json", json.dumps(summary, indent=1))
+    create_markdown_artifact(_markdown(summary), key="w4s-collection",
+                             description="w4s RLAO collection")
+    logger.info("collection %s: %d rows, %d of %d episodes done (%s)", cid, summary["rows"],
+                len(summary["completed"]), len(ids), status)
+    if episodes.failed:
+        first = next(iter(episodes.failed.items()))
+        raise W4SError(f"{len(episodes.failed)} of {len(ids)} episodes failed ({first[0]}: "
+                       f"{first[1]}); rerun with collection id {cid} to resume them")
+    return summary
+
+
+def _summary(cid: str, root: Path, ids: list[str], episodes: _Episodes,
+             status: str) -> dict[str, Any]:
+    files = [str(p) for eid in ids for p in sorted((root / eid / "trajectories").glob("*.parquet"))]
+    rewards: dict[str, int] = {}
+    rows = 0
+    if files:
+        _, counts = query("SELECT reward, count(*) FROM read_parquet(?, union_by_name = true) "
+                          "WHERE kind = 'action' GROUP BY reward ORDER BY reward", [files])
+        rewards = {"null" if r is None else f"{r:g}": n for r, n in counts}
+        rows = sum(rewards.values())
+    positive = sum(n for r, n in rewards.items() if r != "null" and float(r) > 0)
+    return {
+        "collection_id": cid, "status": status, "runs_dir": str(root), "episodes": ids,
+        "completed": [Path(d).name for d in episodes.live], "failed": episodes.failed,
+        "rows": rows, "reward_histogram": rewards,
+        "positive_share": round(positive / rows, 4) if rows else None,
+    }
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    hist = ", ".join(f"{r}: {n}" for r, n in summary["reward_histogram"].items()) or "none"
+    failed = "".join(f"\n- {e}: {why}" for e, why in summary["failed"].items())
+    return (f"# w4s collection {summary['collection_id']}\n\n"
+            f"{len(summary['completed'])} of {len(summary['episodes'])} episodes done "
+            f"({summary['status']}), {summary['rows']} candidate rows; rewards {hist}; "
+            f"positive share {summary['positive_share']}" + (f"\n\nfailed:{failed}" if failed
+                                                              else ""))
