@@ -70,6 +70,7 @@ def fit_adapter(
     lora_dropout: float = 0.05,
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
     batch_tokens: int = 4096,
+    row_tokens: int | None = None,
     grad_accum: int = 1,
     max_seq_len: int = 2048,
     seed: int = 0,
@@ -92,6 +93,7 @@ def fit_adapter(
         lora_dropout=lora_dropout,
         target_modules=tuple(target_modules),
         batch_tokens=batch_tokens,
+        row_tokens=row_tokens,
         grad_accum=grad_accum,
         max_seq_len=max_seq_len,
         seed=seed,
@@ -196,6 +198,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         lora_dropout=args.lora_dropout,
         target_modules=[t.strip() for t in args.target_modules.split(",") if t.strip()],
         batch_tokens=args.batch_tokens,
+        row_tokens=args.row_tokens,
         grad_accum=args.grad_accum,
         max_seq_len=args.max_seq_len,
         seed=args.seed,
@@ -261,7 +264,13 @@ def add_parser(subparsers: Any) -> None:
         "--batch-tokens",
         type=int,
         default=d.batch_tokens,
-        help=f"tokens per packed row, default {d.batch_tokens}",
+        help=f"tokens per forward pass (micro-batch), default {d.batch_tokens}",
+    )
+    p.add_argument(
+        "--row-tokens",
+        type=int,
+        default=None,
+        help="tokens per packed row (default: min(batch tokens, max seq len))",
     )
     p.add_argument(
         "--grad-accum",

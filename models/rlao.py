@@ -54,7 +54,11 @@ class RLAOConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    batch_tokens: int = 4096  # token budget of one packed row (a sample longer goes alone)
+    batch_tokens: int = 4096  # token budget of one micro-batch (one forward pass)
+    # token budget of one packed row; None = min(batch_tokens, max_seq_len). Attention runs
+    # over the whole row under a block-diagonal mask (sdpa/eager), so its cost grows with
+    # the row length squared: on a CPU, rows of about the longest sample are fastest
+    row_tokens: int | None = None
     grad_accum: int = 1  # packed rows per optimizer step
     max_seq_len: int = 2048  # longer samples lose prompt tokens from the left
     seed: int = 0
@@ -67,6 +71,10 @@ class RLAOConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"`{name}` must be a positive integer, but received {value!r}")
+        if self.row_tokens is not None and self.row_tokens < 1:
+            raise ConfigError(
+                f"`row_tokens` must be positive or None, received {self.row_tokens!r}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"`max_steps` must be positive or None, received {self.max_steps!r}")
         if not self.lr > 0:
@@ -262,6 +270,35 @@ def collate_packed(samples: Sequence[Sample]) -> dict[str, Any]:
     }
 
 
+def collate_packed_rows(rows: Sequence[Sequence[Sample]], pad_id: int = 0) -> dict[str, Any]:
+    """Several packed rows in one [R, L] batch. Shorter rows get pad tokens at their tail,
+    as a sequence of their own (positions from 0, labels IGNORE): causal attention means no
+    real token sees them, so no attention mask is needed."""
+    import torch
+
+    parts = [collate_packed(r) for r in rows]
+    length = max(p["input_ids"].shape[1] for p in parts)
+    batch: dict[str, list] = {"input_ids": [], "position_ids": [], "labels": [], "sample_index": []}
+    fill = {"input_ids": pad_id, "labels": IGNORE, "sample_index": 0}
+    offset = 0
+    for p in parts:
+        extra = length - p["input_ids"].shape[1]
+        for key in batch:
+            row = p[key][0]
+            if key == "sample_index":
+                row = row + offset
+            tail = (
+                torch.arange(extra)
+                if key == "position_ids"
+                else torch.full((extra,), fill[key], dtype=row.dtype)
+            )
+            batch[key].append(torch.cat([row, tail]))
+        offset += p["weights"].shape[0]
+    out = {k: torch.stack(v) for k, v in batch.items()}
+    out["weights"] = torch.cat([p["weights"] for p in parts])
+    return out
+
+
 def collate_padded(
     samples: Sequence[Sample], pad_id: int, length: int | None = None
 ) -> dict[str, Any]:
@@ -406,17 +443,23 @@ class TrainState:
     train_seconds: float = 0.0
 
 
-def schedule(samples: Sequence[Sample], config: RLAOConfig) -> list[list[list[int]]]:
-    """Optimizer steps -> packed rows -> sample indices, fixed by the seed, so a resumed
-    fit replays the same order. Each epoch shuffles, then packs."""
+def schedule(samples: Sequence[Sample], config: RLAOConfig) -> list[list[list[list[int]]]]:
+    """Optimizer steps -> micro-batches -> packed rows -> sample indices, fixed by the seed,
+    so a resumed fit replays the same order. Each epoch shuffles, then packs rows of up to
+    row_tokens and groups them into micro-batches of up to batch_tokens."""
     lengths = [len(s.input_ids) for s in samples]
-    steps: list[list[list[int]]] = []
+    row_tokens = min(config.row_tokens or config.max_seq_len, config.batch_tokens)
+    per_batch = max(1, config.batch_tokens // row_tokens)
+    steps: list[list[list[list[int]]]] = []
     epoch = 0
     while epoch < config.epochs or (config.max_steps is not None and len(steps) < config.max_steps):
         order = list(range(len(samples)))
         random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
-        rows = pack(lengths, config.batch_tokens, order)
-        steps += [rows[i : i + config.grad_accum] for i in range(0, len(rows), config.grad_accum)]
+        rows = pack(lengths, row_tokens, order)
+        batches = [rows[i : i + per_batch] for i in range(0, len(rows), per_batch)]
+        steps += [
+            batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)
+        ]
         epoch += 1
     return steps[: config.max_steps] if config.max_steps is not None else steps
 
@@ -514,8 +557,8 @@ def train(
     fingerprint: dict[str, Any] | None = None,
     on_step: StepCallback | None = None,
 ) -> tuple[TrainState, int]:
-    """The loop: AdamW over the LoRA parameters, grad_accum packed rows per step, each
-    step's loss the mean over its samples; resumes from out's last checkpoint.
+    """The loop: AdamW over the LoRA parameters, grad_accum micro-batches of packed rows
+    per step, each step's loss the mean over its samples; resumes from out's last checkpoint.
     Returns the final state and the step it resumed from (0 for a fresh fit)."""
     import torch
 
@@ -535,17 +578,17 @@ def train(
     model.train()
     for step in range(state.step, len(plan)):
         start = time.perf_counter()
-        rows = plan[step]
-        n_samples = sum(len(r) for r in rows)
+        micro_batches = plan[step]
+        n_samples = sum(len(r) for rows in micro_batches for r in rows)
         step_loss = 0.0
         step_tokens = 0
         optimizer.zero_grad(set_to_none=True)
-        for row in rows:
-            batch = collate_packed([samples[i] for i in row])
+        for rows in micro_batches:
+            batch = collate_packed_rows([[samples[i] for i in r] for r in rows])
             loss = forward_loss(model, batch, n_samples=n_samples)
             loss.backward()
             step_loss += float(loss.detach())
-            step_tokens += batch["input_ids"].numel()
+            step_tokens += sum(len(samples[i].input_ids) for r in rows for i in r)  # no pads
         if config.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()

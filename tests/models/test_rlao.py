@@ -451,3 +451,27 @@ def test_fit_on_the_embedded_model(tmp_path):
     )
     base = AutoModelForCausalLM.from_pretrained(result.metrics["base_path"], dtype=torch.float32)
     PeftModel.from_pretrained(base, tmp_path / "out")
+
+
+def test_packed_rows_in_one_batch_equal_the_padded_loss(model_tok):
+    model, tok = model_tok
+    a, b, c = samples_of(tok)
+    multi = rlao.collate_packed_rows([[a, b], [c]], pad_id=tok.pad_token_id)
+    assert multi["input_ids"].shape[0] == 2 and "attention_mask" not in multi
+    padded = rlao.collate_padded([a, b, c], tok.pad_token_id)
+    with torch.no_grad():
+        assert rlao.forward_loss(model, multi).item() == pytest.approx(
+            rlao.forward_loss(model, padded).item(), rel=1e-5
+        )
+
+
+def test_schedule_groups_rows_into_micro_batches_and_steps():
+    samples = [rlao.Sample([1] * n, [rlao.IGNORE] + [1] * (n - 1), 1.0) for n in (5, 5, 5, 5)]
+    config = rlao.RLAOConfig(batch_tokens=20, row_tokens=10, grad_accum=1, epochs=2)
+    plan = rlao.schedule(samples, config)
+    assert len(plan) == 2  # one step per epoch: two rows of two samples in one micro-batch
+    assert all(len(step[0]) == 2 and all(len(r) == 2 for r in step[0]) for step in plan)
+    assert (
+        len(rlao.schedule(samples, rlao.RLAOConfig(batch_tokens=20, row_tokens=10, max_steps=5)))
+        == 5
+    )

@@ -1,0 +1,136 @@
+"""Fit throughput: padding-free packing vs max-length padding vs one forward per sample.
+
+The same synthetic samples (random ids, lengths spread over the range, the last quarter of
+each the completion) go through a LoRA forward + backward of the weighted loss three ways,
+in one process: packed rows of up to the max length, several rows per forward pass up to a
+token budget (models/rlao.py); the same as one long packed row per budget; batches padded to the
+max length, as the authors' code pads; and each sample alone, padded to the max length,
+as their loss loops. Tokens/s counts real tokens only, so padding shows as lost speed.
+All three use the same loss (the LM head on completion positions only): the ratios
+measure the batching alone.
+
+    .venv/bin/python benchmarks/bench_fit.py [--base embedded|PATH] [--samples N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import rlao  # noqa: E402
+
+
+def tiny_model(vocab: int = 1024):
+    """The tests' tiny random Llama (2 layers, hidden 64) with a 1k vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, vocab_size=vocab,
+                         tie_word_embeddings=True, max_position_embeddings=4096)
+    return LlamaForCausalLM(config), "tiny-llama-1k"
+
+
+def synthetic_samples(n: int, min_len: int, max_len: int, vocab: int, seed: int = 0):
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(n):
+        length = rng.randint(min_len, max_len)
+        ids = [rng.randrange(3, vocab) for _ in range(length)]
+        n_prompt = length - max(1, length // 4)
+        samples.append(rlao.Sample(ids, [rlao.IGNORE] * n_prompt + ids[n_prompt:],
+                                   rng.choice([12.18, 3.49, 1.0, 0.78])))
+    return samples
+
+
+def _run(model, batches, n_samples: int) -> float:
+    start = time.perf_counter()
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        rlao.forward_loss(model, batch, n_samples=n_samples).backward()
+    return time.perf_counter() - start
+
+
+def measure(model, samples, max_len: int, batch_tokens: int, repeats: int) -> dict:
+    real = sum(len(s.input_ids) for s in samples)
+    lengths = [len(s.input_ids) for s in samples]
+    rows = rlao.pack(lengths, max_len)  # the trainer's default: rows of up to max_seq_len
+    per_row = max(1, batch_tokens // max_len)
+    groups = [rows[i : i + per_row] for i in range(0, len(rows), per_row)]
+    ways = {
+        "packed": [rlao.collate_packed_rows([[samples[i] for i in r] for r in g]) for g in groups],
+        "packed_one_long_row": [rlao.collate_packed([samples[i] for i in r])
+                                for r in rlao.pack(lengths, batch_tokens)],
+        "padded_max_length": [rlao.collate_padded(samples[i:i + per_row], 0, max_len)
+                              for i in range(0, len(samples), per_row)],
+        "per_sample_forward": [rlao.collate_padded([s], 0, max_len) for s in samples],
+    }
+    for batches in ways.values():  # warm-up: first calls of each shape are slower
+        _run(model, batches[:1], len(samples))
+    result = {"samples": len(samples), "real_tokens": real, "max_len": max_len,
+              "batch_tokens": batch_tokens, "ways": {}}
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(repeats):  # round-robin, best of: other load on the machine hits all ways
+        for name, batches in ways.items():
+            best[name] = min(best[name], _run(model, batches, len(samples)))
+    for name, batches in ways.items():
+        result["ways"][name] = {"seconds": best[name], "tokens_per_s": real / best[name],
+                                "batches": len(batches)}
+    packed = result["ways"]["packed"]["tokens_per_s"]
+    result["ratio_one_long_row_vs_padded"] = (
+        result["ways"]["packed_one_long_row"]["tokens_per_s"]
+        / result["ways"]["padded_max_length"]["tokens_per_s"])
+    result["ratio_packed_vs_padded"] = packed / result["ways"]["padded_max_length"]["tokens_per_s"]
+    result["ratio_packed_vs_per_sample"] = (
+        packed / result["ways"]["per_sample_forward"]["tokens_per_s"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", help="also measure `embedded` or a local Hugging Face folder")
+    p.add_argument("--samples", type=int, default=48)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json", help="write the figures to this file")
+    args = p.parse_args(argv)
+
+    torch.manual_seed(0)
+    config = rlao.RLAOConfig(lora_dropout=0.0)
+    model, name = tiny_model()
+    runs = {name: measure(rlao.add_lora(model, config),
+                          synthetic_samples(args.samples, 32, 512, 1024), 512, 2048, args.repeats)}
+    if args.base:
+        from flows.fit import resolve_base
+
+        folder, base_id = resolve_base(args.base)
+        base, _ = rlao.load_base(folder)
+        n = max(4, args.samples // 4)
+        runs[base_id] = measure(rlao.add_lora(base, config),
+                                synthetic_samples(n, 32, 256, base.config.vocab_size),
+                                256, 1024, args.repeats)
+    print(f"torch threads {torch.get_num_threads()}")
+    for name, r in runs.items():
+        w = r["ways"]
+        print(f"{name}: {r['samples']} samples, {r['real_tokens']} tokens, max_len "
+              f"{r['max_len']}: packed {w['packed']['tokens_per_s']:,.0f} tok/s, padded "
+              f"{w['padded_max_length']['tokens_per_s']:,.0f}, per-sample "
+              f"{w['per_sample_forward']['tokens_per_s']:,.0f}; packed/padded "
+              f"{r['ratio_packed_vs_padded']:.2f}x, packed/per-sample "
+              f"{r['ratio_packed_vs_per_sample']:.2f}x; one long packed row/padded "
+              f"{r['ratio_one_long_row_vs_padded']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
