@@ -1,4 +1,5 @@
-"""The `w4s` command line: demo, optimize, evaluate, runs, show."""
+"""The `w4s` command line: demo, optimize, evaluate, runs, query, show; and RLAO: collect,
+dataset, fit, adapters."""
 
 from __future__ import annotations
 
@@ -233,8 +234,8 @@ def _run_optimize(config_data: dict[str, Any], config_file: str | None,
                   run_id: str | None) -> int:
     from w4s.config import build_config, load_config_file
 
-    cfg = (load_config_file(config_file, config_data) if config_file
-           else build_config(config_data))
+    cfg = with_resolved_adapter(load_config_file(config_file, config_data) if config_file
+                                else build_config(config_data))
     from flows.optimize import optimize
     from storage.run_store import new_run_id
 
@@ -289,17 +290,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_optimize(data, None, None)
 
 
+def with_resolved_adapter(cfg: Any) -> Any:
+    """`meta_agent.adapter: latest|ID|PATH` -> the adapter's folder, checked against the
+    meta-agent's base, so the run's config records the adapter it really used."""
+    spec = cfg.meta_agent.adapter
+    if spec is None:
+        return cfg
+    from storage.adapters import check_base, resolve
+
+    record = resolve(spec)
+    meta = cfg.meta_agent
+    base = (str(Path(meta.model).expanduser().resolve()) if meta.kind == "transformers"
+            else meta.model or "smollm2-135m-instruct")
+    if meta.kind in ("embedded", "llamacpp", "transformers"):
+        check_base(record, base)
+    return cfg.model_copy(update={"meta_agent": meta.model_copy(update={"adapter": record.path})})
+
+
+def _adapter_override(data: dict[str, Any], adapter: str | None) -> dict[str, Any]:
+    from w4s.config import deep_merge
+
+    return data if adapter is None else deep_merge(data, {"meta_agent": {"adapter": adapter}})
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
-    return _run_optimize(_overrides(args), args.config, args.run_id)
+    return _run_optimize(_adapter_override(_overrides(args), args.adapter), args.config,
+                         args.run_id)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from storage.run_store import new_run_id
     from w4s.config import CollectConfig, build_config, load_config_file
 
-    data = _overrides(args, CollectConfig)
-    cfg = (load_config_file(args.config, data, CollectConfig) if args.config
-           else build_config(data, CollectConfig))
+    data = _adapter_override(_overrides(args, CollectConfig), args.adapter)
+    cfg = with_resolved_adapter(load_config_file(args.config, data, CollectConfig) if args.config
+                                else build_config(data, CollectConfig))
     from flows.collect import collect
 
     cid = args.collection_id or new_run_id(cfg)  # named now, so Ctrl-C can say it
@@ -408,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "merged into the --config file's blocks key by key.")
     p.add_argument("--config", help="YAML or TOML file of OptimizeConfig fields")
     p.add_argument("--run-id", help="resume this run: finished stages are skipped")
+    p.add_argument("--adapter", help="the meta-agent's LoRA adapter: latest, an id from "
+                                     "`w4s adapters`, or a folder")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="any config field, dotted for nested ones, the value as YAML, e.g. "
                         "--set executor.kind=openai")
@@ -420,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "side by side; nested fields through --set a.b=VALUE.")
     p.add_argument("--config", help="YAML or TOML file of CollectConfig fields")
     p.add_argument("--collection-id", help="resume this collection: finished stages are skipped")
+    p.add_argument("--adapter", help="the meta-agent's LoRA adapter: latest, an id from "
+                                     "`w4s adapters`, or a folder (iterated RLAO)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="any config field, e.g. --set meta_agent.kind=llamacpp")
     from w4s.config import CollectConfig
@@ -467,9 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_show)
 
-    from flows import dataset_cmd
+    from flows import dataset_cmd, fit
 
     dataset_cmd.add_parser(sub)  # RLAO: trajectory rows -> a reward-weighted dataset
+    fit.add_parser(sub)  # RLAO: dataset -> a LoRA adapter (`fit`), and the registry (`adapters`)
     return parser
 
 
