@@ -247,3 +247,25 @@ def test_dataset_is_a_subcommand_with_one_line_errors(tmp_path, capsys):
                  str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("w4s: error:") and "does not exist" in err and len(err.splitlines()) == 1
+
+
+def test_adapter_specs_are_resolved_or_refused_in_one_line(tmp_path, capsys):
+    import json
+
+    from flows.cli import main
+    from storage.adapters import register
+
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    assert main(["optimize", "--adapter", "latest", *runs]) == 2  # nothing fitted yet
+    assert "no adapter is registered" in capsys.readouterr().err
+    assert main(["optimize", "--adapter", "no-such-id", *runs]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no-such-id" in err and len(err.splitlines()) == 1
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    register(folder, base_model="Qwen/Qwen2.5-7B-Instruct")
+    assert main(["optimize", "--adapter", "latest", *runs]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fitted on 'Qwen/Qwen2.5-7B-Instruct'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # refused before any run folder was made
