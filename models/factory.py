@@ -77,6 +77,8 @@ def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
             max_retries=cfg.max_retries,
             max_new_tokens=cfg.max_new_tokens,
             transport=cfg.transport,
+            adapter=cfg.adapter,
+            adapter_field=f"{prefix}adapter",
         )
     if cfg.kind == "embedded":
         from models.embedded import load_embedded_chat_model

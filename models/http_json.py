@@ -70,8 +70,9 @@ class JSONClient:
         self._ssl = ssl.create_default_context() if self._https else None
         self._local = threading.local()
 
-    def post(self, path: str, body: dict) -> Any:
-        """The decoded JSON reply; HTTPStatusError / HTTPUnreachable otherwise."""
+    def post(self, path: str, body: dict, *, json_reply: bool = True) -> Any:
+        """The decoded JSON reply (the text with `json_reply=False`: vLLM's adapter endpoints
+        answer plain text); HTTPStatusError / HTTPUnreachable otherwise."""
         data = json.dumps(body).encode()
         for attempt in range(2):  # a kept-alive connection the server closed is reopened once
             conn, reused = self._connection()
@@ -95,6 +96,8 @@ class JSONClient:
             if resp.status >= 400:
                 raise HTTPStatusError(resp.status, _error_message(payload),
                                       _retry_after(resp.getheader("retry-after")))
+            if not json_reply:
+                return payload.decode("utf-8", "replace")
             try:
                 return json.loads(payload)
             except ValueError as e:

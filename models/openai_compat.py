@@ -9,6 +9,12 @@ library's keep-alive `http.client`, 0.4-0.5 ms of CPU per call under 32 concurre
 `openai`: the official client (its generic `post`, so no pydantic models are built), 1.9 ms
 (benchmarks/bench_http_transport.py); pick it for what only that client does (e.g.
 OPENAI_ORG_ID headers).
+
+An `adapter` (a PEFT LoRA folder) is loaded into a vLLM server at construction through
+`POST /load_lora_adapter` (vLLM started with `--enable-lora` and
+`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`) under a name derived from the adapter's content, so
+reloading the same adapter, from any process, finds it already there. The server reads the
+folder itself: its path must be readable by the server (same host or shared storage).
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ class OpenAICompatChatModel:
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         transport: str = "http",
+        adapter: str | None = None,
+        adapter_field: str = "adapter",
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError(f"`transport` must be one of {TRANSPORTS}, got {transport!r}")
@@ -100,6 +108,56 @@ class OpenAICompatChatModel:
                                         headers={"Authorization": f"Bearer {api_key}"})
             except ValueError as e:
                 raise ConfigError(str(e)) from e
+        self.served_model = model  # the `model` of each request: the adapter's name, if any
+        if adapter is not None:
+            self._load_adapter(adapter, adapter_field)
+
+    def _load_adapter(self, adapter: str, field: str) -> None:
+        """Load the PEFT folder `adapter` into the server and serve it from then on.
+
+        The served name and `model_id` come from a digest of the adapter's files: the same
+        adapter always gets the same name (vLLM's 400 "already been loaded" is then fine),
+        and an adapted model's id differs from its base's, which the executor-call cache
+        and recorded outcomes key on.
+        """
+        from models.lora_gguf import adapted_model_id, adapter_digest, check_adapter_dir
+
+        folder = check_adapter_dir(adapter, field=field).resolve()
+        digest = adapter_digest(folder)
+        name = f"w4s-lora-{digest[:10]}"
+        self.model_id = adapted_model_id(self.model_id, digest)
+        body = {"lora_name": name, "lora_path": str(folder)}
+        try:
+            self._create(body, path="/load_lora_adapter", json_reply=False)
+        except BackendError as e:
+            cause = e.__cause__
+            if not isinstance(cause, HTTPStatusError) or cause.status_code in (401, 403, 407):
+                raise  # unreachable, 5xx after the retries, the key: already one line
+            text = str(cause).lower()
+            status = cause.status_code
+            if status == 400 and "already" in text:
+                log.info("%s: adapter %s already loaded at %s", self.model_id, name,
+                         self.endpoint)
+            elif "not enabled" in text or "enable-lora" in text or (
+                    status in (404, 405) and "no adapter found" not in text):
+                raise BackendError(
+                    f"`{field}`: the server at {self.base_url} does not serve LoRA adapters "
+                    "(start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"
+                ) from cause
+            elif "no adapter found" in text or str(folder).lower() in text:
+                raise BackendError(
+                    f"`{field}`: the server at {self.base_url} cannot read the adapter at "
+                    f"{str(folder)!r} (it must be readable by the server: same host or shared "
+                    f"storage): {one_line(cause)}"
+                ) from cause
+            else:
+                raise BackendError(
+                    f"`{field}`: the server at {self.base_url} refused to load the adapter: "
+                    f"{one_line(cause)}"
+                ) from cause
+        else:
+            log.info("%s: loaded adapter %s into %s", self.model_id, name, self.endpoint)
+        self.served_model = name
 
     @property
     def endpoint(self) -> str:
@@ -121,7 +179,7 @@ class OpenAICompatChatModel:
         if self.max_new_tokens is not None:
             max_tokens = min(max_tokens, self.max_new_tokens)
         base: dict[str, Any] = {
-            "model": self.model_id,
+            "model": self.served_model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
             "temperature": temperature,
             "max_tokens": max_tokens,
@@ -182,11 +240,12 @@ class OpenAICompatChatModel:
                                model=self.model_id, infrastructure=True)
         return choices, tokens
 
-    def _post(self, kwargs: dict[str, Any]) -> Any:
-        """One POST of a chat completion; both transports raise the same two errors."""
+    def _post(self, kwargs: dict[str, Any], path: str = "/chat/completions",
+              json_reply: bool = True) -> Any:
+        """One POST (a chat completion by default); both transports raise the same errors."""
         if self._http is not None:
             try:
-                return self._http.post("/chat/completions", kwargs)
+                return self._http.post(path, kwargs, json_reply=json_reply)
             except ValueError as e:
                 raise self._malformed(e) from e
         import httpx
@@ -194,12 +253,14 @@ class OpenAICompatChatModel:
 
         assert self._client is not None
         try:
-            resp = self._client.post("/chat/completions", body=kwargs, cast_to=httpx.Response)
+            resp = self._client.post(path, body=kwargs, cast_to=httpx.Response)
         except openai.APIStatusError as e:
             raise HTTPStatusError(e.status_code, one_line(e), _retry_after_s(e)) from e
         except openai.APIConnectionError as e:  # includes APITimeoutError
             raise HTTPUnreachable(one_line(e),
                                   timed_out=isinstance(e, openai.APITimeoutError)) from e
+        if not json_reply:
+            return resp.text
         try:
             return resp.json()
         except ValueError as e:
@@ -210,12 +271,13 @@ class OpenAICompatChatModel:
                             f"{type(e).__name__}: {one_line(e)}", model=self.model_id,
                             infrastructure=True)
 
-    def _create(self, kwargs: dict[str, Any]) -> tuple[Any, int]:
+    def _create(self, kwargs: dict[str, Any], path: str = "/chat/completions",
+                json_reply: bool = True) -> tuple[Any, int]:
         """One request with our retry loop; returns the reply and how many retries it took."""
         attempt = 0
         while True:
             try:
-                return self._post(kwargs), attempt
+                return self._post(kwargs, path, json_reply), attempt
             except HTTPStatusError as e:
                 status = e.status_code
                 if status == 400 and kwargs.get("n", 1) > 1:

@@ -60,7 +60,9 @@ class BackendConfig(_Frozen):
             raise ValueError("`model` is required for kind 'openai' (the served model name)")
         if self.kind in ("transformers", "llamacpp") and not self.model:
             raise ValueError(f"`model` is required for kind {self.kind!r} (a local path)")
-        if self.adapter is not None and self.kind not in ("embedded", "transformers", "llamacpp"):
+        if self.adapter is not None and self.kind not in (
+            "embedded", "transformers", "llamacpp", "openai"
+        ):
             raise ValueError(f"`adapter` is not supported for kind {self.kind!r} yet")
         return self
 
