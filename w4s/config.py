@@ -50,8 +50,9 @@ class BackendConfig(_Frozen):
     replies: list[str] | None = Field(None, description="`scripted` backend only: canned replies")
     adapter: str | None = Field(
         None,
-        description="path to a PEFT LoRA adapter folder served on top of this model "
-        "(embedded, transformers, llamacpp); None serves the base model",
+        description="a PEFT LoRA adapter folder served on top of this model (embedded, "
+        "transformers, llamacpp; openai: a vLLM server loads it at runtime); the CLI also "
+        "takes `latest` or a registered id; None serves the base model",
     )
 
     @model_validator(mode="after")
