@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,49 @@ log = logging.getLogger(__name__)
 _INSTALL_HINT = "pip install xllamacpp"
 
 
+_ALONE_RETRY_DELAYS_S = (0.05, 0.25, 1.0)
+
+
+class _ContextFull(Exception):
+    """llama.cpp found no room in the KV cache for the request (alone, or beside others)."""
+
+
+class _SharedOrAlone:
+    """Requests run side by side (shared) or one alone (exclusive); a waiting exclusive
+    request holds new shared ones back, so it is not starved under load."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = self._waiting = 0
+        self._alone = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._alone and not self._shared)
+            self._waiting -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
+
 class LlamaCppChatModel:
     """ChatModel over an in-process llama.cpp server; thread-safe.
 
@@ -38,7 +83,9 @@ class LlamaCppChatModel:
     reproducible only when no other call overlaps them. `json_mode` uses llama.cpp's JSON
     grammar, so replies are valid JSON unless cut by `max_tokens` (transformers: no grammar).
     One unified KV cache of `n_ctx` tokens is shared by `n_parallel` slots, so one long
-    prompt may use the whole context.
+    prompt may use the whole context; a request that finds the cache full of the others'
+    tokens (llama.cpp's 500 "Context size has been exceeded") is retried alone, and only a
+    request too long on its own is the caller's fault.
     """
 
     def __init__(
@@ -86,6 +133,7 @@ class LlamaCppChatModel:
             ) from e
         log.info("llama.cpp loaded %s in %.2fs", path.name, time.perf_counter() - start)
         self._pool = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="llamacpp-n")
+        self._kv = _SharedOrAlone()
 
     @classmethod
     def from_config(
@@ -153,8 +201,27 @@ class LlamaCppChatModel:
         )
 
     def _one(self, request: dict[str, Any], seed: int | None) -> tuple[str, int, int]:
+        """One request. The slots share one KV cache, so a request may find the context full
+        of other requests' tokens: it is then retried alone, and only a request that does not
+        fit on its own is the caller's fault."""
         if seed is not None:
             request = {**request, "seed": seed}
+        try:
+            with self._kv.shared():
+                return self._send(request)
+        except _ContextFull:
+            with self._kv.alone():
+                # llama.cpp frees a failed request's cache on its own loop, a moment later
+                for delay in _ALONE_RETRY_DELAYS_S:
+                    try:
+                        return self._send(request)
+                    except _ContextFull as e:
+                        last = e
+                    time.sleep(delay)
+                raise BackendError(f"llama.cpp error: {last}", model=self.model_id,
+                                   infrastructure=False) from None
+
+    def _send(self, request: dict[str, Any]) -> tuple[str, int, int]:
         try:
             resp = self._server.handle_chat_completions(request)
         except ValueError as e:  # the request's shape (e.g. its response_format)
@@ -170,6 +237,8 @@ class LlamaCppChatModel:
             msg = err.get("message", err) if isinstance(err, dict) else err
             code = err.get("code") if isinstance(err, dict) else None
             rejected = isinstance(code, int) and 400 <= code < 500
+            if code == 500 and "context size has been exceeded" in str(msg).lower():
+                raise _ContextFull(one_line(str(msg)))  # the shared cache filled up mid-way
             raise BackendError(f"llama.cpp error: {one_line(str(msg))}", model=self.model_id,
                                infrastructure=not rejected)
         usage = resp.get("usage") or {}

@@ -105,3 +105,33 @@ def test_openai_backend_talks_to_a_real_llamacpp_server(model) -> None:
     assert len(out.texts) == 2 and all(out.texts)
     assert out.prompt_tokens > 5 and out.completion_tokens > 0
     assert out.extra["finish_reasons"][0] in ("stop", "length")
+
+
+def test_a_full_shared_kv_cache_is_retried_alone_not_blamed_on_the_request() -> None:
+    """The slots share one KV cache: concurrent requests that each fit but together do not
+    must all be answered (a collection's candidates failed so); one too long alone fails."""
+    from models.llamacpp import LlamaCppChatModel
+
+    cfg = BackendConfig(kind="llamacpp", model="smollm2-135m-instruct", max_new_tokens=160)
+    small = LlamaCppChatModel.from_config(cfg, n_ctx=512, n_parallel=4, n_threads=1)
+    story = "Tell me a long story about a cat who learns to count, with many details. " * 3
+    results: dict[int, object] = {}
+
+    def worker(i: int) -> None:
+        try:
+            results[i] = small.complete([{"role": "user", "content": f"{i}. {story}"}],
+                                        max_tokens=160, temperature=0.8)
+        except BackendError as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not [r for r in results.values() if isinstance(r, BackendError)], results
+    assert len(results) == 4
+    with pytest.raises(BackendError) as info:
+        small.complete([{"role": "user", "content": "hi " * 700}])
+    assert info.value.infrastructure is False  # too long on its own: the request's fault
+    small.close()
