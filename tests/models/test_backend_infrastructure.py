@@ -89,10 +89,11 @@ class _Server:
     (RuntimeError("decode failed"), True),
 ])
 def test_llamacpp_errors(outcome, infra):
-    from models.llamacpp import LlamaCppChatModel
+    from models.llamacpp import LlamaCppChatModel, _SharedOrAlone
 
     model = LlamaCppChatModel.__new__(LlamaCppChatModel)  # no GGUF needed for the mapping
     model.model_id, model.max_new_tokens, model._server = "llama", 16, _Server(outcome)
+    model._kv = _SharedOrAlone()
     with pytest.raises(BackendError) as info:
         model.complete(ASK)
     assert info.value.infrastructure is infra
