@@ -232,21 +232,17 @@ def print_table(cols: list[str], rows: list[tuple | list], **kw: Any) -> None:
 
 def _run_optimize(config_data: dict[str, Any], config_file: str | None,
                   run_id: str | None) -> int:
-    from w4s.config import build_config, load_config_file
 
-    cfg = with_resolved_adapter(load_config_file(config_file, config_data) if config_file
-                                else build_config(config_data))
     from flows.optimize import optimize
     from storage.run_store import new_run_id
+    from w4s.config import OptimizeConfig
 
+    cfg = _load(config_data, config_file, OptimizeConfig)
     # drawn here as RunStore.create would, not in the flow, so Ctrl-C can name it; with several
     # benchmarks this top-level id resumes every one's subflow
     run_id = run_id or new_run_id(cfg)
-    try:
-        summary = optimize(cfg, run_id=run_id)
-    except KeyboardInterrupt:
-        print(f"w4s: interrupted; rerun with --run-id {run_id} to resume (same config)",
-              file=sys.stderr)
+    summary = _until_interrupted(lambda: optimize(cfg, run_id=run_id), f"--run-id {run_id}")
+    if summary is None:
         return 130
     for one in summary.get("runs", [summary]):
         _print_result(one)
@@ -290,6 +286,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_optimize(data, None, None)
 
 
+def _load(data: dict[str, Any], config_file: str | None, model: type) -> Any:
+    """The config from the file (if any) with `data` merged over it, its adapter resolved."""
+    from w4s.config import build_config, load_config_file
+
+    return with_resolved_adapter(load_config_file(config_file, data, model) if config_file
+                                 else build_config(data, model))
+
+
+def _until_interrupted(run: Any, resume_flag: str) -> Any:
+    """run(); on Ctrl-C say how to resume and return None (exit code 130)."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print(f"w4s: interrupted; rerun with {resume_flag} to resume (same config)",
+              file=sys.stderr)
+        return None
+
+
 def with_resolved_adapter(cfg: Any) -> Any:
     """`meta_agent.adapter: latest|ID|PATH` -> the adapter's folder, checked against the
     meta-agent's base, so the run's config records the adapter it really used."""
@@ -319,20 +333,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from storage.run_store import new_run_id
-    from w4s.config import CollectConfig, build_config, load_config_file
-
-    data = _adapter_override(_overrides(args, CollectConfig), args.adapter)
-    cfg = with_resolved_adapter(load_config_file(args.config, data, CollectConfig) if args.config
-                                else build_config(data, CollectConfig))
     from flows.collect import collect
+    from storage.run_store import new_run_id
+    from w4s.config import CollectConfig
 
+    cfg = _load(_adapter_override(_overrides(args, CollectConfig), args.adapter), args.config,
+                CollectConfig)
     cid = args.collection_id or new_run_id(cfg)  # named now, so Ctrl-C can say it
-    try:
-        summary = collect(cfg, collection_id=cid)
-    except KeyboardInterrupt:
-        print(f"w4s: interrupted; rerun with --collection-id {cid} to resume (same config)",
-              file=sys.stderr)
+    summary = _until_interrupted(lambda: collect(cfg, collection_id=cid),
+                                 f"--collection-id {cid}")
+    if summary is None:
         return 130
     hist = ", ".join(f"{r}: {n}" for r, n in summary["reward_histogram"].items()) or "none"
     print(f"collection {cid} ({summary['status']}): {len(summary['completed'])} episodes, "
