@@ -166,6 +166,10 @@ class CollectConfig(OptimizeConfig):
 
     @model_validator(mode="after")
     def _temperatures(self) -> CollectConfig:
+        # a dump of this config (Prefect stores flow parameters) carries the default back
+        if self.meta_temperature != OptimizeConfig.model_fields["meta_temperature"].default:
+            raise ValueError("`meta_temperature` is not used by a collection: set "
+                             "`min_temperature` and `max_temperature` (spread over episodes)")
         if self.min_temperature > self.max_temperature:
             raise ValueError(f"`min_temperature` {self.min_temperature} is above "
                              f"`max_temperature` {self.max_temperature}")

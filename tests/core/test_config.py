@@ -77,3 +77,15 @@ def test_deep_merge_leaves_its_inputs_alone():
     extra = {"a": {"c": {"f": 3}}, "e": [2]}
     assert deep_merge(base, extra) == {"a": {"b": 1, "c": {"d": 2, "f": 3}}, "e": [2]}
     assert base == {"a": {"b": 1, "c": {"d": 2}}, "e": [1]} and extra["a"] == {"c": {"f": 3}}
+
+
+def test_collect_config_refuses_the_temperature_it_would_ignore():
+    import pytest
+
+    from w4s.config import CollectConfig
+    from w4s.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="min_temperature"):
+        build_config({"meta_temperature": 0.7}, CollectConfig)
+    spread = [c.meta_temperature for c in CollectConfig(episodes=3).episode_configs()]
+    assert spread == [0.5, 0.75, 1.0]
