@@ -26,7 +26,7 @@ from w4s.mdp import (
     sample_candidates,
     self_check_with_repairs,
 )
-from w4s.prompts import clip
+from w4s.prompts import HistoryEntry, clip
 from w4s.sandbox import EvalResult, check_workflow_source
 from w4s.sandbox.harness import BUDGET_ERROR
 
@@ -132,17 +132,31 @@ def _to_evaluate(cands: Sequence[Candidate]) -> list[Candidate]:
 
 
 def _seeds(cfg: OptimizeConfig) -> dict[str, str]:
-    """The seed workflow(s) a run starts from: the named one, or all of the benchmark's."""
+    """The seed workflows a run evaluates: the named one alone, or all of the benchmark's."""
     bench = runtime.benchmark(cfg)
     seeds = bench.seed_workflows()
-    if cfg.seed_workflow is None:
-        return seeds
-    if cfg.seed_workflow not in seeds:
+    if cfg.seed_workflow is not None and cfg.seed_workflow not in seeds:
         raise W4SError(
             f"`seed_workflow` {cfg.seed_workflow!r} is not a seed of {bench.name}; "
             f"choose from: {', '.join(seeds)}"
         )
+    if cfg.seed_workflow is None or cfg.initial_state == "all_seeds":
+        return seeds
     return {cfg.seed_workflow: seeds[cfg.seed_workflow]}
+
+
+def initial_state(bench_description: str, example: Item, seeds: Sequence[Candidate],
+                  start: Candidate, *, all_seeds: bool) -> State:
+    """The state before iteration 1: `start` is the current workflow with its feedback; with
+    `all_seeds` the other scored seeds come first with their accuracies, and the reward's
+    reference (best so far) is the best of them all, as in the paper's initial state."""
+    shown = [c for c in seeds if c is not start and c.accuracy is not None] if all_seeds else []
+    history = tuple(HistoryEntry(0, c.accuracy or 0.0, c.code or "") for c in shown)
+    history += (HistoryEntry(0, start.accuracy or 0.0, start.code or "",
+                             tuple(failure_cases(start.failures))),)
+    return State(task_description=bench_description, example_question=example.question,
+                 example_answer=str(example.gold), history=history,
+                 best_accuracy=max(h.accuracy for h in history))
 
 
 def seed(run_dir: str) -> float:
@@ -164,16 +178,19 @@ def seed(run_dir: str) -> float:
     scored = [c for c in cands if c.accuracy is not None]
     if not scored:
         raise W4SError("no seed workflow finished a validation evaluation")
-    best = max(scored, key=lambda c: (c.accuracy, -c.index))
-    best.chosen = True
-    store.save_candidate(best)
-    val = _items(store, cfg, "validation")
-    example = val[0]
-    state = State(task_description=bench.description, example_question=example.question,
-                  example_answer=str(example.gold))
-    state = state.advance(0, best.accuracy, best.code or "", failure_cases(best.failures))
+    start = max(scored, key=lambda c: (c.accuracy, -c.index))
+    if cfg.seed_workflow is not None:
+        start = next(c for c in cands if c.seed_name == cfg.seed_workflow)
+        if start.accuracy is None:
+            raise W4SError(f"the starting seed {cfg.seed_workflow!r} did not finish a "
+                           "validation evaluation")
+    start.chosen = True
+    store.save_candidate(start)
+    example = _items(store, cfg, "validation")[0]
+    state = initial_state(bench.description, example, cands, start,
+                          all_seeds=cfg.initial_state == "all_seeds")
     store.save_state(0, state)
-    return best.accuracy
+    return start.accuracy
 
 
 def generate(run_dir: str, iteration: int) -> list[int]:

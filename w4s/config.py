@@ -83,7 +83,13 @@ class OptimizeConfig(_Frozen):
         default_factory=dict, description="options of the benchmark, e.g. path, scorer"
     )
     seed_workflow: str | None = Field(
-        None, description="starting seed workflow; None evaluates all seeds and takes the best"
+        None, description="the initial state's current workflow; None takes the best seed "
+        "(with `initial_state: best_seed` only this seed is evaluated)"
+    )
+    initial_state: Literal["best_seed", "all_seeds"] = Field(
+        "best_seed", description="the first state's history: the starting seed alone, or "
+        "every seed with its validation accuracy and the starting one last (the paper's "
+        "initial state: a better seed in view is an improvement the meta-agent can sample)",
     )
     meta_agent: BackendConfig = Field(
         BackendConfig(max_new_tokens=384), description="the model that writes workflows"
@@ -163,6 +169,10 @@ class CollectConfig(OptimizeConfig):
                                    description="meta-agent temperature of the first episode")
     max_temperature: float = Field(1.0, ge=0.0, le=2.0,
                                    description="meta-agent temperature of the last episode")
+    split_per_episode: bool = Field(
+        False, description="episode k splits with `split_seed` + k: its own validation items, "
+        "example and failure cases, so the episodes start from different states"
+    )
 
     @model_validator(mode="after")
     def _temperatures(self) -> CollectConfig:
@@ -177,7 +187,7 @@ class CollectConfig(OptimizeConfig):
 
     def episode_configs(self) -> list[OptimizeConfig]:
         """One OptimizeConfig per episode: benchmark-major, temperatures spread per benchmark."""
-        own = {"episodes", "min_temperature", "max_temperature"}
+        own = {"episodes", "min_temperature", "max_temperature", "split_per_episode"}
         base = self.model_dump(exclude=own)
         out = []
         for single in self.per_benchmark():
@@ -185,8 +195,10 @@ class CollectConfig(OptimizeConfig):
                 share = k / (self.episodes - 1) if self.episodes > 1 else 0.0
                 temperature = round(self.min_temperature + share * (
                     self.max_temperature - self.min_temperature), 4)
+                split = self.split_seed + k if self.split_per_episode else self.split_seed
                 out.append(OptimizeConfig.model_validate(
-                    {**base, "benchmark": single.benchmark, "meta_temperature": temperature}))
+                    {**base, "benchmark": single.benchmark, "meta_temperature": temperature,
+                     "split_seed": split}))
         return out
 
 

@@ -1,0 +1,58 @@
+"""The paper's initial state: every seed with its accuracy in view, the starting one last."""
+
+from __future__ import annotations
+
+from storage.run_store import RunStore
+from tasks import stages
+from w4s.benchmarks import Item
+from w4s.config import CollectConfig, build_config
+from w4s.mdp import Candidate
+
+
+def _seed(index: int, name: str, accuracy: float | None) -> Candidate:
+    return Candidate(run_id="r", iteration=0, index=index, kind="seed", prompt=[],
+                     reply=f"# {name}", seed_name=name, code=f"# {name} workflow\n",
+                     status="ok", accuracy=accuracy,
+                     failures=[{"question": "q?", "answer": "1", "expected": "2"}])
+
+
+def test_all_seeds_in_view_with_the_start_last_and_the_best_as_reference():
+    seeds = [_seed(0, "direct", 0.0), _seed(1, "cot", 0.1), _seed(2, "lost", None),
+             _seed(3, "code", 0.6)]
+    state = stages.initial_state("Add numbers.", Item(id="a", question="1+1?", gold=2), seeds,
+                                 seeds[0], all_seeds=True)
+    assert [h.code for h in state.history] == ["# cot workflow\n", "# code workflow\n",
+                                               "# direct workflow\n"]
+    assert state.best_accuracy == 0.6 and state.last_accuracy == 0.0
+    assert [len(h.failures) for h in state.history] == [0, 0, 1]  # feedback: latest only
+    prompt = state.messages()[1]["content"]
+    assert "# code workflow" in prompt and "validation accuracy 0.60" in prompt
+    assert prompt.count("Validation accuracy:") == 1 and "went" not in prompt
+    alone = stages.initial_state("Add numbers.", Item(id="a", question="1+1?", gold=2), seeds,
+                                 seeds[0], all_seeds=False)
+    assert len(alone.history) == 1 and alone.best_accuracy == 0.0
+
+
+def test_seed_stage_evaluates_every_seed_and_starts_from_the_named_one(tmp_path):
+    cfg = build_config({
+        "benchmark": "arithmetic", "seed_workflow": "code", "initial_state": "all_seeds",
+        "val_size": 3, "test_size": 3, "runs_dir": str(tmp_path / "runs"),
+        "meta_agent": {"kind": "scripted", "replies": ["x"]},
+        "executor": {"kind": "scripted", "replies": ["print(7)"]},
+    })
+    run_dir = stages.prepare_run(cfg, tmp_path / "runs", "all-seeds")
+    stages.seed(run_dir)
+    store = RunStore(run_dir)
+    seeds = store.candidates(0)
+    assert [c.seed_name for c in seeds] == ["direct", "cot", "cot_sc", "code"]
+    assert all(c.accuracy is not None for c in seeds)
+    assert [c.seed_name for c in seeds if c.chosen] == ["code"]
+    state = store.load_state(0)
+    assert len(state.history) == 4 and state.current_code == seeds[3].code
+
+
+def test_episodes_split_apart_only_when_asked():
+    same = CollectConfig(episodes=3, split_seed=5).episode_configs()
+    apart = CollectConfig(episodes=3, split_seed=5, split_per_episode=True).episode_configs()
+    assert [c.split_seed for c in same] == [5, 5, 5]
+    assert [c.split_seed for c in apart] == [5, 6, 7]
