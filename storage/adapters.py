@@ -1,22 +1,30 @@
-"""The adapters registry: one JSON file per fitted adapter under `$W4S_HOME/adapters/`.
+"""The adapters registry: one JSON file per fitted adapter under `<storage root>/adapters/`.
 
-A file per adapter (written to a temporary name, then renamed) means concurrent fits never
+A file per adapter (written whole: `storage.files.atomic_write`) means concurrent fits never
 rewrite a shared index, and a listing is a directory scan. Configs name an adapter as
 `latest`, an id, or a path; `resolve` turns each into a record or a one-line error.
+
+The storage root is local, or an fsspec URL for several hosts (`w4s.paths.storage_root`).
+There, `register` uploads the adapter folder beside its record (the record is written last,
+so a half-uploaded folder is never listed), and `local_folder` downloads it once into the
+host's cache, because model code loads adapters from local files.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from storage.files import atomic_write, is_local, upload_folder
 from w4s.errors import ConfigError
-from w4s.paths import w4s_home
+from w4s.paths import cache_dir, is_url, location, storage_root
 
 
 class AdapterError(ConfigError):
@@ -35,10 +43,12 @@ class AdapterRecord:
     )  # a summary; the curve stays in metrics.json
     created_at: str = ""  # ISO 8601, UTC
     dataset: str | None = None
+    source: str | None = None  # the local folder it was fitted into, when `path` is a URL
 
 
-def adapters_dir() -> Path:
-    return w4s_home() / "adapters"
+def adapters_dir() -> Any:
+    """`<storage root>/adapters`: a local folder, or a `upath.UPath` for a URL."""
+    return storage_root() / "adapters"
 
 
 def _new_id(created: datetime) -> str:
@@ -55,23 +65,36 @@ def register(
     dataset: str | None = None,
     adapter_id: str | None = None,
 ) -> AdapterRecord:
-    """Record a fitted adapter folder; returns the record with its new id."""
+    """Record a fitted adapter folder; returns its record.
+
+    Idempotent: registering the same folder again (a rerun of a fit) replaces its record
+    under the same id instead of adding a second one. With a remote registry the folder is
+    uploaded to `adapters/<id>/` first, then the record is written.
+    """
     created = datetime.now(timezone.utc)
+    local = str(Path(path).resolve())
+    folder = adapters_dir()
+    if adapter_id is None:
+        adapter_id = next((r.id for r in reversed(list_adapters())
+                           if (r.source or r.path) == local), None)
+    adapter_id = adapter_id or _new_id(created)
+    stored, source = local, None
+    if not is_local(folder):
+        upload_folder(Path(local), folder / adapter_id)
+        stored, source = str(folder / adapter_id), local
     record = AdapterRecord(
-        id=adapter_id or _new_id(created),
-        path=str(Path(path).resolve()),
+        id=adapter_id,
+        path=stored,
         base_model=base_model,
         dataset_sha256=dataset_sha256,
         hyperparameters=dict(hyperparameters or {}),
         metrics=dict(metrics or {}),
         created_at=created.isoformat(timespec="microseconds"),
         dataset=dataset,
+        source=source,
     )
-    folder = adapters_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{record.id}.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(asdict(record), indent=2, sort_keys=True))
-    os.replace(tmp, folder / f"{record.id}.json")
+    atomic_write(folder / f"{record.id}.json", json.dumps(asdict(record), indent=2,
+                                                          sort_keys=True))
     return record
 
 
@@ -91,6 +114,36 @@ def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.startswith((".", "~"))
 
 
+def local_folder(record: AdapterRecord) -> Path:
+    """The adapter's folder on this host: its own path when local (no copy), else a copy
+    downloaded once into `<cache>/adapters/<id>` (into a temp folder, then renamed, so a
+    killed download is never mistaken for an adapter)."""
+    if not is_url(record.path):
+        return Path(record.path)
+    dest = cache_dir() / "adapters" / record.id
+    if dest.is_dir():
+        return dest
+    remote = location(record.path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{record.id}.", suffix=".tmp"))
+    try:
+        base = remote.path.rstrip("/")
+        files = remote.fs.find(base)
+        if not files:
+            raise AdapterError(f"`adapter` {record.id!r}: {record.path!r} holds no files")
+        for f in files:
+            target = tmp / f[len(base):].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            remote.fs.get_file(f, str(target))
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process finished the same download first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def resolve(spec: str | Path) -> AdapterRecord:
     """`latest`, a registered id, or a PEFT adapter folder -> its record. A folder that was
     never registered gets a record read from its adapter_config.json."""
@@ -103,6 +156,18 @@ def resolve(spec: str | Path) -> AdapterRecord:
                 "fit one with `w4s fit`"
             )
         return records[-1]
+    if is_url(text):
+        remote = location(text)
+        for r in reversed(records):
+            if r.path.rstrip("/") == text.rstrip("/"):
+                return r
+        if not (remote / "adapter_config.json").is_file():
+            raise AdapterError(
+                f"`adapter` URL {text!r} is not a PEFT adapter folder (no adapter_config.json)"
+            )
+        config = json.loads((remote / "adapter_config.json").read_text())
+        return AdapterRecord(id=remote.name, path=text,
+                             base_model=str(config.get("base_model_name_or_path") or ""))
     if not _looks_like_path(text):
         for r in records:
             if r.id == text:

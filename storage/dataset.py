@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,8 +26,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.run_store import atomic_write
+from storage.files import atomic_write, connect, is_local, publish_file, staging_file
 from w4s.errors import W4SError
+from w4s.paths import location
 from w4s.reward import TAU
 
 STATUSES = ("ok", "skipped", "budget_exceeded", "infra_error")
@@ -78,10 +77,11 @@ class DatasetQuery:
 
 @dataclass
 class DatasetResult:
-    """What `build_dataset` wrote: the Parquet path, its card path and the card itself."""
+    """What `build_dataset` wrote: the Parquet path, its card path and the card itself
+    (local paths, or `upath.UPath`s for a URL)."""
 
-    path: Path
-    card_path: Path
+    path: Any
+    card_path: Any
     card: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -125,8 +125,9 @@ def _check(q: DatasetQuery) -> tuple[datetime | None, datetime | None, tuple[str
     return since, until, tuple(q.statuses) or allowed
 
 
-def trajectory_files(runs_dir: Path, runs: tuple[str, ...] = ()) -> list[str]:
+def trajectory_files(runs_dir: str | Path, runs: tuple[str, ...] = ()) -> list[str]:
     """The trajectory Parquet files of the chosen runs (every run when `runs` is empty)."""
+    runs_dir = location(runs_dir)
     if not runs_dir.is_dir():
         raise W4SError(f"`runs_dir` {str(runs_dir)!r} does not exist")
     if not runs:
@@ -193,11 +194,13 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
     """Select trajectory rows by `query`, write them as one RLAO Parquet file plus its card.
 
     Every input error is one W4SError raised before anything is written. The Parquet file
-    and the card (`<name>.card.json` beside it) are each written atomically.
+    and the card (`<name>.card.json` beside it) are each written whole: a rerun replaces
+    both, a crash leaves the old pair or a new file whose hash the old card does not match.
+    `runs_dir` and `out` are local paths or fsspec URLs.
     """
     q = query or DatasetQuery()
     since, until, statuses = _check(q)
-    runs_dir, out = Path(runs_dir), Path(out)
+    runs_dir, out = location(runs_dir), location(out)
     files = trajectory_files(runs_dir, q.runs)
     params = {
         "files": files, "benchmarks": list(q.benchmarks),
@@ -205,7 +208,7 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
         "include_skipped": q.include_skipped, "statuses": list(statuses),
         "min_reward": q.min_reward, "max_reward": q.max_reward,
     }
-    with duckdb.connect() as con:
+    with connect([runs_dir]) as con:
         try:
             con.execute(_REASONED, params)
         except duckdb.Error as e:
@@ -230,14 +233,14 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
         sample_params = {"sft": q.sft, "tau": float(q.tau)}
         wmin, wmax = _rows(con, f"SELECT min(weight), max(weight) FROM ({_SAMPLES})",
                           sample_params)[0]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".parquet")
-        os.close(fd)
+        if is_local(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = staging_file(out, ".parquet")
         try:
             con.execute(f"COPY ({_SAMPLES}) TO '{tmp.replace(chr(39), chr(39) * 2)}' "
                         "(FORMAT parquet)", sample_params)
             digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-            os.replace(tmp, out)
+            publish_file(tmp, out)
         except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
             if isinstance(e, duckdb.Error):
@@ -267,8 +270,8 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
     return DatasetResult(out, card_path, card)
 
 
-def card_path_for(dataset: str | Path) -> Path:
+def card_path_for(dataset: str | Path) -> Any:
     """`D.parquet` -> `D.card.json`, beside it."""
-    p = Path(dataset)
+    p = location(dataset)
     return p.with_name(p.stem + ".card.json") if p.suffix == ".parquet" else \
         p.with_name(p.name + ".card.json")

@@ -1,5 +1,9 @@
 """DuckDB reads over run folders; a fresh connection per call (connections are not
-thread-safe), and Parquet files are only ever read here."""
+thread-safe), and Parquet files are only ever read here.
+
+Run folders are local paths or fsspec URLs (`w4s.paths.location`): a local read hands DuckDB
+a glob, a remote one the listed files over the registered fsspec filesystem.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from typing import Any
 
 import duckdb
 
+from storage.files import connect, is_local
 from w4s.errors import W4SError
+from w4s.paths import location
 
 ITERATION_TABLE = """
 SELECT iteration,
@@ -29,41 +35,56 @@ GROUP BY iteration ORDER BY iteration
 """
 
 
-def trajectory_glob(run_dir: Path) -> str:
-    return str(run_dir / "trajectories" / "*.parquet")
+def trajectory_glob(run_dir: str | Path) -> str:
+    return str(location(run_dir) / "trajectories" / "*.parquet")
 
 
-def _has_parquet(run_dir: Path) -> bool:
+def _parquet_source(root: Any, pattern: str) -> str | list[str]:
+    """What DuckDB reads: the glob when local (DuckDB expands it), else the listed files."""
+    if is_local(root):
+        return str(root / pattern)
+    return sorted(str(p) for p in root.glob(pattern))
+
+
+def _has_parquet(run_dir: Any) -> bool:
     return any((run_dir / "trajectories").glob("*.parquet"))
 
 
-def query(sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
-    with duckdb.connect() as con:
+def query(sql: str, params: list[Any] | None = None, *,
+          on: Any = None) -> tuple[list[str], list[tuple]]:
+    """`sql` on a fresh connection; `on`: a location whose filesystem DuckDB must read."""
+    with connect([on] if on is not None else []) as con:
         cur = con.execute(sql, params or [])
         return [d[0] for d in cur.description], cur.fetchall()
 
 
-def iteration_table(run_dir: Path) -> tuple[list[str], list[tuple]]:
+def iteration_table(run_dir: str | Path) -> tuple[list[str], list[tuple]]:
     """Per-iteration summary of a run, straight from its Parquet rows."""
+    run_dir = location(run_dir)
     if not _has_parquet(run_dir):
         raise W4SError(f"`run` {run_dir.name!r} has no trajectory rows yet")
-    return query(ITERATION_TABLE, [trajectory_glob(run_dir)])
+    return query(ITERATION_TABLE, [_parquet_source(run_dir, "trajectories/*.parquet")],
+                 on=run_dir)
 
 
-def candidates_view(con: duckdb.DuckDBPyConnection, runs_dir: Path) -> None:
-    """A `candidates` view over every run's trajectories, for ad-hoc SQL."""
-    pattern = str(runs_dir / "*" / "trajectories" / "*.parquet").replace("'", "''")
+def candidates_view(con: duckdb.DuckDBPyConnection, runs_dir: str | Path) -> None:
+    """A `candidates` view over every run's trajectories, for ad-hoc SQL (a remote
+    `runs_dir` needs its filesystem registered on `con`: `storage.files.connect`)."""
+    source = _parquet_source(location(runs_dir), "*/trajectories/*.parquet")
+    files = [source] if isinstance(source, str) else source
+    listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     con.execute(
-        f"CREATE OR REPLACE VIEW candidates AS SELECT * FROM read_parquet('{pattern}', "
+        f"CREATE OR REPLACE VIEW candidates AS SELECT * FROM read_parquet([{listed}], "
         "union_by_name = true)"
     )
 
 
-def query_runs(runs_dir: Path, sql: str) -> tuple[list[str], list[tuple]]:
+def query_runs(runs_dir: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
     """Run ad-hoc SQL with a `candidates` view over every run's trajectory rows."""
+    runs_dir = location(runs_dir)
     if not any(runs_dir.glob("*/trajectories/*.parquet")):
         raise W4SError(f"`runs_dir` {str(runs_dir)!r} holds no trajectory rows yet")
-    with duckdb.connect() as con:
+    with connect([runs_dir]) as con:
         candidates_view(con, runs_dir)
         try:
             cur = con.execute(sql)
@@ -72,19 +93,21 @@ def query_runs(runs_dir: Path, sql: str) -> tuple[list[str], list[tuple]]:
         return [d[0] for d in cur.description], cur.fetchall()
 
 
-def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
+def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     """Every run folder, newest first, with its summary when finished."""
-    out = []
+    out: list[dict[str, Any]] = []
+    runs_dir = location(runs_dir)
     if not runs_dir.is_dir():
         return out
     for d in sorted((p for p in runs_dir.iterdir() if (p / "config.json").is_file()),
-                    reverse=True):
+                    key=lambda p: p.name, reverse=True):
         cfg = json.loads((d / "config.json").read_text())["config"]
         summary_path = d / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         rows = 0
         if _has_parquet(d):
-            rows = query("SELECT count(*) FROM read_parquet(?)", [trajectory_glob(d)])[1][0][0]
+            rows = query("SELECT count(*) FROM read_parquet(?)",
+                         [_parquet_source(d, "trajectories/*.parquet")], on=d)[1][0][0]
         out.append({
             "run_id": d.name,
             "benchmark": cfg["benchmark"],

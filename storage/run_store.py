@@ -1,43 +1,38 @@
 """A run folder: config, fixed split, per-iteration state, candidates, trajectories, results.
 
-Stages exchange only the run folder path and ids; each reads what it needs from here.
-Writes are atomic (temp file + rename) so a crash never leaves half a file behind.
+Stages exchange only the run folder path (or URL) and ids; each reads what it needs from
+here. The folder is local or any fsspec URL (`w4s.paths.location`). Every file is written
+whole (`storage.files`): a crash leaves the old file or the new one, never half of one, and
+a rerun overwrites a file rather than appending to it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from storage.files import atomic_write, write_parquet
 from storage.schema import TRAJECTORY_SCHEMA
 from w4s.config import OptimizeConfig
 from w4s.cost import Spend
 from w4s.errors import W4SError
 from w4s.mdp import Candidate, State, hash_code
+from w4s.paths import location
 from w4s.prompts import PROMPT_VERSION
 
 CONFIG, SPLIT, SUMMARY = "config.json", "split.json", "summary.json"
 SPEND, BUDGET_GROUP = "spend.json", "budget_group.json"
 
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+__all__ = ["RunStore", "atomic_write", "benchmark_slug", "group_run_ids", "new_run_id"]
 
 
-def _write_json(path: Path, value: Any) -> None:
+def _write_json(path: Any, value: Any) -> None:
     atomic_write(path, json.dumps(value, indent=1, ensure_ascii=False, default=str))
 
 
@@ -65,12 +60,13 @@ def group_run_ids(group_id: str, benchmarks: list[str]) -> list[str]:
 
 class RunStore:
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = location(root)  # a pathlib.Path, or a upath.UPath for a URL
 
     @classmethod
-    def create(cls, runs_dir: Path, config: OptimizeConfig, run_id: str | None = None) -> RunStore:
+    def create(cls, runs_dir: str | Path, config: OptimizeConfig,
+               run_id: str | None = None) -> RunStore:
         run_id = run_id or new_run_id(config)
-        store = cls(runs_dir / run_id)
+        store = cls(location(runs_dir) / run_id)
         if (store.root / CONFIG).exists():
             existing = store.config()
             if existing.config_hash() != config.config_hash():
@@ -133,13 +129,13 @@ class RunStore:
         return [Candidate.from_json(json.loads(p.read_text())) for p in paths]
 
     # -- trajectories: one Parquet file per iteration, written once
-    def trajectory_path(self, iteration: int) -> Path:
+    def trajectory_path(self, iteration: int) -> Any:
         return self.root / "trajectories" / f"iter-{iteration:04d}.parquet"
 
     def write_trajectory(
         self, iteration: int, cands: list[Candidate], *, benchmark: str,
         meta_model: str, executor_model: str,
-    ) -> Path:
+    ) -> Any:
         cfg = self.config()
         run = {"benchmark": benchmark, "meta_model": meta_model,
                "executor_model": executor_model, "config_hash": cfg.config_hash(),
@@ -149,11 +145,7 @@ class RunStore:
         rows = [_row(c, run) for c in cands]
         table = pa.Table.from_pylist(rows, schema=TRAJECTORY_SCHEMA)
         path = self.trajectory_path(iteration)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        write_parquet(table, path)  # the iteration's whole file, replaced: never appended
         return path
 
     # -- executor spend, persisted so a resumed run counts it against its budget
@@ -173,7 +165,7 @@ class RunStore:
         return json.loads(path.read_text()) if path.is_file() else [self.run_id]
 
     # -- results
-    def save_workflow(self, name: str, code: str) -> Path:
+    def save_workflow(self, name: str, code: str) -> Any:
         path = self.root / "workflows" / f"{name}.py"
         atomic_write(path, code)
         return path
