@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from models.rlao import RLAOConfig
+from storage.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ def fit_adapter(
     fingerprint = rlao.resume_fingerprint(config, {"dataset_sha256": sha, "base_model": base_id})
     out.mkdir(parents=True, exist_ok=True)
     state, resumed_from = rlao.train(model, samples, config, out, fingerprint, on_step=on_step)
-    model.save_pretrained(out)
+    save_adapter(model, out)
     import peft
     import torch
     import transformers
@@ -154,7 +156,7 @@ def fit_adapter(
             "peft": peft.__version__,
         },
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
     adapter_id = None
     if register:
         from storage.adapters import register as register_adapter
@@ -172,6 +174,24 @@ def fit_adapter(
             dataset=metrics["dataset"],
         ).id
     return FitResult(out=out, metrics=metrics, adapter_id=adapter_id)
+
+
+def save_adapter(model: Any, out: Path) -> None:
+    """The final adapter into `out`, whole: saved in a temp folder inside `out`, then each
+    file renamed in, the weights before `adapter_config.json`. A fit killed here leaves no
+    folder that looks like an adapter (config present) with missing or half weights; a
+    rerun resumes from the last checkpoint and replaces the files."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".final-", suffix=".tmp"))
+    try:
+        model.save_pretrained(tmp)
+        files = sorted(p for p in tmp.iterdir() if p.is_file())
+        for f in sorted(files, key=lambda p: p.name == "adapter_config.json"):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- commands
