@@ -80,7 +80,8 @@ def register(
     adapter_id = adapter_id or _new_id(created)
     stored, source = local, None
     if not is_local(folder):
-        upload_folder(Path(local), folder / adapter_id)
+        # the fit's resume checkpoints (optimizer state) stay on the fitting host
+        upload_folder(Path(local), folder / adapter_id, skip=("checkpoints",))
         stored, source = str(folder / adapter_id), local
     record = AdapterRecord(
         id=adapter_id,

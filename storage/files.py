@@ -92,11 +92,14 @@ def staging_file(path: Any, suffix: str) -> str:
     return tmp
 
 
-def upload_folder(local: Path, dest: Any) -> None:
-    """Copy a local folder's files (not its hidden ones) to a remote folder, file by file."""
+def upload_folder(local: Path, dest: Any, *, skip: tuple[str, ...] = ()) -> None:
+    """Copy a local folder's files to a remote folder, file by file; hidden entries (temp
+    files) and top-level entries named in `skip` stay behind."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(local.rglob("*")):
         rel = f.relative_to(local)
+        if rel.parts[0] in skip:
+            continue
         if f.is_file() and not any(part.startswith(".") for part in rel.parts):
             dest.fs.put_file(str(f), (dest / rel.as_posix()).path)
 

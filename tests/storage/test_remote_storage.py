@@ -115,7 +115,9 @@ def _adapter_folder(path: Path, weights: bytes = b"weights") -> Path:
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "b"}))
     (path / "adapter_model.safetensors").write_bytes(weights)
-    (path / ".checkpoint-tmp").write_text("not uploaded")
+    (path / ".final-x.tmp").write_text("not uploaded")
+    (path / "checkpoints" / "step-000002").mkdir(parents=True)
+    (path / "checkpoints" / "step-000002" / "optimizer.pt").write_text("not uploaded")
     return path
 
 
@@ -136,7 +138,8 @@ def test_adapter_registry_at_a_url_uploads_then_downloads_once(root_url, monkeyp
     assert local.parent == w4s_home() / "cache" / "adapters"
     assert (local / "adapter_model.safetensors").read_bytes() == \
         (fitted / "adapter_model.safetensors").read_bytes()
-    assert not (local / ".checkpoint-tmp").exists()
+    assert sorted(p.name for p in local.rglob("*")) == [
+        "adapter_config.json", "adapter_model.safetensors"]  # no temp files, no checkpoints
     monkeypatch.setattr(type(location(root_url).fs), "get_file",
                         lambda *a, **k: pytest.fail("downloaded twice"))
     assert adapters.local_folder(got) == local
