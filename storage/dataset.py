@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.files import atomic_write, connect, is_local, publish_file, staging_file
+from storage.files import atomic_write, connect, publish_file, staging_file
 from w4s.errors import W4SError
 from w4s.paths import location
 from w4s.reward import TAU
@@ -233,9 +233,7 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
         sample_params = {"sft": q.sft, "tau": float(q.tau)}
         wmin, wmax = _rows(con, f"SELECT min(weight), max(weight) FROM ({_SAMPLES})",
                           sample_params)[0]
-        if is_local(out):
-            out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = staging_file(out, ".parquet")
+        tmp = staging_file(out)
         try:
             con.execute(f"COPY ({_SAMPLES}) TO '{tmp.replace(chr(39), chr(39) * 2)}' "
                         "(FORMAT parquet)", sample_params)

@@ -79,15 +79,15 @@ def publish_file(local_tmp: str | Path, path: Any) -> None:
         Path(local_tmp).unlink(missing_ok=True)
 
 
-def staging_file(path: Any, suffix: str) -> str:
+def staging_file(path: Any) -> str:
     """A local temp file to build `path` in: beside it when local (so the rename is atomic),
-    in the system temp dir when `path` is remote."""
+    in the system temp dir when `path` is remote. Its name ends in `.tmp`, so a leftover
+    matches no `*.parquet` or `*.json` reader."""
     if is_local(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                   suffix=TMP_SUFFIX + suffix)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     else:
-        fd, tmp = tempfile.mkstemp(prefix=f"w4s-{path.name}.", suffix=suffix)
+        fd, tmp = tempfile.mkstemp(prefix=f"w4s-{path.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
     return tmp
 
