@@ -316,7 +316,7 @@ def with_resolved_adapter(cfg: Any) -> Any:
     meta = cfg.meta_agent
     base = (str(Path(meta.model).expanduser().resolve()) if meta.kind == "transformers"
             else meta.model or "smollm2-135m-instruct")
-    if meta.kind in ("embedded", "llamacpp", "transformers"):
+    if meta.kind in ("embedded", "llamacpp", "transformers", "vllm"):
         check_base(record, base)
     return cfg.model_copy(update={"meta_agent": meta.model_copy(update={"adapter": record.path})})
 

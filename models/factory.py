@@ -109,4 +109,9 @@ def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
         from models.llamacpp import LlamaCppChatModel
 
         return LlamaCppChatModel.from_config(cfg, field_prefix=prefix)
+    if cfg.kind == "vllm":
+        from models.vllm_engine import VLLMChatModel
+
+        return VLLMChatModel(model=cfg.model or "", adapter=cfg.adapter,
+                             field=f"{prefix}adapter", max_new_tokens=cfg.max_new_tokens)
     raise ConfigError(f"`{prefix}kind`: unknown backend {cfg.kind!r}")  # pydantic rejects first

