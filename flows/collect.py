@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, get_run_logger, tags
 from prefect.futures import PrefectFuture, wait
 
+from flows import progress, ui
 from flows.optimize import log_partial
 from flows.prefect_setup import route_w4s_logs
 from storage.query import query
@@ -73,7 +73,7 @@ class _Episodes:
         return results
 
 
-@flow(name="collect", log_prints=True)
+@flow(name="collect", log_prints=True, flow_run_name=ui.collect_run_name)
 def collect(config: CollectConfig, collection_id: str | None = None) -> dict[str, Any]:
     """Collect RLAO trajectories; returns the collection's summary (also saved beside the
     episodes as `<id>.collection.json`). Fails, after saving, if any episode failed."""
@@ -87,18 +87,31 @@ def collect(config: CollectConfig, collection_id: str | None = None) -> dict[str
                 for eid, cfg in zip(ids, config.episode_configs(), strict=True)]
     logger.info("collection %s: %d episodes x %d turns x %d candidates under %s",
                 cid, len(ids), config.iterations, config.candidates, root)
+    run_tags = ui.run_tags(config)
+    ui.label_flow_run(f"collect {ui.benchmarks_label(config)} {cid}", run_tags)
     episodes, status = _Episodes(run_dirs), "completed"
+    # one step per stage of the collection (2 for the seeds, 5 per turn)
+    bar = progress.start(2 + 5 * config.iterations, f"collection {cid}: stages done")
+
+    def each(submit: Callable[[str], PrefectFuture | list[PrefectFuture]]) -> dict:
+        results = episodes.each(submit)
+        if bar is not None:
+            bar.advance()
+        return results
+
     try:
-        episodes.each(seed.submit)
-        episodes.each(lambda d: log_trajectory.submit(d, 0))
-        for turn in range(1, config.iterations + 1):
-            logger.info("turn %d/%d: %d episodes", turn, config.iterations, len(episodes.live))
-            indices = episodes.each(lambda d, t=turn: generate.submit(d, t))
-            episodes.each(lambda d, t=turn, ix=indices: [self_check.submit(d, t, j)
-                                                         for j in ix[d]])
-            episodes.each(lambda d, t=turn: execute.submit(d, t))
-            episodes.each(lambda d, t=turn: reward.submit(d, t))
-            episodes.each(lambda d, t=turn: log_trajectory.submit(d, t))
+        with tags(*run_tags), progress.stage_progress():
+            each(seed.submit)
+            each(lambda d: log_trajectory.submit(d, 0))
+            for turn in range(1, config.iterations + 1):
+                logger.info("turn %d/%d: %d episodes", turn, config.iterations,
+                            len(episodes.live))
+                indices = each(lambda d, t=turn: generate.submit(d, t))
+                each(lambda d, t=turn, ix=indices: [self_check.submit(d, t, j)
+                                                    for j in ix[d]])
+                each(lambda d, t=turn: execute.submit(d, t))
+                each(lambda d, t=turn: reward.submit(d, t))
+                each(lambda d, t=turn: log_trajectory.submit(d, t))
     except BudgetExceeded as e:
         logger.warning("%s", e)
         status = "budget exceeded"
@@ -106,8 +119,7 @@ def collect(config: CollectConfig, collection_id: str | None = None) -> dict[str
             log_partial(d, config.iterations)
     summary = _summary(cid, root, ids, episodes, status)
     atomic_write(root / f"{cid}.collection.json", json.dumps(summary, indent=1))
-    create_markdown_artifact(_markdown(summary), key="w4s-collection",
-                             description="w4s RLAO collection")
+    ui.publish_collection(summary)
     logger.info("collection %s: %d rows, %d of %d episodes done (%s)", cid, summary["rows"],
                 len(summary["completed"]), len(ids), status)
     if episodes.failed:
@@ -135,12 +147,3 @@ def _summary(cid: str, root: Path, ids: list[str], episodes: _Episodes,
         "positive_share": round(positive / rows, 4) if rows else None,
     }
 
-
-def _markdown(summary: dict[str, Any]) -> str:
-    hist = ", ".join(f"{r}: {n}" for r, n in summary["reward_histogram"].items()) or "none"
-    failed = "".join(f"\n- {e}: {why}" for e, why in summary["failed"].items())
-    return (f"# w4s collection {summary['collection_id']}\n\n"
-            f"{len(summary['completed'])} of {len(summary['episodes'])} episodes done "
-            f"({summary['status']}), {summary['rows']} candidate rows; rewards {hist}; "
-            f"positive share {summary['positive_share']}" + (f"\n\nfailed:{failed}" if failed
-                                                              else ""))

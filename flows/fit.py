@@ -121,6 +121,9 @@ def fit_adapter(
     model = rlao.add_lora(model, config)
     fingerprint = rlao.resume_fingerprint(config, {"dataset_sha256": sha, "base_model": base_id})
     out.mkdir(parents=True, exist_ok=True)
+    from flows import progress
+
+    on_step = progress.fit_on_step(f"fit {out.name}: optimizer steps", on_step)
     state, resumed_from = rlao.train(model, samples, config, out, fingerprint, on_step=on_step)
     save_adapter(model, out)
     import peft
@@ -173,6 +176,9 @@ def fit_adapter(
             metrics=summary,
             dataset=metrics["dataset"],
         ).id
+    from flows.ui import publish_fit
+
+    publish_fit(out, adapter_id, metrics)  # report PNGs in out/report/; in a run: UI + event
     return FitResult(out=out, metrics=metrics, adapter_id=adapter_id)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, get_run_logger, tags
 from prefect.futures import wait
 
+from flows import ui
 from flows.prefect_setup import route_w4s_logs
-from storage.query import iteration_table
+from flows.progress import stage_progress
 from storage.run_store import RunStore, group_run_ids, new_run_id
 from tasks import runtime
 from tasks.execute import evaluate_test, execute, seed
@@ -18,13 +18,13 @@ from tasks.generate import generate
 from tasks.log_trajectory import log_trajectory
 from tasks.reward import reward
 from tasks.self_check import self_check
-from tasks.stages import describe_result, prepare_run
+from tasks.stages import prepare_run
 from w4s.config import OptimizeConfig
 from w4s.errors import BudgetExceeded
 from w4s.paths import runs_dir as default_runs_dir
 
 
-@flow(name="optimize", log_prints=True)
+@flow(name="optimize", log_prints=True, flow_run_name=ui.optimize_run_name)
 def optimize(config: OptimizeConfig, run_id: str | None = None,
              budget_group: list[str] | None = None) -> dict:
     """One W4S run; rerunning with the same run_id skips the stages already finished.
@@ -35,15 +35,29 @@ def optimize(config: OptimizeConfig, run_id: str | None = None,
     route_w4s_logs()
     if not isinstance(config.benchmark, str):
         singles = config.per_benchmark()
-        ids = group_run_ids(run_id or new_run_id(config), [s.benchmark for s in singles])
+        group = run_id or new_run_id(config)
+        ui.label_flow_run(f"optimize {ui.benchmarks_label(config)} {group}", ui.run_tags(config))
+        ids = group_run_ids(group, [s.benchmark for s in singles])
         return {"runs": [optimize(single, run_id=one, budget_group=ids)
                          for single, one in zip(singles, ids, strict=True)]}
     logger = get_run_logger()
     run_dir = prepare_run(config, default_runs_dir(config.runs_dir), run_id, budget_group)
     logger.info("run folder: %s", run_dir)
+    run_tags = ui.run_tags(config)
+    ui.label_flow_run(f"optimize {config.benchmark} {Path(run_dir).name}", run_tags)
+    with tags(*run_tags), stage_progress():  # task runs carry the tags; evaluations a bar
+        summary = _iterate(config, run_dir)
+    ui.publish_run(run_dir, summary)
+    return summary
+
+
+def _iterate(config: OptimizeConfig, run_dir: str) -> dict:
+    """Seed, the iterations, the test evaluation; a budget stop still tests the best."""
+    logger = get_run_logger()
     status, done = "completed", 0
     try:
         seed(run_dir)
+        best = ui.track_best(run_dir, 0, None)
         log_trajectory(run_dir, 0)
         for it in range(1, config.iterations + 1):
             logger.info("iteration %d/%d", it, config.iterations)
@@ -54,6 +68,7 @@ def optimize(config: OptimizeConfig, run_id: str | None = None,
                 fut.result()
             execute(run_dir, it)
             reward(run_dir, it)
+            best = ui.track_best(run_dir, it, best)
             log_trajectory(run_dir, it)
             done = it
     except BudgetExceeded as e:
@@ -65,9 +80,7 @@ def optimize(config: OptimizeConfig, run_id: str | None = None,
         # waits for the stages still running (up to an item's timeout) before it exits
         runtime.stop_all()
         raise
-    summary = evaluate_test(run_dir, done, status)
-    _publish(run_dir, summary)
-    return summary
+    return evaluate_test(run_dir, done, status)
 
 
 def log_partial(run_dir: str, last: int) -> None:
@@ -77,12 +90,3 @@ def log_partial(run_dir: str, last: int) -> None:
         if store.candidates(it) and not store.trajectory_path(it).exists():
             log_trajectory(run_dir, it)
 
-
-def _publish(run_dir: str, summary: dict) -> None:
-    """The per-iteration table and the result as a Prefect artifact for the UI."""
-    cols, rows = iteration_table(Path(run_dir))
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in rows]
-    text = (f"# w4s run {summary['run_id']} ({summary['benchmark']})\n\n"
-            f"{describe_result(summary)}\n\n" + "\n".join(lines))
-    create_markdown_artifact(text, key="w4s-run-summary", description="w4s optimization run")

@@ -8,7 +8,8 @@ redoing the work, so a rerun of a failed run picks up where it stopped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,13 @@ from w4s.sandbox import EvalResult, check_workflow_source
 from w4s.sandbox.harness import BUDGET_ERROR
 
 log = logging.getLogger("w4s")
+
+# Long stages report items as they finish through this hook, set by the orchestration layer
+# (flows/progress.py: a Prefect progress artifact); unset, stages report nothing. Called as
+# hook(stage, run_dir, total_items) -> on_item(code_index, outcome) or None.
+OnItem = Callable[[int, Any], None]
+progress_hook: ContextVar[Callable[[str, str, int], OnItem | None] | None] = ContextVar(
+    "w4s_progress_hook", default=None)
 
 
 def prepare_run(config: OptimizeConfig, runs_dir: Path, run_id: str | None = None,
@@ -93,9 +101,12 @@ def _evaluate(store: RunStore, cfg: OptimizeConfig, cands: list[Candidate]) -> N
     if not cands:
         return
     items = _items(store, cfg, "validation")
+    hook = progress_hook.get()
+    on_item = hook("validation", str(store.root), len(cands) * len(items)) if hook else None
     with runtime.run_meter(store.root) as meter:
         results = runtime.harness(cfg).evaluate_many(
-            [c.code for c in cands], items, runtime.benchmark(cfg), meter=meter)
+            [c.code for c in cands], items, runtime.benchmark(cfg), on_item=on_item,
+            meter=meter)
     lost, first_loss = 0, ""
     for cand, result in zip(cands, results, strict=True):
         _record(cand, result, items, cfg.max_failures_shown)

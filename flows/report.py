@@ -1,0 +1,228 @@
+"""Run, collection and fit reports: matplotlib PNG plots and markdown that embeds them.
+
+Plain functions over run and adapter folders (no Prefect): flows/ui.py publishes what they
+return. Each plot is saved as a PNG under the folder's `report/` and embedded in the markdown
+as a `data:` URI, since the Prefect UI renders markdown images from their `src` as given and
+serves no files of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass, field
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+from storage.query import iteration_table, query, trajectory_glob
+
+CANDIDATES_SQL = """
+SELECT iteration, candidate, status, val_accuracy, chosen, reward, cost_usd,
+       coalesce(executor_prompt_tokens, 0) + coalesce(executor_completion_tokens, 0) AS tokens
+FROM read_parquet(?, union_by_name = true) ORDER BY iteration, candidate
+"""
+COST_SQL = """
+SELECT iteration, sum(cost_usd) AS cost_usd
+FROM read_parquet(?, union_by_name = true) GROUP BY iteration ORDER BY iteration
+"""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class Report:
+    """A markdown text and the PNG files it embeds (also saved on disk)."""
+
+    markdown: str
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # no display; never a GUI backend in a worker
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Any, path: Path) -> bytes:
+    """Write the figure as PNG (atomically enough: one write of the full bytes)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    _pyplot().close(fig)
+    data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".png.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return data
+
+
+def embed(title: str, png: bytes) -> str:
+    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+def _rows(sql: str, run_dir: Path) -> list[dict[str, Any]]:
+    cols, rows = query(sql, [trajectory_glob(run_dir)])
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def iteration_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """`w4s show`'s per-iteration table plus the validation cost of each iteration."""
+    cols, rows = iteration_table(run_dir)
+    cost = {r["iteration"]: r["cost_usd"] for r in _rows(COST_SQL, run_dir)}
+    out = []
+    for r in rows:
+        row = dict(zip(cols, r, strict=True))
+        c = cost.get(row["iteration"])
+        row["cost_usd"] = None if c is None else round(c, 6)
+        out.append(row)
+    return out
+
+
+def accuracy_plot(cands: list[dict[str, Any]], path: Path) -> bytes:
+    """Validation accuracy of every candidate per iteration, the chosen ones and best so far."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    scored = [c for c in cands if c["val_accuracy"] is not None]
+    unscored = [c for c in cands if c["val_accuracy"] is None]
+    ax.scatter([c["iteration"] for c in scored], [c["val_accuracy"] for c in scored],
+               alpha=0.6, label="candidate")
+    chosen = [c for c in scored if c["chosen"]]
+    ax.scatter([c["iteration"] for c in chosen], [c["val_accuracy"] for c in chosen],
+               marker="*", s=160, color="tab:orange", label="chosen", zorder=3)
+    if unscored:
+        ax.scatter([c["iteration"] for c in unscored], [-0.05] * len(unscored), marker="x",
+                   color="grey", label="skipped / not scored")
+    iterations = sorted({c["iteration"] for c in cands})
+    per_it = [max((c["val_accuracy"] for c in scored if c["iteration"] == i), default=None)
+              for i in iterations]
+    best = list(accumulate((-1.0 if v is None else v for v in per_it), max))
+    ax.step(iterations, [None if b < 0 else b for b in best], where="post", color="tab:green",
+            label="best so far")
+    ax.set(xlabel="iteration", ylabel="validation accuracy", ylim=(-0.1, 1.05),
+           title="validation accuracy per candidate")
+    ax.set_xticks(iterations)
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+    return save_png(fig, path)
+
+
+def cost_plot(rows: list[dict[str, Any]], path: Path) -> tuple[bytes, str]:
+    """Cumulative executor cost by iteration, or tokens when no prices are set."""
+    plt = _pyplot()
+    priced = any(r["cost_usd"] is not None for r in rows)
+    values = [(r["cost_usd"] or 0.0) if priced else (r["executor_tokens"] or 0) for r in rows]
+    what = "cost (USD)" if priced else "executor tokens"
+    fig, ax = plt.subplots(figsize=(7, 3.0))
+    ax.plot([r["iteration"] for r in rows], list(accumulate(values)), marker="o")
+    ax.set(xlabel="iteration", ylabel=f"cumulative {what}",
+           title=f"cumulative validation {what}")
+    ax.set_xticks([r["iteration"] for r in rows])
+    ax.grid(alpha=0.3)
+    return save_png(fig, path), what
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def run_report(run_dir: str | Path, summary: dict[str, Any], headline: str) -> Report:
+    """The optimization run's report: result, totals, both plots, the iteration table."""
+    run_dir = Path(run_dir)
+    rows = iteration_rows(run_dir)
+    cands = _rows(CANDIDATES_SQL, run_dir)
+    out = run_dir / "report"
+    acc = accuracy_plot(cands, out / "accuracy.png")
+    cost, what = cost_plot(rows, out / "cost.png")
+    total = summary.get("cost_usd")
+    spent = (f"total executor cost: **${total:.4f}**" if total is not None
+             else "total executor cost: not priced (set `prices` in the config)")
+    text = "\n\n".join([
+        f"# w4s run {summary['run_id']} ({summary['benchmark']})",
+        headline,
+        f"{spent}; executor tokens {summary.get('executor_tokens')} in "
+        f"{summary.get('executor_calls')} calls; meta-agent tokens "
+        f"{summary.get('meta_agent_tokens')}",
+        f"best workflow: `{summary.get('best_workflow')}`  \nrun folder: `{run_dir}`",
+        "## Validation accuracy", embed("validation accuracy per candidate", acc),
+        f"## Cumulative {what}", embed(f"cumulative {what}", cost),
+        "## Iterations", markdown_table(rows),
+    ])
+    return Report(text, {"accuracy": out / "accuracy.png", "cost": out / "cost.png"})
+
+
+def histogram_plot(histogram: dict[str, int], path: Path, title: str) -> bytes:
+    plt = _pyplot()
+    keys = sorted(histogram, key=lambda k: float("inf") if k == "null" else float(k))
+    fig, ax = plt.subplots(figsize=(6, 3.0))
+    ax.bar([k for k in keys], [histogram[k] for k in keys], color="tab:purple")
+    ax.set(xlabel="reward", ylabel="rows", title=title)
+    ax.grid(alpha=0.3, axis="y")
+    return save_png(fig, path)
+
+
+def collection_report(summary: dict[str, Any], report_dir: Path) -> Report:
+    """A collection's episodes and the reward histogram of its rows."""
+    cid = summary["collection_id"]
+    parts = [f"# w4s collection {cid}",
+             f"{len(summary['completed'])} of {len(summary['episodes'])} episodes done "
+             f"({summary['status']}), {summary['rows']} candidate rows; positive share "
+             f"{summary['positive_share']}"]
+    plots = {}
+    if summary["reward_histogram"]:
+        path = report_dir / f"{cid}-rewards.png"
+        png = histogram_plot(summary["reward_histogram"], path, "rewards of the collected rows")
+        parts += ["## Rewards", embed("reward histogram", png)]
+        plots["rewards"] = path
+    if summary["failed"]:
+        parts.append("## Failed episodes\n" + "\n".join(f"- {e}: {why}" for e, why in
+                                                         summary["failed"].items()))
+    return Report("\n\n".join(parts), plots)
+
+
+def loss_plot(curve: list[dict[str, Any]], path: Path) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], marker="." if
+            len(curve) < 50 else None)
+    ax.set(xlabel="optimizer step", ylabel="weighted loss", title="RLAO fit: training loss")
+    ax.grid(alpha=0.3)
+    return save_png(fig, path)
+
+
+def fit_report(adapter_dir: str | Path, adapter_id: str | None = None) -> Report:
+    """The fit's loss curve (metrics.json) and its dataset's reward histogram (the card)."""
+    from storage.dataset import card_path_for
+
+    adapter_dir = Path(adapter_dir)
+    metrics = json.loads((adapter_dir / "metrics.json").read_text())
+    out = adapter_dir / "report"
+    curve = metrics.get("loss_curve") or []
+    name = adapter_id or adapter_dir.name
+    final = f"{curve[-1]['loss']:.4f}" if curve else "n/a"
+    parts = [f"# w4s adapter {name}",
+             f"{metrics['steps']} steps on {metrics['samples']} samples "
+             f"({metrics['samples_dropped']} dropped), final loss {final}, "
+             f"{metrics['seconds']:.1f} s on {metrics['device']}; base `{metrics['base_model']}`",
+             f"adapter folder: `{adapter_dir}`  \ndataset: `{metrics['dataset']}`"]
+    plots = {}
+    if curve:
+        parts += ["## Loss", embed("loss curve", loss_plot(curve, out / "loss.png"))]
+        plots["loss"] = out / "loss.png"
+    card = card_path_for(metrics["dataset"])
+    if card.is_file():
+        hist = json.loads(card.read_text()).get("reward_histogram") or {}
+        if hist:
+            png = histogram_plot(hist, out / "rewards.png", "rewards in the dataset")
+            parts += ["## Dataset rewards", embed("reward histogram", png)]
+            plots["rewards"] = out / "rewards.png"
+    return Report("\n\n".join(parts), plots)

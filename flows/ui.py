@@ -1,0 +1,218 @@
+"""What a run shows in the Prefect UI: its name, tags, artifacts (one key per run) and events.
+
+Names say what a run is (`optimize gsm8k 20261201-...`), tags carry the benchmark, models
+and adapter for filtering, every artifact key holds the run id (so the Artifacts page keeps
+every run, not only the latest), and events announce a new best workflow or a new adapter
+so automations can notify. Publishing never fails a run: the results are on disk already.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from flows import report
+from flows.progress import in_prefect_run
+from storage.run_store import RunStore
+from tasks.stages import best_candidate, describe_result
+from w4s.config import CollectConfig, OptimizeConfig
+
+log = logging.getLogger("w4s")
+NEW_BEST = "w4s.workflow.new-best"
+ADAPTER_CREATED = "w4s.adapter.created"
+_EVENT_NS = uuid.UUID("6f1c2a52-3f0e-4c8e-9a51-2b7d0f4e8c11")
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from free-form parts."""
+    text = "-".join(["w4s", *parts]).lower()
+    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", text)).strip("-")
+
+
+def benchmarks_label(config: OptimizeConfig) -> str:
+    names = [config.benchmark] if isinstance(config.benchmark, str) else config.benchmark
+    return "+".join(names)
+
+
+def run_tags(config: OptimizeConfig) -> list[str]:
+    """Filterable tags: benchmark(s), both models, the meta-agent's adapter when set."""
+    names = [config.benchmark] if isinstance(config.benchmark, str) else config.benchmark
+    tags = [f"benchmark:{n}" for n in names]
+    tags += [f"meta-agent:{config.meta_agent.label}", f"executor:{config.executor.label}"]
+    if config.meta_agent.adapter:
+        tags.append(f"adapter:{Path(config.meta_agent.adapter).name}")
+    return tags
+
+
+def _param_config(model: type) -> Any:
+    from prefect.runtime import flow_run
+
+    cfg = flow_run.parameters.get("config")
+    return model.model_validate(cfg) if isinstance(cfg, dict) else cfg
+
+
+def optimize_run_name() -> str:
+    """`flow_run_name` of optimize: `optimize <benchmark> <run id>` (the id when given)."""
+    from prefect.runtime import flow_run
+
+    cfg = _param_config(OptimizeConfig)
+    run_id = flow_run.parameters.get("run_id")
+    return " ".join(p for p in ("optimize", benchmarks_label(cfg), run_id) if p)
+
+
+def collect_run_name() -> str:
+    """`flow_run_name` of collect: `collect <benchmark(s)> <collection id>`."""
+    from prefect.runtime import flow_run
+
+    cfg = _param_config(CollectConfig)
+    cid = flow_run.parameters.get("collection_id")
+    return " ".join(p for p in ("collect", benchmarks_label(cfg), cid) if p)
+
+
+def label_flow_run(name: str, tags: Iterable[str]) -> None:
+    """Set the current flow run's name (an id drawn inside the flow) and add its tags."""
+    from prefect import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    merged = list(dict.fromkeys([*(ctx.flow_run.tags or []), *tags]))
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(ctx.flow_run.id, name=name, tags=merged)
+        ctx.flow_run.name, ctx.flow_run.tags = name, merged
+    except Exception as e:  # noqa: BLE001 - a label is not the run's work
+        log.warning("flow run name/tags not updated (ignored): %s", e)
+
+
+# ------------------------------------------------------------------------------- events
+
+
+def new_best_event(run_id: str, iteration: int, candidate: int, accuracy: float,
+                   previous: float | None, path: str, benchmark: str) -> dict[str, Any]:
+    """emit_event's arguments for a run's new best workflow (a stable id: a resumed run
+    announcing the same improvement again is the same event)."""
+    return {
+        "event": NEW_BEST,
+        "resource": {"prefect.resource.id": f"w4s.run.{run_id}",
+                     "prefect.resource.name": run_id, "w4s.benchmark": benchmark},
+        "payload": {"run_id": run_id, "iteration": iteration, "candidate": candidate,
+                    "accuracy": accuracy, "previous_best": previous, "path": path},
+        "id": uuid.uuid5(_EVENT_NS, f"{NEW_BEST}|{run_id}|{iteration}|{candidate}"),
+    }
+
+
+def adapter_event(adapter_id: str, path: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """emit_event's arguments for a newly fitted (registered) adapter."""
+    curve = metrics.get("loss_curve") or []
+    return {
+        "event": ADAPTER_CREATED,
+        "resource": {"prefect.resource.id": f"w4s.adapter.{adapter_id}",
+                     "prefect.resource.name": adapter_id},
+        "payload": {"adapter_id": adapter_id, "path": path,
+                    "base_model": metrics.get("base_model"), "steps": metrics.get("steps"),
+                    "final_loss": curve[-1]["loss"] if curve else None,
+                    "dataset": metrics.get("dataset")},
+        "id": uuid.uuid5(_EVENT_NS, f"{ADAPTER_CREATED}|{adapter_id}"),
+    }
+
+
+def emit(spec: dict[str, Any]) -> None:
+    from prefect.events import emit_event
+
+    try:
+        emit_event(**spec)
+    except Exception as e:  # noqa: BLE001 - a notification is not the run's work
+        log.warning("event %s not emitted (ignored): %s", spec["event"], e)
+
+
+def track_best(run_dir: str, iteration: int, previous: float | None) -> float | None:
+    """After an iteration: if a candidate beat the run's best so far, write it as
+    `workflows/best.py` (what the end of the run writes, by the same rule) and announce it.
+    Returns the best validation accuracy so far."""
+    store = RunStore(run_dir)
+    best = best_candidate(store.candidates(iteration))
+    if best is None or (previous is not None and best.accuracy <= previous):
+        return previous
+    path = store.save_workflow("best", best.code or "")
+    if previous is not None:  # the seed is where a run starts, not an improvement
+        cfg = store.config()
+        emit(new_best_event(store.run_id, iteration, best.index, best.accuracy, previous,
+                            str(path), benchmarks_label(cfg)))
+    return best.accuracy
+
+
+# ---------------------------------------------------------------------------- artifacts
+
+
+def _safe(what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except Exception as e:  # noqa: BLE001 - the run's results are saved; only the UI lacks
+        log.warning("%s not published (ignored): %s", what, e)
+        return None
+
+
+def publish_run(run_dir: str, summary: dict[str, Any]) -> report.Report | None:
+    """The run's table, report (plots embedded, PNGs in <run>/report/) and a link to its best
+    workflow, each under a key holding the run id."""
+    from prefect.artifacts import (
+        create_link_artifact,
+        create_markdown_artifact,
+        create_table_artifact,
+    )
+
+    run_id = summary["run_id"]
+    rep = _safe("run report", report.run_report, run_dir, summary, describe_result(summary))
+    if rep is None:
+        return None
+    if not in_prefect_run():
+        return rep
+    rows = report.iteration_rows(Path(run_dir))
+    _safe("iteration table", create_table_artifact, rows,
+          key=artifact_key("run", run_id, "iterations"),
+          description=f"w4s run {run_id}: per iteration (cost_usd: validation spend)")
+    _safe("run report", create_markdown_artifact, rep.markdown, key=artifact_key("run", run_id),
+          description=f"w4s optimization run {run_id}")
+    if summary.get("best_workflow"):
+        path = Path(summary["best_workflow"])
+        _safe("best workflow link", create_link_artifact, path.resolve().as_uri(),
+              link_text=str(path), key=artifact_key("run", run_id, "best-workflow"),
+              description=f"w4s run {run_id}: best workflow (validation "
+                          f"{summary['best_val_accuracy']})")
+    return rep
+
+
+def publish_collection(summary: dict[str, Any]) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    cid = summary["collection_id"]
+    rep = _safe("collection report", report.collection_report, summary,
+                Path(summary["runs_dir"]) / f"{cid}.report")
+    if rep is not None and in_prefect_run():
+        _safe("collection report", create_markdown_artifact, rep.markdown,
+              key=artifact_key("collection", cid), description=f"w4s RLAO collection {cid}")
+
+
+def publish_fit(out: str | Path, adapter_id: str | None, metrics: dict[str, Any]) -> None:
+    """A fit's report (loss curve, dataset rewards), a link to the adapter folder, and the
+    `w4s.adapter.created` event once it is registered."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    out = Path(out)
+    name = adapter_id or out.name
+    rep = _safe("fit report", report.fit_report, out, adapter_id)
+    if not in_prefect_run():
+        return
+    if rep is not None:
+        _safe("fit report", create_markdown_artifact, rep.markdown,
+              key=artifact_key("adapter", name), description=f"w4s adapter {name}")
+    _safe("adapter link", create_link_artifact, out.resolve().as_uri(), link_text=str(out),
+          key=artifact_key("adapter", name, "folder"), description=f"w4s adapter {name}")
+    if adapter_id is not None:
+        emit(adapter_event(adapter_id, str(out.resolve()), metrics))

@@ -1,0 +1,147 @@
+"""The story in the Prefect UI of an optimization run: its name and tags, per-run artifact keys
+(read back through the Prefect client), the iteration table with cost, a valid PNG plot
+embedded in the report, a progress artifact, and the new-best event."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from PIL import Image
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+
+from flows import ui
+from flows.optimize import optimize
+from flows.report import PNG_SIGNATURE
+from models.factory import clear_model_cache
+from w4s.config import build_config
+
+GOOD = '''Compute it with code.
+```python
+def solver(agent, task: str) -> dict:
+    expr = task.split("What is ")[1].rstrip("?")
+    return {"answer": agent.execute_code("print(" + expr + ")")}
+```'''
+NO_CODE = "I would think harder."
+
+
+@pytest.fixture(autouse=True)
+def _fresh_models():
+    clear_model_cache()
+    yield
+    clear_model_cache()
+
+
+@pytest.fixture
+def events(monkeypatch):
+    """emit_event at its boundary: the test harness's server is not asked to store events."""
+    seen: list[dict] = []
+    import prefect.events
+
+    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: seen.append(kw))
+    return seen
+
+
+def _config(tmp_path, **extra):
+    return build_config({
+        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 2, "candidates": 2,
+        "val_size": 4, "test_size": 4, "max_repairs": 0, "runs_dir": str(tmp_path / "runs"),
+        "prices": {"scripted": [1000.0, 2000.0]},
+        "meta_agent": {"kind": "scripted", "replies": [GOOD, NO_CODE]},
+        "executor": {"kind": "scripted", "replies": ["maybe 7"]},
+        **extra,
+    })
+
+
+def _artifacts(flow_run_id):
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+
+def _flow_run(flow_run_id):
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def test_a_run_is_named_tagged_reported_and_announced(tmp_path, events):
+    state = optimize(_config(tmp_path), run_id="ui-run-a", return_state=True)
+    summary = state.result()
+    fr_id = state.state_details.flow_run_id
+    run = _flow_run(fr_id)
+    assert run.name == "optimize arithmetic ui-run-a"
+    assert {"benchmark:arithmetic", "meta-agent:scripted:smollm2-135m-instruct",
+            "executor:scripted:smollm2-135m-instruct"} <= set(run.tags)
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[fr_id])))
+    assert task_runs and all("benchmark:arithmetic" in t.tags for t in task_runs)
+
+    arts = {a.key: a for a in _artifacts(fr_id) if a.key}
+    assert set(arts) == {"w4s-run-ui-run-a", "w4s-run-ui-run-a-iterations",
+                         "w4s-run-ui-run-a-best-workflow"}
+    table = arts["w4s-run-ui-run-a-iterations"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert [r["iteration"] for r in table] == [0, 1, 2]
+    for col in ("best_val", "mean_reward", "skipped", "repairs", "executor_tokens",
+                "cost_usd"):
+        assert col in table[0], col
+    assert table[1]["best_val"] == 1.0 and table[1]["skipped"] == 1
+    assert table[0]["cost_usd"] > 0  # priced executor: the seed's validation spend
+
+    report = arts["w4s-run-ui-run-a"].data
+    assert f"${summary['cost_usd']:.4f}" in report
+    png_file = tmp_path / "runs" / "ui-run-a" / "report" / "accuracy.png"
+    data = png_file.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    with Image.open(png_file) as img:
+        img.verify()
+    with Image.open(png_file) as img:
+        assert img.format == "PNG" and img.width > 200 and img.height > 100
+    embedded = re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report)
+    assert len(embedded) == 2 and base64.b64decode(embedded[0]) == data
+
+    link = arts["w4s-run-ui-run-a-best-workflow"]
+    assert f"(file://{summary['best_workflow']})" in link.data  # stored as a markdown link
+
+    bars = [a for a in _artifacts(fr_id) if a.type == "progress"]
+    assert len(bars) == 3, "one bar per validation evaluation: the seed's, each iteration's"
+    assert all(float(a.data) == 100.0 for a in bars)
+    # one candidate per iteration passed its self-check: 4 of 4 validation items
+    assert all(a.description.endswith("validation items done: 4/4") for a in bars)
+
+    new_best = [e for e in events if e["event"] == ui.NEW_BEST]
+    assert len(new_best) == 1, "the seed is the start; iteration 1's GOOD is the one new best"
+    e = new_best[0]
+    assert e["resource"]["prefect.resource.id"] == "w4s.run.ui-run-a"
+    assert e["payload"]["accuracy"] == 1.0 and e["payload"]["previous_best"] == 0.0
+    assert e["payload"]["iteration"] == 1 and e["payload"]["path"] == summary["best_workflow"]
+    assert "execute_code" in open(e["payload"]["path"]).read()
+
+
+def test_a_run_without_an_id_is_named_after_the_id_it_draws(tmp_path, events):
+    state = optimize(_config(tmp_path, iterations=1, meta_agent={
+        "kind": "scripted", "replies": [NO_CODE]}), return_state=True)
+    summary = state.result()
+    run = _flow_run(state.state_details.flow_run_id)
+    assert run.name == f"optimize arithmetic {summary['run_id']}"
+    keys = {a.key for a in _artifacts(run.id) if a.key}
+    assert f"w4s-run-{summary['run_id']}" in keys
+    assert not [e for e in events if e["event"] == ui.NEW_BEST], "nothing beat the seed"
+
+
+@pytest.mark.parametrize("parts, key", [
+    (("run", "20261201-224904-arithmetic-a9e5"), "w4s-run-20261201-224904-arithmetic-a9e5"),
+    (("run", "My_Run.1"), "w4s-run-my-run-1"),
+    (("adapter", "--x--", "folder"), "w4s-adapter-x-folder"),
+])
+def test_artifact_keys_are_valid_prefect_keys(parts, key):
+    assert ui.artifact_key(*parts) == key
