@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tasks import runtime
@@ -13,3 +14,12 @@ def retry_unless_final(task: Any, task_run: Any, state: Any) -> bool:
     every retry (and a retried budget stop would let the run go on as if nothing happened);
     nor is anything retried once the process is stopping (Ctrl-C)."""
     return not (runtime.stopping() or isinstance(state.data, BudgetExceeded | ConfigError))
+
+
+def backoff(first_s: float) -> Callable[[int], list[float]]:
+    """`retry_delay_seconds` for a stage: `first_s`, then doubling (Prefect's exponential
+    backoff). Model calls retry on their own first (models/: backoff with jitter, honouring
+    Retry-After); a stage retry covers what outlives those: a worker crash, flaky I/O."""
+    from prefect.tasks import exponential_backoff
+
+    return exponential_backoff(backoff_factor=first_s)

@@ -1,9 +1,12 @@
 from prefect import get_run_logger, task
 
 from tasks import stages
+from tasks.caching import RUN_STAGE
+from tasks.names import stage_run_name
 
 
-@task(name="reward")
+@task(name="reward", task_run_name=stage_run_name("reward"), cache_policy=RUN_STAGE,
+      persist_result=True)
 def reward(run_dir: str, iteration: int) -> int | None:
     """Reward every candidate; the best by validation accuracy advances the state."""
     chosen = stages.reward(run_dir, iteration)

@@ -1,10 +1,14 @@
 from prefect import get_run_logger, task
 
 from tasks import stages
-from tasks.retry import retry_unless_final
+from tasks.caching import RUN_STAGE, stage_timeout
+from tasks.names import stage_run_name
+from tasks.retry import backoff, retry_unless_final
 
 
-@task(name="self_check", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_final)
+@task(name="self_check", task_run_name=stage_run_name("self_check"), retries=2,
+      retry_delay_seconds=backoff(5), retry_condition_fn=retry_unless_final,
+      cache_policy=RUN_STAGE, persist_result=True, timeout_seconds=stage_timeout("self_check"))
 def self_check(run_dir: str, iteration: int, index: int) -> str:
     """Run one candidate on one validation sample, asking for up to `max_repairs` repairs."""
     status = stages.self_check(run_dir, iteration, index)

@@ -1,0 +1,321 @@
+"""The nightly RLAO chain as one Prefect parent flow:
+collect -> dataset -> fit -> optimize (the meta-agent with the new adapter) -> evaluate.
+
+Stages hand each other paths and ids only (a collection id, a dataset file, an adapter
+folder, a run folder, a workflow file), so each can run on another host. `routing: local`
+(the default) runs every stage in this process as a subflow; `routing: deployments` runs
+them as subflow runs of their deployments (`run_deployment`): fit, and collect/optimize
+whose meta-agent runs in-process on a GPU, on the `gpu` pool; the rest on `cpu`. A
+meta-agent served by vLLM (`kind: openai`) keeps every sampling stage on `cpu`.
+
+Every stage's id derives from the nightly id (by default the scheduled date and the config
+hash), so rerunning the same parameters, or `prefect flow-run retry`, finds each stage's
+run folder and cached task results and redoes only what had not finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import INPUTS
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from flows.collect import collect
+from flows.optimize import optimize
+from flows.prefect_setup import route_w4s_logs
+from flows.stage_flows import (
+    GPU_LIMIT,
+    DatasetOptions,
+    EvaluateOptions,
+    FitOptions,
+    dataset,
+    evaluate,
+    fit,
+    gpu_slot,
+    on_gpu,
+)
+from storage.run_store import atomic_write
+from w4s.config import CollectConfig, OptimizeConfig, hash_json
+from w4s.errors import W4SError
+from w4s.paths import runs_dir as default_runs_dir
+
+Stage = Literal["collect", "dataset", "fit", "optimize", "evaluate"]
+STAGES: tuple[str, ...] = ("collect", "dataset", "fit", "optimize", "evaluate")
+
+
+class NightlyConfig(BaseModel):
+    """Parameters of one nightly chain; the Prefect UI shows them as a form."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    collect: CollectConfig = Field(..., description="RLAO collection (episodes)")
+    dataset: DatasetOptions = Field(default_factory=DatasetOptions)
+    fit: FitOptions = Field(default_factory=FitOptions)
+    optimize: OptimizeConfig = Field(
+        ..., description="the optimization run; its meta-agent gets the new adapter")
+    evaluate: EvaluateOptions | None = Field(
+        None, description="where the best workflow is scored; default: the optimize "
+                          "benchmark's held-out test split with the optimize executor")
+    routing: Literal["local", "deployments"] = Field(
+        "local", description="local: every stage in this process; deployments: stages run "
+                             "as deployment runs on the gpu and cpu pools")
+    gpu_limit: str = Field(GPU_LIMIT, description="global concurrency limit of GPU stages")
+    timeouts: dict[Stage, float] = Field(
+        default_factory=dict, description="seconds per stage, e.g. {fit: 7200}")
+    timezone: str = Field("UTC", description="the timezone of the nightly id's date")
+    adapters_dir: str | None = Field(
+        None, description="where the fitted adapter folders go (default: beside the runs "
+                          "folder, in adapters/)")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (an IANA name such as "
+                             "Europe/Berlin)") from None
+        return value
+
+    @field_validator("timeouts")
+    @classmethod
+    def _timeouts(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not v > 0}
+        if bad:
+            raise ValueError(f"timeouts must be positive seconds, but received {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _adapter_fits(self) -> NightlyConfig:
+        meta = self.optimize.meta_agent
+        if not isinstance(self.optimize.benchmark, str):
+            raise ValueError("`optimize.benchmark`: the nightly chain optimizes one benchmark")
+        if meta.adapter is not None:
+            raise ValueError("`optimize.meta_agent.adapter` is set by the chain (the adapter "
+                             "it fits); leave it empty")
+        if meta.kind == "openai":
+            return self  # a vLLM server loads the adapter at runtime
+        if self.fit.base == "embedded":
+            ok = meta.kind in ("embedded", "llamacpp") and meta.model in (
+                None, "smollm2-135m-instruct")
+        else:
+            ok = meta.kind == "transformers" and meta.model is not None and (
+                Path(meta.model).expanduser().resolve()
+                == Path(self.fit.base).expanduser().resolve())
+        if not ok:
+            raise ValueError(f"`optimize.meta_agent` ({meta.label}) cannot load an adapter "
+                             f"fitted on `fit.base` {self.fit.base!r}")
+        return self
+
+    def config_hash(self) -> str:
+        return hash_json(self.model_dump(mode="json"))
+
+    def evaluate_options(self) -> EvaluateOptions:
+        """The evaluation options, defaulting to the optimize run's own held-out split."""
+        if self.evaluate is not None:
+            return self.evaluate
+        o = self.optimize
+        return EvaluateOptions(
+            benchmark=str(o.benchmark), benchmark_options=o.benchmark_options, split="test",
+            val_size=o.val_size, test_size=o.test_size, split_seed=o.split_seed,
+            executor=o.executor, concurrency=o.concurrency, use_cache=o.use_cache,
+            item_timeout_s=o.item_timeout_s, code_timeout_s=o.code_timeout_s)
+
+
+def default_nightly_id(config: NightlyConfig) -> str:
+    """`nightly-<scheduled date>-<config hash>`: one chain per night and config, the same
+    for a retry of the flow run (its scheduled time does not change)."""
+    from prefect.runtime import flow_run
+
+    start = flow_run.scheduled_start_time
+    day = datetime.fromtimestamp(start.timestamp(), ZoneInfo(config.timezone))
+    return f"nightly-{day:%Y%m%d}-{config.config_hash()[:6]}"
+
+
+@task(name="resolve_adapter", task_run_name="resolve adapter {spec}", cache_policy=INPUTS,
+      persist_result=True)
+def resolve_adapter(spec: str, nightly_id: str) -> str:
+    """`latest` (or an id) -> the adapter folder, fixed once per night: a rerun after this
+    night's fit registered a newer adapter still collects with the same one."""
+    from storage.adapters import resolve
+
+    return resolve(spec).path
+
+
+# ----------------------------------------------------------------------------- routing
+
+
+def _pool(stage: str, config: NightlyConfig) -> str:
+    if stage == "fit":
+        return "gpu"
+    if stage in ("collect", "optimize"):
+        cfg = config.collect if stage == "collect" else config.optimize
+        return "gpu" if on_gpu(cfg.meta_agent, cfg.executor) else "cpu"
+    if stage == "evaluate":
+        return "gpu" if on_gpu(config.evaluate_options().executor) else "cpu"
+    return "cpu"
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+            for k, v in params.items()}
+
+
+def _run_deployed(name: str, params: dict[str, Any], run_name: str,
+                  timeout: float | None) -> None:
+    """Run a deployment as a subflow run and wait; one line when it does not complete."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelled
+
+    run = run_deployment(name, parameters=_jsonable(params), flow_run_name=run_name,
+                         as_subflow=True, timeout=timeout)
+    state = run.state
+    if state is None or not state.is_final():
+        with get_client(sync_client=True) as client:  # past the timeout: stop it
+            client.set_flow_run_state(run.id, Cancelled(message="nightly stage timeout"),
+                                      force=True)
+        raise W4SError(f"deployment {name} (flow run {run.name}) did not finish within "
+                       f"{timeout:.0f} s; cancelled")
+    if not state.is_completed():
+        raise W4SError(f"deployment {name} (flow run {run.name}) ended {state.name}: "
+                       f"{state.message or 'see its logs'}")
+
+
+def _stage(stage: str, flow_fn: Any, params: dict[str, Any], config: NightlyConfig,
+           nightly_id: str, read_back: Any) -> Any:
+    """One stage, in-process or as a deployment run; collect and optimize whose models sit
+    on a GPU hold a GPU slot (fit and evaluate take theirs themselves)."""
+    logger = get_run_logger()
+    pool = _pool(stage, config)
+    timeout = config.timeouts.get(stage)
+    started = time.perf_counter()
+    slot = pool == "gpu" and stage in ("collect", "optimize")
+    with gpu_slot(slot, config.gpu_limit):
+        if config.routing == "local" or stage == "dataset":
+            fn = flow_fn.with_options(timeout_seconds=timeout) if timeout else flow_fn
+            fn = fn.with_options(flow_run_name=f"{stage} {nightly_id}")
+            result = fn(**params)
+        else:
+            name = f"{flow_fn.name}/{pool}"
+            logger.info("%s: deployment %s", stage, name)
+            _run_deployed(name, params, f"{stage} {nightly_id}", timeout)
+            result = read_back()
+    logger.info("%s done in %.1f s (%s)", stage, time.perf_counter() - started,
+                "in process" if config.routing == "local" else f"pool {pool}")
+    return result
+
+
+# ----------------------------------------------------------------------------- read back
+# A deployment run returns no Python object to the parent: its outputs are read from the
+# files it wrote (shared storage when stages run on several hosts).
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise W4SError(f"stage output {str(path)!r} is missing or unreadable: {e}") from e
+
+
+def _fit_read_back(out: Path) -> dict[str, Any]:
+    from storage.adapters import resolve
+
+    metrics = _read_json(out / "metrics.json")
+    curve = metrics["loss_curve"]
+    return {"adapter_id": resolve(str(out)).id, "path": str(out.resolve()),
+            "steps": metrics["steps"], "final_loss": curve[-1]["loss"] if curve else None,
+            "dataset_sha256": metrics["dataset_sha256"], "base_model": metrics["base_model"]}
+
+
+# ----------------------------------------------------------------------------- the chain
+
+
+@flow(name="nightly", log_prints=True)
+def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, Any]:
+    """collect -> dataset -> fit -> optimize with the new adapter -> evaluate the best
+    workflow. Rerun with the same parameters (or the same `nightly_id`) to resume."""
+    from flows.cli import with_resolved_adapter
+
+    route_w4s_logs()
+    logger = get_run_logger()
+    nid = nightly_id or default_nightly_id(config)
+    root = Path(default_runs_dir(config.collect.runs_dir))
+    adapters = Path(config.adapters_dir) if config.adapters_dir else root.parent / "adapters"
+    logger.info("nightly %s: runs under %s, routing %s", nid, root, config.routing)
+
+    collect_cfg = config.collect
+    if collect_cfg.meta_agent.adapter is not None:  # iterated RLAO: last night's adapter
+        path = resolve_adapter(collect_cfg.meta_agent.adapter, nid)
+        collect_cfg = with_resolved_adapter(collect_cfg.model_copy(update={
+            "meta_agent": collect_cfg.meta_agent.model_copy(update={"adapter": path})}))
+    cid = f"{nid}-collect"
+    collected = _stage("collect", collect, {"config": collect_cfg, "collection_id": cid},
+                       config, nid, lambda: _read_json(root / f"{cid}.collection.json"))
+    if not collected["rows"]:
+        raise W4SError(f"collection {cid} produced no trajectory rows; nothing to fit")
+
+    data = _stage("dataset", dataset, {
+        "runs_dir": str(root), "out": str(root.parent / "datasets" / f"{nid}.parquet"),
+        "runs": list(collected["completed"]), "options": config.dataset,
+    }, config, nid, None)
+
+    out = adapters / nid
+    adapter = _stage("fit", fit, {"dataset": data["path"], "out": str(out),
+                                  "options": config.fit},
+                     config, nid, lambda: _fit_read_back(out))
+
+    opt_cfg = with_resolved_adapter(config.optimize.model_copy(update={
+        "meta_agent": config.optimize.meta_agent.model_copy(
+            update={"adapter": adapter["path"]})}))
+    run_id = f"{nid}-optimize"
+    summary = _stage("optimize", optimize, {"config": opt_cfg, "run_id": run_id}, config, nid,
+                     lambda: _read_json(root / run_id / "summary.json"))
+    if not summary.get("best_workflow"):
+        raise W4SError(f"optimize run {run_id} has no best workflow ({summary['status']})")
+
+    report = str(root / run_id / "evaluation.json")
+    options = config.evaluate_options()
+    scored = _stage("evaluate", evaluate, {"workflow": summary["best_workflow"],
+                                           "options": options, "report": report},
+                    config, nid, lambda: _evaluated(report, summary["best_workflow"]))
+
+    result = {
+        "nightly_id": nid, "collection_id": cid, "rows": collected["rows"],
+        "dataset": data["path"], "dataset_rows": data["rows"],
+        "adapter_id": adapter["adapter_id"], "adapter": adapter["path"],
+        "fit_steps": adapter["steps"], "final_loss": adapter["final_loss"],
+        "run_id": run_id, "best_workflow": summary["best_workflow"],
+        "best_val_accuracy": summary["best_val_accuracy"],
+        "test_accuracy": summary["test_accuracy"],
+        "evaluation": {k: scored[k] for k in ("benchmark", "split", "items", "accuracy")},
+        "evaluation_report": report,
+    }
+    atomic_write(root / f"{nid}.nightly.json", json.dumps(result, indent=1))
+    logger.info("nightly %s: adapter %s, best workflow %s, %s %s accuracy %.4f", nid,
+                result["adapter_id"], result["best_workflow"], scored["benchmark"],
+                scored["split"], scored["accuracy"])
+    return result
+
+
+def _evaluated(report: str, workflow: str) -> dict[str, Any]:
+    doc = _read_json(Path(report))
+    return {k: doc[k] for k in ("benchmark", "split", "items", "accuracy", "executor_calls",
+                                "cost_usd", "budget_exceeded")} | {"report": report,
+                                                                   "workflow": workflow}
+
+
+def load_nightly_config(path: str) -> NightlyConfig:
+    """A YAML/TOML file of NightlyConfig fields -> the config, or a one-line ConfigError."""
+    from w4s.config import load_config_file
+
+    return load_config_file(path, None, NightlyConfig)  # type: ignore[arg-type]
+
+
+__all__ = ["STAGES", "NightlyConfig", "default_nightly_id", "load_nightly_config", "nightly"]

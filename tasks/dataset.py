@@ -1,0 +1,49 @@
+"""The RLAO dataset stage as a Prefect task over `storage.dataset.build_dataset`.
+
+Keyed on the data it reads (the sha256 of every trajectory file of the chosen runs) and the
+query, so a rerun after a later stage failed does not rebuild it, while new trajectory
+rows do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from tasks.caching import RealInputs, file_digest
+from tasks.retry import backoff, retry_unless_final
+
+
+def _snapshot(inputs: dict[str, Any]) -> dict[str, Any] | None:
+    from storage.dataset import trajectory_files
+    from w4s.errors import W4SError
+
+    try:
+        files = trajectory_files(inputs["runs_dir"], tuple(inputs.get("runs") or ()))
+    except W4SError:
+        return None  # no data: the stage itself says so in one line
+    return {"trajectories": {str(f): file_digest(f) for f in files}}
+
+
+DATASET_STAGE = RealInputs(extra=_snapshot, outputs=lambda inputs: [inputs["out"]])
+
+
+def build(runs_dir: str, out: str, runs: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """Build the dataset; returns its path, card, row count and sha256 (plain values)."""
+    from storage.dataset import DatasetQuery, build_dataset
+
+    query = DatasetQuery(runs=tuple(runs), **{
+        k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    result = build_dataset(runs_dir, out, query)
+    return {"path": str(result.path), "card": str(result.card_path), "rows": result.rows,
+            "sha256": file_digest(result.path), "summary": result.summary_line()}
+
+
+@task(name="dataset", task_run_name="dataset {out}", retries=1, retry_delay_seconds=backoff(5),
+      retry_condition_fn=retry_unless_final, cache_policy=DATASET_STAGE, persist_result=True)
+def dataset(runs_dir: str, out: str, runs: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """Trajectory rows of `runs` -> a reward-weighted Parquet dataset at `out`."""
+    result = build(runs_dir, out, runs, options)
+    get_run_logger().info("dataset: %s", result["summary"])
+    return result
