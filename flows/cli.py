@@ -506,10 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_show)
 
-    from flows import dataset_cmd, fit
+    from flows import dataset_cmd, deploy_cmd, fit, nightly_cmd
 
     dataset_cmd.add_parser(sub)  # RLAO: trajectory rows -> a reward-weighted dataset
     fit.add_parser(sub)  # RLAO: dataset -> a LoRA adapter (`fit`), and the registry (`adapters`)
+    nightly_cmd.add_parser(sub)  # the chain collect -> dataset -> fit -> optimize -> evaluate
+    deploy_cmd.add_parser(sub)  # pools, the GPU limit and the deployments on a server
     return parser
 
 
