@@ -1,0 +1,82 @@
+"""Scale-out: the real `self_check` task on a local two-worker Dask cluster (separate worker
+processes), and the task-runner specs."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from prefect import flow, task
+
+from flows.runners import task_runner
+from storage.run_store import RunStore
+from tasks.self_check import self_check
+from tasks.stages import prepare_run
+from w4s.config import build_config
+from w4s.errors import ConfigError
+from w4s.mdp import Candidate
+
+GOOD = '''def solver(agent, task: str) -> dict:
+    expr = task.split("What is ")[1].rstrip("?")
+    return {"answer": agent.execute_code("print(" + expr + ")")}
+'''
+RAISES = '''def solver(agent, task: str) -> dict:
+    raise RuntimeError("boom")
+'''
+
+
+@task
+def self_check_where(run_dir: str, iteration: int, index: int) -> tuple[str, int]:
+    """The real self_check task (run nested, in this worker), and the worker's pid."""
+    return self_check(run_dir, iteration, index), os.getpid()
+
+
+@flow
+def check_candidates(run_dir: str, iteration: int, indices: list[int]) -> list:
+    futures = [self_check_where.submit(run_dir, iteration, j) for j in indices]
+    return [f.result() for f in futures]
+
+
+def test_self_checks_run_in_two_dask_worker_processes(tmp_path, monkeypatch):
+    pytest.importorskip("prefect_dask")
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    cfg = build_config({
+        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 1,
+        "candidates": 4, "val_size": 2, "test_size": 2, "max_repairs": 0,
+        "runs_dir": str(tmp_path / "runs"), "use_cache": False,
+        "meta_agent": {"kind": "scripted", "replies": ["unused"]},
+        "executor": {"kind": "scripted", "replies": ["7"]},
+    })
+    run_dir = prepare_run(cfg, tmp_path / "runs", "dask-run")
+    store = RunStore(run_dir)
+    codes = [GOOD, RAISES, GOOD, GOOD]
+    for j, code in enumerate(codes):
+        store.save_candidate(Candidate(run_id="dask-run", iteration=1, index=j, kind="action",
+                                       prompt=[], reply=f"```python\n{code}```", code=code))
+    runner = task_runner("dask:2")
+    results = check_candidates.with_options(task_runner=runner)(run_dir, 1, [0, 1, 2, 3])
+
+    statuses, pids = zip(*results, strict=True)
+    expected = ["skipped" if code == RAISES else "ok" for code in codes]
+    assert list(statuses) == expected, [c.error for c in store.candidates(1)]
+    assert [c.status for c in store.candidates(1)] == expected  # written by the workers
+    assert "boom" in store.load_candidate(1, 1).error
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+
+
+def test_task_runner_specs():
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    threads = task_runner("threads:3")
+    assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
+    pytest.importorskip("prefect_dask")
+    assert task_runner("dask:tcp://10.0.0.5:8786").address == "tcp://10.0.0.5:8786"
+    local = task_runner("dask:3")
+    assert local.address is None and local.cluster_kwargs["n_workers"] == 3
+    for spec, words in (("ray:2", "unknown"), ("dask:0", "positive"), ("threads:x", "positive")):
+        with pytest.raises(ConfigError, match=words) as e:
+            task_runner(spec)
+        assert "\n" not in str(e.value)
