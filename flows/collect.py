@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger, tags
 from prefect.futures import PrefectFuture, wait
 
-from flows import progress, ui
+from flows import progress, report, ui
 from flows.optimize import log_partial
 from flows.prefect_setup import route_w4s_logs
 from storage.query import query
@@ -87,6 +87,7 @@ def collect(config: CollectConfig, collection_id: str | None = None) -> dict[str
                 for eid, cfg in zip(ids, config.episode_configs(), strict=True)]
     logger.info("collection %s: %d episodes x %d turns x %d candidates under %s",
                 cid, len(ids), config.iterations, config.candidates, root)
+    report.preload()
     run_tags = ui.run_tags(config)
     ui.label_flow_run(f"collect {ui.benchmarks_label(config)} {cid}", run_tags)
     episodes, status = _Episodes(run_dirs), "completed"

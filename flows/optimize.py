@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, tags
 from prefect.futures import wait
 
-from flows import ui
+from flows import report, ui
 from flows.prefect_setup import route_w4s_logs
 from flows.progress import stage_progress
 from storage.run_store import RunStore, group_run_ids, new_run_id
@@ -43,6 +43,7 @@ def optimize(config: OptimizeConfig, run_id: str | None = None,
     logger = get_run_logger()
     run_dir = prepare_run(config, default_runs_dir(config.runs_dir), run_id, budget_group)
     logger.info("run folder: %s", run_dir)
+    report.preload()
     run_tags = ui.run_tags(config)
     ui.label_flow_run(f"optimize {config.benchmark} {Path(run_dir).name}", run_tags)
     with tags(*run_tags), stage_progress():  # task runs carry the tags; evaluations a bar
