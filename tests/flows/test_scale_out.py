@@ -80,3 +80,37 @@ def test_task_runner_specs():
         with pytest.raises(ConfigError, match=words) as e:
             task_runner(spec)
         assert "\n" not in str(e.value)
+
+
+DOUBLED: list[int] = []
+
+
+@task(persist_result=True, cache_key_fn=lambda ctx, params: f"double-{params['x']}")
+def double(x: int) -> int:
+    DOUBLED.append(x)
+    return 2 * x
+
+
+@flow
+def doubles(xs: list[int]) -> list[int]:
+    return [double(x) for x in xs]
+
+
+def test_task_results_persist_to_shared_storage_from_a_block_setting():
+    """`PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK` naming a RemoteFileSystem block (any fsspec
+    URL; `memory://` here, `s3://bucket/prefect-results` on several hosts) sends results
+    there, where a rerun on any host finds them."""
+    import fsspec
+    from prefect.filesystems import RemoteFileSystem
+    from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_settings
+
+    tag = os.urandom(4).hex()
+    RemoteFileSystem(basepath=f"memory://results-{tag}").save(f"w4s-results-{tag}")
+    with temporary_settings({PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK:
+                             f"remote-file-system/w4s-results-{tag}"}):
+        assert doubles([3, 4]) == [6, 8]
+        fs = fsspec.filesystem("memory")
+        stored = fs.ls(f"/results-{tag}", detail=False)
+        assert {"double-3", "double-4"} <= {p.rsplit("/", 1)[-1] for p in stored}
+        assert doubles([3, 4]) == [6, 8]  # served from the stored results, not recomputed
+        assert sorted(DOUBLED) == [3, 4]
