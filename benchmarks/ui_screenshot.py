@@ -63,6 +63,18 @@ def wait_healthy(api: str, timeout_s: float = 120) -> None:
     raise SystemExit(f"prefect server at {api} not healthy after {timeout_s:.0f}s")
 
 
+def new_best_events(api: str, run_id: str, wait_s: float = 20) -> list[dict]:
+    """The run's `w4s.workflow.new-best` events as the server stored them (asynchronously)."""
+    body = {"filter": {"event": {"name": ["w4s.workflow.new-best"]},
+                       "any_resource": {"id": [f"w4s.run.{run_id}"]}}, "limit": 10}
+    deadline = time.monotonic() + wait_s
+    while True:
+        events = _api(api, "/events/filter", body)["events"]
+        if events or time.monotonic() > deadline:
+            return [e["payload"] for e in events]
+        time.sleep(1)
+
+
 def run_flow(run_id: str, runs_dir: str) -> None:
     """In a child process (PREFECT_API_URL set): one scripted optimization."""
     from flows.optimize import optimize
@@ -110,6 +122,7 @@ def main() -> int:
         size = len(art["data"])
         print(f"artifact {art['id']} ({key}, {size} chars of markdown)\nurl {url}\n"
               f"screenshot {out} ({out.stat().st_size} bytes)")
+        print(f"events: {new_best_events(api, run_id)}")
     finally:
         server.terminate()
         try:
