@@ -104,8 +104,8 @@ class NightlyConfig(BaseModel):
         if self.fit.base == "embedded":
             ok = meta.kind in ("embedded", "llamacpp") and meta.model in (
                 None, "smollm2-135m-instruct")
-        else:
-            ok = meta.kind == "transformers" and meta.model is not None and (
+        else:  # a local base folder: transformers or an in-process vLLM engine loads it
+            ok = meta.kind in ("transformers", "vllm") and meta.model is not None and (
                 Path(meta.model).expanduser().resolve()
                 == Path(self.fit.base).expanduser().resolve())
         if not ok:

@@ -29,7 +29,7 @@ from w4s.errors import InfrastructureError, W4SError
 from w4s.reward import TAU
 
 GPU_LIMIT = "w4s-gpu"  # the global concurrency limit `w4s deploy` creates (deploy_cmd)
-LOCAL_KINDS = ("embedded", "transformers", "llamacpp")
+LOCAL_KINDS = ("embedded", "transformers", "llamacpp", "vllm")  # served in this process
 
 
 class _Options(BaseModel):
@@ -88,7 +88,8 @@ class EvaluateOptions(_Options):
 def on_gpu(*backends: BackendConfig) -> bool:
     """Whether a stage with these models needs a GPU host: a model served in-process on a
     GPU. A model behind an OpenAI-compatible server (vLLM) runs wherever that server is."""
-    return any(b.kind in LOCAL_KINDS and b.device != "cpu" for b in backends)
+    return any(b.kind == "vllm" or (b.kind in LOCAL_KINDS and b.device != "cpu")
+               for b in backends)
 
 
 @contextlib.contextmanager
@@ -211,7 +212,8 @@ def evaluate_workflow(workflow: str, report: str, options: dict[str, Any]) -> di
         "report": str(report), "workflow": str(workflow)}
 
 
-@task(name="evaluate", task_run_name="evaluate {workflow}", retries=2,
+# log_prints off: evaluate_workflow reads the JSON document evaluate_file prints
+@task(name="evaluate", task_run_name="evaluate {workflow}", log_prints=False, retries=2,
       retry_delay_seconds=backoff(10), retry_condition_fn=retry_unless_final,
       cache_policy=EVALUATE_STAGE, persist_result=True, timeout_seconds=stage_timeout("evaluate"))
 def evaluate_task(workflow: str, report: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,208 @@
+"""The nightly chain collect -> dataset -> fit -> optimize (with the new adapter) -> evaluate,
+in-process and routed to deployments, and its rerun after a last-stage failure: nothing
+that finished runs again (no executor call, no meta-agent generation, no fit)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from nightly_support import EXECUTOR, build_tiny_base, nightly_data
+
+from flows import stage_flows
+from flows.nightly import NightlyConfig, nightly
+from models.factory import clear_model_cache
+from tasks import runtime
+from w4s.errors import InfrastructureError
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    return build_tiny_base(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh(tmp_path, monkeypatch):
+    monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
+    runtime.close_all()
+    clear_model_cache()
+    yield
+    runtime.close_all()
+    clear_model_cache()
+
+
+def nightly_config(tmp_path: Path, base: Path, **extra) -> NightlyConfig:
+    return NightlyConfig.model_validate(nightly_data(tmp_path, base, **extra))
+
+
+class _Counting:
+    """A chat model that counts its `complete` calls into a shared tally."""
+
+    def __init__(self, inner, tally: dict, key: str) -> None:
+        self._inner, self._tally, self._key = inner, tally, key
+
+    def complete(self, *args, **kwargs):
+        self._tally[self._key] += 1
+        return self._inner.complete(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def _count_model_calls(monkeypatch) -> dict:
+    tally = {"meta_agent": 0, "executor": 0, "fit": 0, "dataset": 0}
+    meta, executor = runtime.meta_agent, runtime.executor
+    monkeypatch.setattr(runtime, "meta_agent", lambda cfg: _Counting(meta(cfg), tally,
+                                                                     "meta_agent"))
+    monkeypatch.setattr(runtime, "executor", lambda cfg: _Counting(executor(cfg), tally,
+                                                                   "executor"))
+    import flows.fit
+    import storage.dataset
+
+    fit_adapter, build = flows.fit.fit_adapter, storage.dataset.build_dataset
+
+    def counted_fit(*a, **k):
+        tally["fit"] += 1
+        return fit_adapter(*a, **k)
+
+    def counted_build(*a, **k):
+        tally["dataset"] += 1
+        return build(*a, **k)
+
+    monkeypatch.setattr(flows.fit, "fit_adapter", counted_fit)
+    monkeypatch.setattr(storage.dataset, "build_dataset", counted_build)
+    return tally
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file of the runs folder and the adapters with its size and mtime."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _task_runs(nightly_id: str, since: float) -> dict[str, str]:
+    """name -> state of the task runs about this chain created after `since`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=nightly_id)),
+            limit=200)
+    return {r.name: r.state_name for r in runs if r.created.timestamp() >= since}
+
+
+@pytest.mark.slow
+def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, tiny_base,
+                                                                    monkeypatch):
+    cfg = nightly_config(tmp_path, tiny_base)
+    tally = _count_model_calls(monkeypatch)
+    real_task, real_evaluate = stage_flows.evaluate_task, stage_flows.evaluate_workflow
+
+    def lost(*_a, **_k):
+        raise InfrastructureError("injected: the evaluation host went away")
+
+    # the last stage fails (and is not retried within the run: retries off for the test)
+    monkeypatch.setattr(stage_flows, "evaluate_workflow", lost)
+    monkeypatch.setattr(stage_flows, "evaluate_task", real_task.with_options(retries=0))
+    with pytest.raises(InfrastructureError, match="injected"):
+        nightly(cfg, nightly_id="n1")
+    first = dict(tally)
+    assert first["meta_agent"] > 0 and first["executor"] > 0
+    assert first["fit"] == first["dataset"] == 1
+    runs = tmp_path / "runs"
+    assert not (runs / "n1.nightly.json").exists()
+    assert (runs / "n1-optimize" / "summary.json").is_file()  # optimize had finished
+    before = _files(tmp_path)
+
+    # the stage works again; count afresh
+    monkeypatch.setattr(stage_flows, "evaluate_workflow", real_evaluate)
+    monkeypatch.setattr(stage_flows, "evaluate_task", real_task)
+    tally.update(dict.fromkeys(tally, 0))
+    clear_model_cache()
+    since = time.time()
+    result = nightly(cfg, nightly_id="n1")
+
+    # nothing that finished ran again: no model call, no dataset build, no fit
+    assert tally == {"meta_agent": 0, "executor": 0, "fit": 0, "dataset": 0}
+    changed = {k for k, v in _files(tmp_path).items() if before.get(k) != v}
+    # only the evaluation's report and the chain's summary are new (plus the collection's
+    # and optimize's summaries, rewritten with the same content)
+    assert {k for k in changed if k.startswith("runs/n1-") and "/candidates/" in k} == set()
+    assert not any(k.endswith(".parquet") for k in changed)
+    assert not any(k.startswith("home/adapters") for k in changed)
+    assert "runs/n1-optimize/evaluation.json" in changed and "runs/n1.nightly.json" in changed
+    states = _task_runs("n1", since)
+    evaluated = [n for n in states if n.startswith("evaluate ")]
+    assert evaluated and all(states[n] == "Completed" for n in evaluated), states
+    others = {n: s for n, s in states.items() if not n.startswith("evaluate ")}
+    assert {s for s in others.values()} == {"Cached"}, others
+    assert any(n.startswith("generate it1") for n in others)  # collect's and optimize's
+    assert any(n.startswith("fit ") for n in others)
+
+    # the run completes: the adapter it fitted sampled the optimize run's candidates
+    assert result["nightly_id"] == "n1" and result["fit_steps"] == 1
+    assert Path(result["adapter"], "adapter_config.json").is_file()
+    rows = pq.read_table(runs / "n1-optimize" / "trajectories" / "iter-0001.parquet").to_pylist()
+    assert {r["meta_adapter"] for r in rows} == {result["adapter"]}
+    report = json.loads((runs / "n1-optimize" / "evaluation.json").read_text())
+    assert report["split"] == "test" and report["items"] == 2
+    assert result["evaluation"]["accuracy"] == report["accuracy"]
+    saved = json.loads((runs / "n1.nightly.json").read_text())
+    assert saved["adapter_id"] == result["adapter_id"]
+
+
+def test_config_errors_are_one_line_before_anything_runs(tmp_path, tiny_base):
+    from pydantic import ValidationError
+
+    good = nightly_config(tmp_path, tiny_base).model_dump(mode="json")
+    bad_meta = {**good, "optimize": {**good["optimize"], "meta_agent": EXECUTOR}}
+    with pytest.raises(ValidationError, match="cannot load an adapter fitted on"):
+        NightlyConfig.model_validate(bad_meta)
+    with pytest.raises(ValidationError, match="unknown timezone"):
+        NightlyConfig.model_validate({**good, "timezone": "Mars/Olympus"})
+    with pytest.raises(ValidationError, match="positive seconds"):
+        NightlyConfig.model_validate({**good, "timeouts": {"fit": 0}})
+    with pytest.raises(ValidationError, match="set by the chain"):
+        NightlyConfig.model_validate({**good, "optimize": {**good["optimize"], "meta_agent": {
+            **good["optimize"]["meta_agent"], "adapter": "latest"}}})
+
+
+@pytest.mark.slow
+def test_routed_to_deployments_each_stage_runs_as_flow_slash_pool(tmp_path, tiny_base,
+                                                                   monkeypatch):
+    """`routing: deployments`: collect, fit, optimize and evaluate go through run_deployment
+    with JSON parameters only, to `<flow>/<pool>`; their outputs are read back from files.
+    (Here the fake `run_deployment` runs the flow in this process, as a worker would.)"""
+    import uuid
+    from types import SimpleNamespace
+
+    import prefect.deployments
+    from prefect.states import Completed
+
+    from flows.collect import collect
+    from flows.optimize import optimize
+
+    flows = {"collect": collect, "fit": stage_flows.fit, "optimize": optimize,
+             "evaluate": stage_flows.evaluate}
+    calls = []
+
+    def run_deployment(name, parameters, flow_run_name, as_subflow, timeout):
+        calls.append((name, flow_run_name, timeout))
+        params = json.loads(json.dumps(parameters))  # what crosses to another host
+        flows[name.split("/")[0]].with_options(flow_run_name=flow_run_name)(**params)
+        return SimpleNamespace(id=uuid.uuid4(), name=flow_run_name, state=Completed())
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    cfg = nightly_config(tmp_path, tiny_base, routing="deployments", timeouts={"fit": 600})
+    result = nightly(cfg, nightly_id="r1")
+    assert [(n, r) for n, r, _ in calls] == [
+        ("collect/cpu", "collect r1"), ("fit/gpu", "fit r1"), ("optimize/cpu", "optimize r1"),
+        ("evaluate/cpu", "evaluate r1")]
+    assert dict((n, t) for n, _, t in calls)["fit/gpu"] == 600
+    assert result["fit_steps"] == 1 and result["adapter_id"]
+    assert result["evaluation"]["items"] == 2
+    assert Path(result["best_workflow"]).is_file()
