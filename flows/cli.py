@@ -231,7 +231,7 @@ def print_table(cols: list[str], rows: list[tuple | list], **kw: Any) -> None:
 
 
 def _run_optimize(config_data: dict[str, Any], config_file: str | None,
-                  run_id: str | None) -> int:
+                  run_id: str | None, task_runner: str | None = None) -> int:
 
     from flows.optimize import optimize
     from storage.run_store import new_run_id
@@ -241,7 +241,12 @@ def _run_optimize(config_data: dict[str, Any], config_file: str | None,
     # drawn here as RunStore.create would, not in the flow, so Ctrl-C can name it; with several
     # benchmarks this top-level id resumes every one's subflow
     run_id = run_id or new_run_id(cfg)
-    summary = _until_interrupted(lambda: optimize(cfg, run_id=run_id), f"--run-id {run_id}")
+    flow = optimize
+    if task_runner:  # submitted tasks (the self-checks) on threads or a Dask cluster
+        from flows.runners import task_runner as make_runner
+
+        flow = optimize.with_options(task_runner=make_runner(task_runner))
+    summary = _until_interrupted(lambda: flow(cfg, run_id=run_id), f"--run-id {run_id}")
     if summary is None:
         return 130
     for one in summary.get("runs", [summary]):
@@ -310,7 +315,7 @@ def with_resolved_adapter(cfg: Any) -> Any:
     spec = cfg.meta_agent.adapter
     if spec is None:
         return cfg
-    from storage.adapters import check_base, resolve
+    from storage.adapters import check_base, local_folder, resolve
 
     record = resolve(spec)
     meta = cfg.meta_agent
@@ -318,7 +323,9 @@ def with_resolved_adapter(cfg: Any) -> Any:
             else meta.model or "smollm2-135m-instruct")
     if meta.kind in ("embedded", "llamacpp", "transformers", "vllm"):
         check_base(record, base)
-    return cfg.model_copy(update={"meta_agent": meta.model_copy(update={"adapter": record.path})})
+    # a registry at a URL: the adapter is downloaded once into this host's cache
+    folder = str(local_folder(record))
+    return cfg.model_copy(update={"meta_agent": meta.model_copy(update={"adapter": folder})})
 
 
 def _adapter_override(data: dict[str, Any], adapter: str | None) -> dict[str, Any]:
@@ -329,7 +336,7 @@ def _adapter_override(data: dict[str, Any], adapter: str | None) -> dict[str, An
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     return _run_optimize(_adapter_override(_overrides(args), args.adapter), args.config,
-                         args.run_id)
+                         args.run_id, args.task_runner)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -445,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="resume this run: finished stages are skipped")
     p.add_argument("--adapter", help="the meta-agent's LoRA adapter: latest, an id from "
                                      "`w4s adapters`, or a folder")
+    p.add_argument("--task-runner", help="where submitted tasks run: threads[:N] (default), "
+                                         "dask[:N] or dask:tcp://HOST:PORT (w4s[dask])")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="any config field, dotted for nested ones, the value as YAML, e.g. "
                         "--set executor.kind=openai")

@@ -114,3 +114,13 @@ def test_task_results_persist_to_shared_storage_from_a_block_setting():
         assert {"double-3", "double-4"} <= {p.rsplit("/", 1)[-1] for p in stored}
         assert doubles([3, 4]) == [6, 8]  # served from the stored results, not recomputed
         assert sorted(DOUBLED) == [3, 4]
+
+
+def test_cli_task_runner_flag_refuses_a_bad_spec_before_any_run(tmp_path, capsys):
+    from flows.cli import main
+
+    runs = tmp_path / "runs"
+    assert main(["optimize", "--task-runner", "ray:2", "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "`task_runner` 'ray:2' is unknown" in err and len(err.splitlines()) == 1
+    assert not runs.exists()
