@@ -2,6 +2,11 @@
 
 Implements `w4s.sandbox.CallCache`. Keys are content hashes (`w4s.sandbox.call_key`), one
 row per sample; the first writer of a key wins, so concurrent runs agree on every sample.
+
+One cache per host, under the local `W4S_HOME` even when `W4S_STORAGE_URL` is shared: WAL
+mode needs the processes on one machine (shared memory), and SQLite's locks are unsafe on
+network filesystems. Hosts only lose cross-host hits (an executor call repeated once per
+host); the run folders, not this cache, are what resumes depend on.
 """
 
 from __future__ import annotations
