@@ -377,9 +377,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from storage.query import iteration_table
     from storage.run_store import RunStore
-    from w4s.paths import runs_dir
+    from w4s.paths import location, runs_dir
 
-    path = Path(args.run)
+    path = location(args.run)  # a folder, a URL, or a run id under --runs-dir
     if not (path / "config.json").is_file():
         path = runs_dir(args.runs_dir) / args.run
     store = RunStore(path)

@@ -163,3 +163,21 @@ def test_bad_storage_settings_are_one_line(monkeypatch):
     with pytest.raises(ConfigError, match="nosuchproto") as e:
         location("nosuchproto://x/y")
     assert "\n" not in str(e.value)
+
+
+def test_cli_lists_shows_queries_and_builds_datasets_at_a_url(monkeypatch, capsys):
+    from flows.cli import main
+
+    root = f"memory://w4s-cli-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("W4S_STORAGE_URL", root)
+    store = _fill(runs_dir())
+    assert main(["runs"]) == 0 and "r1" in capsys.readouterr().out
+    for run in ("r1", str(store.root)):
+        assert main(["show", run]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("run r1") and len(out.splitlines()) == 5  # header + 2 iterations
+    assert main(["query", "SELECT count(*) AS n FROM candidates"]) == 0
+    assert "6" in capsys.readouterr().out
+    assert main(["dataset", "--out", f"{root}/datasets/d.parquet"]) == 0
+    assert f"card: {root}/datasets/d.card.json" in capsys.readouterr().out
+    assert location(f"{root}/datasets/d.parquet").is_file()
