@@ -33,7 +33,7 @@ def test_a_process_worker_runs_a_scheduled_deployment_run(tmp_path):
         assert _ensure_pool(client, POOL, "process") == f"work pool {POOL}: created (process)"
     flow = Flow.from_source(str(ROOT), "flows/stage_flows.py:evaluate")
     deployment_id = flow.deploy(
-        name="worker-test", work_pool_name=POOL, print_next_steps=False,
+        name="worker-test", work_pool_name=POOL, print_next_steps=False, ignore_warnings=True,
         parameters={"workflow": str(workflow), "report": str(report), "options": {
             "benchmark": "arithmetic", "split": "validation", "val_size": 2, "test_size": 2,
             "concurrency": 1, "use_cache": False,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def test_a_chain_killed_in_its_fit_stage_reruns_to_consistent_data(tmp_path):
     proc.wait()
     runs = tmp_path / "runs"
     assert not (runs / "k1.nightly.json").exists()
+    assert not (tmp_path / "adapters" / "k1" / "metrics.json").exists()  # killed mid-fit
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -71,3 +73,55 @@ def test_a_chain_killed_in_its_fit_stage_reruns_to_consistent_data(tmp_path):
         p.name for p in adapter.iterdir()}
     assert not [p for p in adapter.rglob("*") if ".tmp" in p.name]
     assert json.loads((adapter / "metrics.json").read_text())["steps"] == 1
+
+
+def _optimize_config(tmp_path: Path):
+    from nightly_support import EXECUTOR, GOOD, NO_CODE
+
+    from w4s.config import build_config
+
+    return build_config({
+        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 1, "candidates": 2,
+        "val_size": 2, "test_size": 2, "max_repairs": 0, "runs_dir": str(tmp_path / "runs"),
+        "use_cache": False, "reuse_outcomes": False, "executor": EXECUTOR,
+        "meta_agent": {"kind": "scripted", "replies": [GOOD, NO_CODE]}})
+
+
+def test_cached_stages_never_stand_in_for_files_that_are_gone(tmp_path, monkeypatch):
+    """A finished run's stages come from the cache; a deleted trajectory file is written
+    again, and a deleted run folder is rebuilt from scratch (not "served" from the cache)."""
+    from flows.optimize import optimize
+    from models.factory import clear_model_cache
+    from tasks import stages
+
+    monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
+    cfg = _optimize_config(tmp_path)
+    ran: list[str] = []
+
+    def counted(name: str, real):
+        def stage(*args, **kwargs):
+            ran.append(name)
+            return real(*args, **kwargs)
+        return stage
+
+    for name in ("seed", "generate", "execute", "log_trajectory", "evaluate_test"):
+        monkeypatch.setattr(stages, name, counted(name, getattr(stages, name)))
+    run = tmp_path / "runs" / "c1"
+    first = optimize(cfg, run_id="c1")
+    assert set(ran) == {"seed", "generate", "execute", "log_trajectory", "evaluate_test"}
+
+    ran.clear()
+    assert optimize(cfg, run_id="c1")["test_accuracy"] == first["test_accuracy"]
+    assert ran == []  # every stage Cached: not even its on-disk check ran
+
+    (run / "trajectories" / "iter-0001.parquet").unlink()
+    optimize(cfg, run_id="c1")
+    assert ran == ["log_trajectory"] and (run / "trajectories" / "iter-0001.parquet").is_file()
+
+    ran.clear()
+    shutil.rmtree(run)
+    clear_model_cache()  # the scripted meta-agent starts its replies again
+    again = optimize(cfg, run_id="c1")
+    assert {"seed", "generate", "execute", "evaluate_test"} <= set(ran)
+    assert again["best_val_accuracy"] == first["best_val_accuracy"]
+    assert (run / "summary.json").is_file() and (run / "workflows" / "best.py").is_file()
