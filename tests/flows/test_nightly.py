@@ -111,6 +111,7 @@ def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, ti
     with pytest.raises(InfrastructureError, match="injected"):
         nightly(cfg, nightly_id="n1")
     first = dict(tally)
+    print(f"first run: {first}")
     assert first["meta_agent"] > 0 and first["executor"] > 0
     assert first["fit"] == first["dataset"] == 1
     runs = tmp_path / "runs"
@@ -125,6 +126,7 @@ def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, ti
     clear_model_cache()
     since = time.time()
     result = nightly(cfg, nightly_id="n1")
+    print(f"rerun after the last stage failed: {tally}, {time.time() - since:.1f} s")
 
     # nothing that finished ran again: no model call, no dataset build, no fit
     assert tally == {"meta_agent": 0, "executor": 0, "fit": 0, "dataset": 0}
@@ -140,7 +142,8 @@ def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, ti
     assert evaluated and all(states[n] == "Completed" for n in evaluated), states
     others = {n: s for n, s in states.items() if not n.startswith("evaluate ")}
     assert {s for s in others.values()} == {"Cached"}, others
-    assert any(n.startswith("generate it1") for n in others)  # collect's and optimize's
+    assert "self_check it1 c0 · n1-collect-arithmetic-e000" in others  # named for the UI
+    assert "generate it1 · n1-optimize" in others
     assert any(n.startswith("fit ") for n in others)
 
     # the run completes: the adapter it fitted sampled the optimize run's candidates
@@ -206,3 +209,40 @@ def test_routed_to_deployments_each_stage_runs_as_flow_slash_pool(tmp_path, tiny
     assert result["fit_steps"] == 1 and result["adapter_id"]
     assert result["evaluation"]["items"] == 2
     assert Path(result["best_workflow"]).is_file()
+
+
+def test_a_gpu_stage_holds_a_slot_of_the_global_limit_while_it_runs():
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="w4s-test-gpu", limit=1))
+
+    def active() -> int:
+        with get_client(sync_client=True) as client:
+            return client.read_global_concurrency_limit_by_name("w4s-test-gpu").active_slots
+
+    @flow
+    def stage(needed: bool) -> int:
+        with stage_flows.gpu_slot(needed, "w4s-test-gpu"):
+            return active()
+
+    assert stage(True) == 1 and active() == 0  # held while it ran, released after
+    assert stage(False) == 0  # a CPU stage takes none
+
+
+def test_stage_timeouts_come_from_the_environment(monkeypatch):
+    from tasks.caching import stage_timeout
+    from w4s.errors import ConfigError
+
+    monkeypatch.delenv("W4S_STAGE_TIMEOUT_S", raising=False)
+    monkeypatch.delenv("W4S_TIMEOUT_FIT_S", raising=False)
+    assert stage_timeout("fit") is None
+    monkeypatch.setenv("W4S_STAGE_TIMEOUT_S", "600")
+    monkeypatch.setenv("W4S_TIMEOUT_FIT_S", "7200")
+    assert (stage_timeout("fit"), stage_timeout("execute")) == (7200.0, 600.0)
+    monkeypatch.setenv("W4S_TIMEOUT_FIT_S", "two hours")
+    with pytest.raises(ConfigError, match="`W4S_TIMEOUT_FIT_S` must be a number of seconds"):
+        stage_timeout("fit")
