@@ -4,9 +4,11 @@ On the CPU, with the embedded SmolLM2-135M-Instruct as meta-agent and executor (
 llama.cpp), on the synthetic arithmetic benchmark, where a workflow that computes with
 `agent.execute_code` scores far above one that asks for the number:
 
-1. collect: episodes of one turn from the paper's initial state (every seed in view with its
-   validation accuracy, the `direct` seed as the current workflow), so the better action,
-   adapting the `code` seed, is one the base model can sample; each episode has its own split;
+1. collect: episodes of one turn from the paper's kind of initial state, the seeds in view
+   with their validation accuracies: the `code` seed beside the current `direct` one, so the
+   better action, adapting `code`, is one the base model can sample (with all four seeds in
+   view, the prompt is longer and none of 11 sampled candidates passed its self-check);
+   each episode has its own split;
 2. dataset: reward-weighted (exp(r / 0.4)) and the SFT variant (every weight 1), same rows;
 3. fit: one LoRA adapter on each;
 4. evaluate: the base, RWR and SFT meta-agents, each from the same fresh states over fresh
@@ -105,7 +107,7 @@ def collect_config(args: argparse.Namespace, runs_dir: Path, *, item_seed: int,
 
     return CollectConfig.model_validate({
         "benchmark": "arithmetic", "benchmark_options": {"seed": item_seed},
-        "seed_workflow": "direct", "initial_state": "all_seeds",
+        "seeds": ["direct", "code"], "seed_workflow": "direct", "initial_state": "all_seeds",
         "iterations": 1, "candidates": args.candidates, "episodes": episodes,
         "split_per_episode": True, "split_seed": split_seed,
         "val_size": args.val_size, "test_size": 1, "max_repairs": args.max_repairs,
@@ -182,13 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     out["behaviour"] = measures(action_rows(train_dir))
 
     from storage.dataset import DatasetQuery, build_dataset
+    from w4s.errors import W4SError
 
     adapters, fits = {}, {}
+    out["datasets"] = {}
     for variant, sft in (("rwr", False), ("sft", True)):
-        data = build_dataset(train_dir, work / f"{variant}.parquet", DatasetQuery(sft=sft))
+        try:
+            data = build_dataset(train_dir, work / f"{variant}.parquet", DatasetQuery(sft=sft))
+        except W4SError as e:  # e.g. no candidate passed its self-check: nothing to fit
+            say(f"dataset {variant}: {e}")
+            out["datasets"][variant] = {"rows": 0, "error": str(e)}
+            continue
         say(f"dataset {variant}: {data.summary_line()}")
-        out.setdefault("datasets", {})[variant] = {"rows": data.rows,
-                                                   "weights": data.card["weights"]}
+        out["datasets"][variant] = {"rows": data.rows, "weights": data.card["weights"],
+                                    "reward_histogram": data.card.get("reward_histogram")}
         fits[variant] = fit(data.path, work / "adapters" / variant, args)
         adapters[variant] = str(work / "adapters" / variant)
     out["fits"] = {v: {**{k: m.get(k) for k in ("samples", "tokens_total", "steps",
@@ -202,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         name: (lambda a=adapter, n=name: collect_config(
             args, work / f"eval-{n}", item_seed=1, split_seed=100,
             episodes=args.eval_episodes, temperatures=t, adapter=a))
-        for name, adapter in (("base", None), ("rwr", adapters["rwr"]),
-                              ("sft", adapters["sft"]))
+        for name, adapter in (("base", None), *adapters.items())
     }
     out["evaluation"] = {}
     for name, make in policies.items():

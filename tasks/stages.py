@@ -146,10 +146,16 @@ def _seeds(cfg: OptimizeConfig) -> dict[str, str]:
     """The seed workflows a run evaluates: the named one alone, or all of the benchmark's."""
     bench = runtime.benchmark(cfg)
     seeds = bench.seed_workflows()
+    for name in cfg.seeds or ():
+        if name not in seeds:
+            raise W4SError(f"`seeds`: {name!r} is not a seed of {bench.name}; choose from: "
+                           f"{', '.join(seeds)}")
+    if cfg.seeds:
+        seeds = {name: seeds[name] for name in cfg.seeds}
     if cfg.seed_workflow is not None and cfg.seed_workflow not in seeds:
         raise W4SError(
-            f"`seed_workflow` {cfg.seed_workflow!r} is not a seed of {bench.name}; "
-            f"choose from: {', '.join(seeds)}"
+            f"`seed_workflow` {cfg.seed_workflow!r} is not among the seeds of {bench.name} "
+            f"evaluated; choose from: {', '.join(seeds)}"
         )
     if cfg.seed_workflow is None or cfg.initial_state == "all_seeds":
         return seeds

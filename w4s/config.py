@@ -87,6 +87,10 @@ class OptimizeConfig(_Frozen):
         None, description="the initial state's current workflow; None takes the best seed "
         "(with `initial_state: best_seed` only this seed is evaluated)"
     )
+    seeds: list[str] | None = Field(
+        None, description="the seed workflows evaluated at iteration 0; None: all of the "
+        "benchmark's"
+    )
     initial_state: Literal["best_seed", "all_seeds"] = Field(
         "best_seed", description="the first state's history: the starting seed alone, or "
         "every seed with its validation accuracy and the starting one last (the paper's "

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from storage.run_store import RunStore
 from tasks import stages
 from w4s.benchmarks import Item
 from w4s.config import CollectConfig, build_config
+from w4s.errors import W4SError
 from w4s.mdp import Candidate
 
 
@@ -56,3 +59,30 @@ def test_episodes_split_apart_only_when_asked():
     apart = CollectConfig(episodes=3, split_seed=5, split_per_episode=True).episode_configs()
     assert [c.split_seed for c in same] == [5, 5, 5]
     assert [c.split_seed for c in apart] == [5, 6, 7]
+
+
+def test_seeds_narrow_what_is_evaluated_and_in_view(tmp_path):
+    cfg = build_config({
+        "benchmark": "arithmetic", "seed_workflow": "direct", "initial_state": "all_seeds",
+        "seeds": ["direct", "code"], "val_size": 2, "test_size": 2,
+        "runs_dir": str(tmp_path / "runs"),
+        "meta_agent": {"kind": "scripted", "replies": ["x"]},
+        "executor": {"kind": "scripted", "replies": ["print(7)"]},
+    })
+    run_dir = stages.prepare_run(cfg, tmp_path / "runs", "two-seeds")
+    stages.seed(run_dir)
+    store = RunStore(run_dir)
+    assert [c.seed_name for c in store.candidates(0)] == ["direct", "code"]
+    state = store.load_state(0)
+    assert [h.code for h in state.history] == [c.code for c in reversed(store.candidates(0))]
+
+
+def test_a_seed_name_not_of_the_benchmark_or_not_evaluated_is_one_line(tmp_path):
+    base = {"benchmark": "arithmetic", "val_size": 2, "test_size": 2,
+            "runs_dir": str(tmp_path / "runs")}
+    with pytest.raises(W4SError, match=r"^`seeds`: 'nope' is not a seed of arithmetic; "):
+        stages.prepare_run(build_config({**base, "seeds": ["code", "nope"]}),
+                           tmp_path / "runs", "bad-1")
+    with pytest.raises(W4SError, match=r"^`seed_workflow` 'cot' is not among the seeds "):
+        stages.prepare_run(build_config({**base, "seeds": ["code"], "seed_workflow": "cot"}),
+                           tmp_path / "runs", "bad-2")
