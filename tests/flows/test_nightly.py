@@ -246,3 +246,25 @@ def test_stage_timeouts_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("W4S_TIMEOUT_FIT_S", "two hours")
     with pytest.raises(ConfigError, match="`W4S_TIMEOUT_FIT_S` must be a number of seconds"):
         stage_timeout("fit")
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Pacific/Kiritimati"])
+def test_the_default_nightly_id_is_the_scheduled_date_and_the_config(tmp_path, tiny_base,
+                                                                     timezone):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from prefect import flow
+
+    from flows.nightly import default_nightly_id
+
+    cfg = nightly_config(tmp_path, tiny_base, timezone=timezone)
+
+    @flow
+    def which() -> str:
+        return default_nightly_id(cfg)
+
+    day = datetime.now(ZoneInfo(timezone))
+    assert which() == f"nightly-{day:%Y%m%d}-{cfg.config_hash()[:6]}"
+    other = nightly_config(tmp_path, tiny_base, timezone=timezone, fit={"base": str(tiny_base)})
+    assert other.config_hash() != cfg.config_hash()  # another config, another chain
