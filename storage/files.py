@@ -42,9 +42,10 @@ def atomic_write(path: Any, data: bytes | str) -> None:
     if not is_local(path):
         path.fs.pipe_file(path.path, raw)
         return
-    tmp = _local_temp(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(raw)
         os.replace(tmp, path)
     except BaseException:
