@@ -60,6 +60,10 @@ def _scalar_parser(annotation: Any) -> tuple[Any, str] | None:
         metavar = "NAME[,NAME...]"
     elif len(members) != 1:
         return None
+    elif members[0] == list[str]:
+        def convert(text: str) -> list[str]:  # "a,b" -> ["a", "b"], as `seeds` takes
+            return [p.strip() for p in text.split(",") if p.strip()]
+        metavar = "NAME[,NAME...]"
     elif get_origin(members[0]) is Literal:
         choices = [str(c) for c in get_args(members[0])]
 

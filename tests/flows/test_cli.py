@@ -24,7 +24,7 @@ def _is_scalar(annotation: Any) -> bool:
     members = [m for m in members if m is not type(None)]
     if members == [str, list[str]] or members == [list[str], str]:
         return True  # `benchmark`: a name or a list (comma-separated on the command line)
-    return len(members) == 1 and (members[0] in (int, float, str, bool)
+    return len(members) == 1 and (members[0] in (int, float, str, bool, list[str])
                                   or get_origin(members[0]) is Literal)
 
 
