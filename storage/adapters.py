@@ -183,8 +183,8 @@ def resolve(spec: str | Path) -> AdapterRecord:
         raise AdapterError(
             f"`adapter` path {text!r} is not a PEFT adapter folder (no adapter_config.json)"
         )
-    for r in reversed(records):
-        if Path(r.path) == folder:
+    for r in reversed(records):  # its record, also when it was uploaded from this folder
+        if str(folder) in (r.path, r.source):
             return r
     config = json.loads((folder / "adapter_config.json").read_text())
     return AdapterRecord(

@@ -134,6 +134,7 @@ def test_adapter_registry_at_a_url_uploads_then_downloads_once(root_url, monkeyp
 
     got = adapters.resolve("latest")
     assert got.id == record.id and adapters.resolve(record.path).id == record.id
+    assert adapters.resolve(str(fitted)).id == record.id  # by the folder it was fitted in
     local = adapters.local_folder(got)
     assert local.parent == w4s_home() / "cache" / "adapters"
     assert (local / "adapter_model.safetensors").read_bytes() == \
