@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
 
 from flows import progress, report, ui
@@ -88,8 +88,7 @@ def collect(config: CollectConfig, collection_id: str | None = None) -> dict[str
     logger.info("collection %s: %d episodes x %d turns x %d candidates under %s",
                 cid, len(ids), config.iterations, config.candidates, root)
     report.preload()
-    run_tags = ui.run_tags(config)
-    ui.label_flow_run(f"collect {ui.benchmarks_label(config)} {cid}", run_tags)
+    ui.label_flow_run(f"collect {ui.benchmarks_label(config)} {cid}", ui.run_tags(config))
     episodes, status = _Episodes(run_dirs), "completed"
     # one step per stage of the collection (2 for the seeds, 5 per turn)
     bar = progress.start(2 + 5 * config.iterations, f"collection {cid}: stages done")
@@ -101,7 +100,7 @@ def collect(config: CollectConfig, collection_id: str | None = None) -> dict[str
         return results
 
     try:
-        with tags(*run_tags), progress.stage_progress():
+        with progress.stage_progress():
             each(seed.submit)
             each(lambda d: log_trajectory.submit(d, 0))
             for turn in range(1, config.iterations + 1):

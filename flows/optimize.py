@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_run_logger
 from prefect.futures import wait
 
 from flows import report, ui
@@ -44,9 +44,8 @@ def optimize(config: OptimizeConfig, run_id: str | None = None,
     run_dir = prepare_run(config, default_runs_dir(config.runs_dir), run_id, budget_group)
     logger.info("run folder: %s", run_dir)
     report.preload()
-    run_tags = ui.run_tags(config)
-    ui.label_flow_run(f"optimize {config.benchmark} {Path(run_dir).name}", run_tags)
-    with tags(*run_tags), stage_progress():  # task runs carry the tags; evaluations a bar
+    ui.label_flow_run(f"optimize {config.benchmark} {Path(run_dir).name}", ui.run_tags(config))
+    with stage_progress():  # the evaluations show progress bars
         summary = _iterate(config, run_dir)
     ui.publish_run(run_dir, summary)
     return summary

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.query import iteration_table, query, trajectory_glob
+from storage.run_store import RunStore
 
 CANDIDATES_SQL = """
 SELECT iteration, candidate, status, val_accuracy, chosen, reward, cost_usd,
@@ -145,6 +146,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def run_report(run_dir: str | Path, summary: dict[str, Any], headline: str) -> Report:
     """The optimization run's report: result, totals, both plots, the iteration table."""
     run_dir = Path(run_dir)
+    adapter = RunStore(run_dir).config().meta_agent.adapter
     rows = iteration_rows(run_dir)
     cands = _rows(CANDIDATES_SQL, run_dir)
     out = run_dir / "report"
@@ -159,7 +161,8 @@ def run_report(run_dir: str | Path, summary: dict[str, Any], headline: str) -> R
         f"{spent}; executor tokens {summary.get('executor_tokens')} in "
         f"{summary.get('executor_calls')} calls; meta-agent tokens "
         f"{summary.get('meta_agent_tokens')}",
-        f"best workflow: `{summary.get('best_workflow')}`  \nrun folder: `{run_dir}`",
+        f"best workflow: `{summary.get('best_workflow')}`  \nrun folder: `{run_dir}`"
+        + (f"  \nmeta-agent adapter: `{adapter}`" if adapter else ""),
         "## Validation accuracy", embed("validation accuracy per candidate", acc),
         f"## Cumulative {what}", embed(f"cumulative {what}", cost),
         "## Iterations", markdown_table(rows),

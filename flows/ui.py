@@ -55,26 +55,34 @@ def _param_config(model: type) -> Any:
     return model.model_validate(cfg) if isinstance(cfg, dict) else cfg
 
 
-def optimize_run_name() -> str:
-    """`flow_run_name` of optimize: `optimize <benchmark> <run id>` (the id when given)."""
+def _run_name(verb: str, model: type, id_param: str) -> str:
     from prefect.runtime import flow_run
 
-    cfg = _param_config(OptimizeConfig)
-    run_id = flow_run.parameters.get("run_id")
-    return " ".join(p for p in ("optimize", benchmarks_label(cfg), run_id) if p)
+    try:
+        cfg = _param_config(model)
+        return " ".join(p for p in (verb, benchmarks_label(cfg),
+                                    flow_run.parameters.get(id_param)) if p)
+    except Exception:  # noqa: BLE001 - a name must never fail the run; the flow reports
+        return verb  # a bad config itself, in one line
+
+
+def optimize_run_name() -> str:
+    """`flow_run_name` of optimize: `optimize <benchmark> <run id>` (the id when given;
+    otherwise the flow renames itself once it has drawn one)."""
+    return _run_name("optimize", OptimizeConfig, "run_id")
 
 
 def collect_run_name() -> str:
     """`flow_run_name` of collect: `collect <benchmark(s)> <collection id>`."""
-    from prefect.runtime import flow_run
-
-    cfg = _param_config(CollectConfig)
-    cid = flow_run.parameters.get("collection_id")
-    return " ".join(p for p in ("collect", benchmarks_label(cfg), cid) if p)
+    return _run_name("collect", CollectConfig, "collection_id")
 
 
 def label_flow_run(name: str, tags: Iterable[str]) -> None:
-    """Set the current flow run's name (an id drawn inside the flow) and add its tags."""
+    """Set the current flow run's name (an id drawn inside the flow) and add its tags.
+
+    The tags go on the flow run only, never on its task runs (a `prefect.tags` context):
+    Prefect acquires tag concurrency slots from the server for every tagged task run, which
+    cost about 2 s per stage here (benchmarks/bench_prefect_overhead.py)."""
     from prefect import get_client
     from prefect.context import FlowRunContext
 
@@ -185,6 +193,11 @@ def publish_run(run_dir: str, summary: dict[str, Any]) -> report.Report | None:
               link_text=str(path), key=artifact_key("run", run_id, "best-workflow"),
               description=f"w4s run {run_id}: best workflow (validation "
                           f"{summary['best_val_accuracy']})")
+    adapter = RunStore(run_dir).config().meta_agent.adapter
+    if adapter:
+        _safe("adapter link", create_link_artifact, Path(adapter).resolve().as_uri(),
+              link_text=adapter, key=artifact_key("run", run_id, "adapter"),
+              description=f"w4s run {run_id}: the meta-agent's LoRA adapter")
     return rep
 
 
