@@ -65,7 +65,6 @@ class NightlyConfig(BaseModel):
     routing: Literal["local", "deployments"] = Field(
         "local", description="local: every stage in this process; deployments: stages run "
                              "as deployment runs on the gpu and cpu pools")
-    gpu_limit: str = Field(GPU_LIMIT, description="global concurrency limit of GPU stages")
     timeouts: dict[Stage, float] = Field(
         default_factory=dict, description="seconds per stage, e.g. {fit: 7200}")
     timezone: str = Field("UTC", description="the timezone of the nightly id's date")
@@ -197,7 +196,7 @@ def _stage(stage: str, flow_fn: Any, params: dict[str, Any], config: NightlyConf
     timeout = config.timeouts.get(stage)
     started = time.perf_counter()
     slot = pool == "gpu" and stage in ("collect", "optimize")
-    with gpu_slot(slot, config.gpu_limit):
+    with gpu_slot(slot, GPU_LIMIT):
         if config.routing == "local" or stage == "dataset":
             fn = flow_fn.with_options(timeout_seconds=timeout) if timeout else flow_fn
             fn = fn.with_options(flow_run_name=f"{stage} {nightly_id}")
