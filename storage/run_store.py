@@ -27,7 +27,7 @@ from w4s.paths import location
 from w4s.prompts import PROMPT_VERSION
 
 CONFIG, SPLIT, SUMMARY = "config.json", "split.json", "summary.json"
-SPEND, BUDGET_GROUP = "spend.json", "budget_group.json"
+SPEND, SPEND_DIR, BUDGET_GROUP = "spend.json", "spend", "budget_group.json"
 
 __all__ = ["RunStore", "atomic_write", "benchmark_slug", "group_run_ids", "new_run_id"]
 
@@ -148,13 +148,24 @@ class RunStore:
         write_parquet(table, path)  # the iteration's whole file, replaced: never appended
         return path
 
-    # -- executor spend, persisted so a resumed run counts it against its budget
-    def save_spend(self, spend: Spend) -> None:
-        _write_json(self.root / SPEND, asdict(spend))
+    # -- executor spend, persisted so a resumed run counts it against its budget. Each
+    # process writes only its own file (`spend/<writer>.json`), so processes that run stages
+    # of one run at once (Dask workers, several hosts) never overwrite each other's totals.
+    def save_spend(self, spend: Spend, writer: str) -> None:
+        _write_json(self.root / SPEND_DIR / f"{writer}.json", asdict(spend))
 
-    def spend(self) -> Spend:
-        path = self.root / SPEND
-        return Spend(**json.loads(path.read_text())) if path.is_file() else Spend()
+    def spend(self, exclude: str | None = None) -> Spend:
+        """The run's spend over every process (but `exclude`, a writer's own file)."""
+        total = Spend()
+        legacy = self.root / SPEND  # one file per run, as written before per-writer files
+        if legacy.is_file():
+            total = total + Spend(**json.loads(legacy.read_text()))
+        folder = self.root / SPEND_DIR
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.json")):
+                if path.stem != exclude:
+                    total = total + Spend(**json.loads(path.read_text()))
+        return total
 
     # -- runs sharing one budget (the benchmarks of one multi-benchmark run)
     def save_budget_group(self, run_ids: list[str]) -> None:

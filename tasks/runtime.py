@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
+import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +25,7 @@ from w4s.benchmarks import Benchmark, Item, get_benchmark
 from w4s.config import OptimizeConfig
 from w4s.cost import Meter, PriceTable, Spend
 from w4s.errors import ConfigError, InfrastructureError
+from w4s.paths import location
 from w4s.protocols import ChatModel
 from w4s.sandbox import Harness, SandboxSettings
 
@@ -75,32 +79,37 @@ def harness(cfg: OptimizeConfig) -> Harness:
         return _harnesses[key]
 
 
+# this process's name in a run's spend files: host, pid and a nonce (pids are reused)
+WRITER = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 @dataclass
 class _RunSpend:
-    meter: Meter  # this process's spend for the run; its budget counts `before` too
-    before: Spend  # the run's own spend persisted by earlier processes (a resume)
+    meter: Meter  # this process's spend for the run; its budget counts `spent_before` too
+    store: RunStore
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def others(self) -> Spend:
+        """What every other process has saved for this run and for its budget group."""
+        store = self.store
+        shared = sum((RunStore(store.root.parent / r).spend()
+                      for r in store.budget_group() if r != store.run_id), Spend())
+        return store.spend(exclude=WRITER) + shared
 
 
 _spends: dict[str, _RunSpend] = {}
 
 
 def _run_spend(run_dir: str | Path) -> _RunSpend:
-    key = str(Path(run_dir).resolve())
+    key = str(location(run_dir).resolve())
     with _lock:
         if key not in _spends:
             store = RunStore(key)
             cfg = store.config()
-            own = store.spend()
-            shared = sum((RunStore(store.root.parent / r).spend()
-                          for r in store.budget_group() if r != store.run_id), Spend())
             if cfg.budget_usd is not None:
                 _require_price(cfg)
             _spends[key] = _RunSpend(
-                Meter(budget_usd=cfg.budget_usd, budget_tokens=cfg.budget_tokens,
-                      spent_before=own + shared),
-                own,
-            )
+                Meter(budget_usd=cfg.budget_usd, budget_tokens=cfg.budget_tokens), store)
         return _spends[key]
 
 
@@ -121,17 +130,20 @@ def run_meter(run_dir: str | Path) -> Iterator[Meter]:
     benchmark run (its budget group), counts what was spent before against the budget.
     """
     spend = _run_spend(run_dir)
+    # each stage starts from what the other processes have saved by now: stages running in
+    # other processes at the same moment are counted at their next save, not live
+    spend.meter.spent_before = spend.others()
     try:
         yield spend.meter
     finally:
-        with spend.lock:  # concurrent stages of one run: the newest totals win
-            RunStore(run_dir).save_spend(spend.before + spend.meter.totals)
+        with spend.lock:  # concurrent stages of one run in this process: one file, newest
+            spend.store.save_spend(spend.meter.totals, WRITER)
 
 
 def run_spend(run_dir: str | Path) -> Spend:
     """Everything the run's executor calls have cost so far, over every process."""
     spend = _run_spend(run_dir)
-    return spend.before + spend.meter.totals
+    return spend.store.spend(exclude=WRITER) + spend.meter.totals
 
 
 _stopping = threading.Event()
