@@ -108,8 +108,8 @@ def accuracy_plot(cands: list[dict[str, Any]], path: Path) -> bytes:
     per_it = [max((c["val_accuracy"] for c in scored if c["iteration"] == i), default=None)
               for i in iterations]
     best = list(accumulate((-1.0 if v is None else v for v in per_it), max))
-    ax.step(iterations, [None if b < 0 else b for b in best], where="post", color="tab:green",
-            label="best so far")
+    ax.step(iterations, [float("nan") if b < 0 else b for b in best], where="post",
+            color="tab:green", label="best so far")
     ax.set(xlabel="iteration", ylabel="validation accuracy", ylim=(-0.1, 1.05),
            title="validation accuracy per candidate")
     ax.set_xticks(iterations)
