@@ -8,7 +8,7 @@ import threading
 import pytest
 from PIL import Image
 from prefect import flow, get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect_reads import flow_run_artifacts, stored_events
 
 from flows import progress, ui
 from flows.collect import collect
@@ -40,19 +40,13 @@ def events(monkeypatch):
     return seen
 
 
-def _artifacts(flow_run_id):
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-
-
 def _valid_png(path):
     assert path.read_bytes().startswith(PNG_SIGNATURE)
     with Image.open(path) as img:
         img.verify()
 
 
-def test_a_collection_is_named_tagged_reported_and_shows_its_stages(tmp_path, events):
+def test_a_collection_is_named_tagged_reported_and_shows_its_stages(tmp_path):
     cfg = CollectConfig.model_validate({
         "benchmark": "arithmetic", "seed_workflow": "direct", "episodes": 2, "iterations": 1,
         "candidates": 2, "val_size": 3, "test_size": 3, "max_repairs": 0,
@@ -68,7 +62,7 @@ def test_a_collection_is_named_tagged_reported_and_shows_its_stages(tmp_path, ev
     assert run.name == "collect arithmetic c-ui"
     assert "benchmark:arithmetic" in run.tags and "executor:scripted:smollm2-135m-instruct" \
         in run.tags
-    arts = _artifacts(fr_id)
+    arts = flow_run_artifacts(fr_id)
     report = next(a for a in arts if a.key == "w4s-collection-c-ui")
     assert "data:image/png;base64," in report.data
     _valid_png(tmp_path / "runs" / "c-ui.report" / "c-ui-rewards.png")
@@ -95,8 +89,7 @@ def _fake_adapter(tmp_path):
     return out, metrics
 
 
-def test_a_fit_publishes_its_loss_and_rewards_links_the_adapter_and_announces_it(
-        tmp_path, events):
+def test_a_fit_publishes_its_loss_and_rewards_links_the_adapter_and_announces_it(tmp_path):
     out, metrics = _fake_adapter(tmp_path)
 
     @flow
@@ -104,16 +97,15 @@ def test_a_fit_publishes_its_loss_and_rewards_links_the_adapter_and_announces_it
         ui.publish_fit(out, "a-20261202-x1", metrics)
 
     state = fit_stage(return_state=True)
-    arts = {a.key: a for a in _artifacts(state.state_details.flow_run_id)}
+    arts = {a.key: a for a in flow_run_artifacts(state.state_details.flow_run_id)}
     assert set(arts) == {"w4s-adapter-a-20261202-x1", "w4s-adapter-a-20261202-x1-folder"}
     assert arts["w4s-adapter-a-20261202-x1"].data.count("data:image/png;base64,") == 2
     assert f"({out.resolve().as_uri()})" in arts["w4s-adapter-a-20261202-x1-folder"].data
     for name in ("loss.png", "rewards.png"):
         _valid_png(out / "report" / name)
-    [event] = events
-    assert event["event"] == ui.ADAPTER_CREATED
-    assert event["resource"]["prefect.resource.id"] == "w4s.adapter.a-20261202-x1"
+    [event] = stored_events(ui.ADAPTER_CREATED, "w4s.adapter.a-20261202-x1")
     assert event["payload"]["final_loss"] == 0.5 and event["payload"]["path"] == str(out)
+    assert event["payload"]["steps"] == 4
 
 
 def test_an_unregistered_fit_outside_prefect_still_writes_its_report_and_announces_nothing(
@@ -134,7 +126,7 @@ def test_fit_progress_follows_the_steps_and_keeps_the_callers_callback():
             on_step(step, 10, 1.0 / step, 100.0)
 
     state = fit_stage(return_state=True)
-    [bar] = [a for a in _artifacts(state.state_details.flow_run_id) if a.type == "progress"]
+    [bar] = [a for a in flow_run_artifacts(state.state_details.flow_run_id) if a.type == "progress"]
     assert float(bar.data) == 100.0 and bar.description.startswith("fit x (loss 0.1000): 10/10")
     assert [s[0] for s in seen] == list(range(1, 11))
     assert progress.fit_on_step("outside a run", None) is None
@@ -161,7 +153,7 @@ def test_progress_updates_are_throttled_across_threads():
     state = stage(return_state=True)
     updates = state.result()
     assert 1 < updates <= 21, "every 5 % and the end, never once per item"
-    [bar] = [a for a in _artifacts(state.state_details.flow_run_id) if a.type == "progress"]
+    [bar] = [a for a in flow_run_artifacts(state.state_details.flow_run_id) if a.type == "progress"]
     assert float(bar.data) == 100.0 and bar.description == "items: 1000/1000"
 
 

@@ -1,6 +1,6 @@
-"""The story in the Prefect UI of an optimization run: its name and tags, per-run artifact keys
-(read back through the Prefect client), the iteration table with cost, a valid PNG plot
-embedded in the report, a progress artifact, and the new-best event."""
+"""The story in the Prefect UI of an optimization run: its name and tags, per-run artifact keys,
+the iteration table with cost, a valid PNG plot embedded in the report, progress artifacts,
+and the new-best event: all read back from the test harness's server."""
 
 from __future__ import annotations
 
@@ -11,12 +11,8 @@ import re
 import pytest
 from PIL import Image
 from prefect import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
-    FlowRunFilter,
-    FlowRunFilterId,
-)
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect_reads import flow_run_artifacts, stored_events
 
 from flows import ui
 from flows.optimize import optimize
@@ -42,7 +38,7 @@ def _fresh_models():
 
 @pytest.fixture
 def events(monkeypatch):
-    """emit_event at its boundary: the test harness's server is not asked to store events."""
+    """emit_event at its boundary, where a test asserts that none was sent."""
     seen: list[dict] = []
     import prefect.events
 
@@ -61,18 +57,12 @@ def _config(tmp_path, **extra):
     })
 
 
-def _artifacts(flow_run_id):
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-
-
 def _flow_run(flow_run_id):
     with get_client(sync_client=True) as client:
         return client.read_flow_run(flow_run_id)
 
 
-def test_a_run_is_named_tagged_reported_and_announced(tmp_path, events):
+def test_a_run_is_named_tagged_reported_and_announced(tmp_path):
     state = optimize(_config(tmp_path), run_id="ui-run-a", return_state=True)
     summary = state.result()
     fr_id = state.state_details.flow_run_id
@@ -86,7 +76,7 @@ def test_a_run_is_named_tagged_reported_and_announced(tmp_path, events):
     # the tags stay on the flow run: a tagged task run waits on tag concurrency slots
     assert task_runs and not any(t.tags for t in task_runs)
 
-    arts = {a.key: a for a in _artifacts(fr_id) if a.key}
+    arts = {a.key: a for a in flow_run_artifacts(fr_id) if a.key}
     assert set(arts) == {"w4s-run-ui-run-a", "w4s-run-ui-run-a-iterations",
                          "w4s-run-ui-run-a-best-workflow"}
     table = arts["w4s-run-ui-run-a-iterations"].data
@@ -113,17 +103,17 @@ def test_a_run_is_named_tagged_reported_and_announced(tmp_path, events):
     link = arts["w4s-run-ui-run-a-best-workflow"]
     assert f"(file://{summary['best_workflow']})" in link.data  # stored as a markdown link
 
-    bars = [a for a in _artifacts(fr_id) if a.type == "progress"]
+    bars = [a for a in flow_run_artifacts(fr_id) if a.type == "progress"]
     assert len(bars) == 3, "one bar per validation evaluation: the seed's, each iteration's"
     assert all(float(a.data) == 100.0 for a in bars)
     # one candidate per iteration passed its self-check: 4 of 4 validation items
     assert all(a.description.endswith("validation items done: 4/4") for a in bars)
 
-    new_best = [e for e in events if e["event"] == ui.NEW_BEST]
+    new_best = stored_events(ui.NEW_BEST, "w4s.run.ui-run-a")
     assert len(new_best) == 1, "the seed is the start; iteration 1's GOOD is the one new best"
     e = new_best[0]
-    assert e["resource"]["prefect.resource.id"] == "w4s.run.ui-run-a"
     assert e["payload"]["accuracy"] == 1.0 and e["payload"]["previous_best"] == 0.0
+    assert {r["prefect.resource.id"] for r in e["related"]} >= {f"prefect.flow-run.{fr_id}"}
     assert e["payload"]["iteration"] == 1 and e["payload"]["path"] == summary["best_workflow"]
     assert "execute_code" in open(e["payload"]["path"]).read()
 
@@ -134,7 +124,7 @@ def test_a_run_without_an_id_is_named_after_the_id_it_draws(tmp_path, events):
     summary = state.result()
     run = _flow_run(state.state_details.flow_run_id)
     assert run.name == f"optimize arithmetic {summary['run_id']}"
-    keys = {a.key for a in _artifacts(run.id) if a.key}
+    keys = {a.key for a in flow_run_artifacts(run.id) if a.key}
     assert f"w4s-run-{summary['run_id']}" in keys
     assert not [e for e in events if e["event"] == ui.NEW_BEST], "nothing beat the seed"
 
