@@ -17,27 +17,20 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from storage.query import iteration_table, query, trajectory_glob
+from storage.files import atomic_write
+from storage.query import iteration_table
 from storage.run_store import RunStore
+from w4s.paths import location
 
-CANDIDATES_SQL = """
-SELECT iteration, candidate, status, val_accuracy, chosen, reward, cost_usd,
-       coalesce(executor_prompt_tokens, 0) + coalesce(executor_completion_tokens, 0) AS tokens
-FROM read_parquet(?, union_by_name = true) ORDER BY iteration, candidate
-"""
-COST_SQL = """
-SELECT iteration, sum(cost_usd) AS cost_usd
-FROM read_parquet(?, union_by_name = true) GROUP BY iteration ORDER BY iteration
-"""
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
 class Report:
-    """A markdown text and the PNG files it embeds (also saved on disk)."""
+    """A markdown text and the PNG files it embeds (also saved, locally or at a URL)."""
 
     markdown: str
-    plots: dict[str, Path] = field(default_factory=dict)
+    plots: dict[str, Any] = field(default_factory=dict)
 
 
 def _pyplot():
@@ -55,16 +48,13 @@ def preload() -> None:
     threading.Thread(target=_pyplot, name="w4s-report-preload", daemon=True).start()
 
 
-def save_png(fig: Any, path: Path) -> bytes:
-    """Write the figure as PNG (atomically enough: one write of the full bytes)."""
+def save_png(fig: Any, path: Any) -> bytes:
+    """Write the figure as PNG, whole (a local path or a URL location)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)  # constrained layout: no second "tight" draw
     _pyplot().close(fig)
     data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".png.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write(location(path), data)
     return data
 
 
@@ -72,25 +62,30 @@ def embed(title: str, png: bytes) -> str:
     return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
-def _rows(sql: str, run_dir: Path) -> list[dict[str, Any]]:
-    cols, rows = query(sql, [trajectory_glob(run_dir)])
-    return [dict(zip(cols, r, strict=True)) for r in rows]
+def candidates(run_dir: Any, iterations: list[int]) -> list[dict[str, Any]]:
+    """The plotted fields of every candidate of `iterations`, from the run folder."""
+    store = RunStore(run_dir)
+    return [{"iteration": c.iteration, "candidate": c.index, "val_accuracy": c.accuracy,
+             "chosen": c.chosen, "cost_usd": c.cost_usd}
+            for i in iterations for c in store.candidates(i)]
 
 
-def iteration_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """`w4s show`'s per-iteration table plus the validation cost of each iteration."""
+def iteration_rows(run_dir: Any) -> list[dict[str, Any]]:
+    """`w4s show`'s per-iteration table plus the validation cost of each iteration (None
+    when nothing of it was priced)."""
     cols, rows = iteration_table(run_dir)
-    cost = {r["iteration"]: r["cost_usd"] for r in _rows(COST_SQL, run_dir)}
-    out = []
-    for r in rows:
-        row = dict(zip(cols, r, strict=True))
+    table = [dict(zip(cols, r, strict=True)) for r in rows]
+    cost: dict[int, float] = {}
+    for c in candidates(run_dir, [r["iteration"] for r in table]):
+        if c["cost_usd"] is not None:
+            cost[c["iteration"]] = cost.get(c["iteration"], 0.0) + c["cost_usd"]
+    for row in table:
         c = cost.get(row["iteration"])
         row["cost_usd"] = None if c is None else round(c, 6)
-        out.append(row)
-    return out
+    return table
 
 
-def accuracy_plot(cands: list[dict[str, Any]], path: Path) -> bytes:
+def accuracy_plot(cands: list[dict[str, Any]], path: Any) -> bytes:
     """Validation accuracy of every candidate per iteration, the chosen ones and best so far."""
     plt = _pyplot()
     fig, ax = plt.subplots(layout="constrained", figsize=(7, 3.6))
@@ -118,7 +113,7 @@ def accuracy_plot(cands: list[dict[str, Any]], path: Path) -> bytes:
     return save_png(fig, path)
 
 
-def cost_plot(rows: list[dict[str, Any]], path: Path) -> tuple[bytes, str]:
+def cost_plot(rows: list[dict[str, Any]], path: Any) -> tuple[bytes, str]:
     """Cumulative executor cost by iteration, or tokens when no prices are set."""
     plt = _pyplot()
     priced = any(r["cost_usd"] is not None for r in rows)
@@ -143,12 +138,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_report(run_dir: str | Path, summary: dict[str, Any], headline: str) -> Report:
+def run_report(run_dir: Any, summary: dict[str, Any], headline: str) -> Report:
     """The optimization run's report: result, totals, both plots, the iteration table."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     adapter = RunStore(run_dir).config().meta_agent.adapter
     rows = iteration_rows(run_dir)
-    cands = _rows(CANDIDATES_SQL, run_dir)
+    cands = candidates(run_dir, [r["iteration"] for r in rows])
     out = run_dir / "report"
     acc = accuracy_plot(cands, out / "accuracy.png")
     cost, what = cost_plot(rows, out / "cost.png")
@@ -170,7 +165,7 @@ def run_report(run_dir: str | Path, summary: dict[str, Any], headline: str) -> R
     return Report(text, {"accuracy": out / "accuracy.png", "cost": out / "cost.png"})
 
 
-def histogram_plot(histogram: dict[str, int], path: Path, title: str) -> bytes:
+def histogram_plot(histogram: dict[str, int], path: Any, title: str) -> bytes:
     plt = _pyplot()
     keys = sorted(histogram, key=lambda k: float("inf") if k == "null" else float(k))
     fig, ax = plt.subplots(layout="constrained", figsize=(6, 3.0))
@@ -180,7 +175,7 @@ def histogram_plot(histogram: dict[str, int], path: Path, title: str) -> bytes:
     return save_png(fig, path)
 
 
-def collection_report(summary: dict[str, Any], report_dir: Path) -> Report:
+def collection_report(summary: dict[str, Any], report_dir: Any) -> Report:
     """A collection's episodes and the reward histogram of its rows."""
     cid = summary["collection_id"]
     parts = [f"# w4s collection {cid}",
@@ -199,7 +194,7 @@ def collection_report(summary: dict[str, Any], report_dir: Path) -> Report:
     return Report("\n\n".join(parts), plots)
 
 
-def loss_plot(curve: list[dict[str, Any]], path: Path) -> bytes:
+def loss_plot(curve: list[dict[str, Any]], path: Any) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(layout="constrained", figsize=(7, 3.2))
     ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], marker="." if

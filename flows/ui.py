@@ -20,6 +20,7 @@ from flows.progress import in_prefect_run
 from storage.run_store import RunStore
 from tasks.stages import best_candidate, describe_result
 from w4s.config import CollectConfig, OptimizeConfig
+from w4s.paths import location
 
 log = logging.getLogger("w4s")
 NEW_BEST = "w4s.workflow.new-best"
@@ -147,7 +148,9 @@ def track_best(run_dir: str, iteration: int, previous: float | None) -> float | 
     best = best_candidate(store.candidates(iteration))
     if best is None or (previous is not None and best.accuracy <= previous):
         return previous
-    path = store.save_workflow("best", best.code or "")
+    path = store.root / "workflows" / "best.py"
+    if not path.is_file() or path.read_text() != (best.code or ""):  # a replay writes nothing
+        path = store.save_workflow("best", best.code or "")
     if previous is not None:  # the seed is where a run starts, not an improvement
         cfg = store.config()
         emit(new_best_event(store.run_id, iteration, best.index, best.accuracy, previous,
@@ -166,6 +169,11 @@ def _safe(what: str, fn: Any, *args: Any, **kw: Any) -> Any:
         return None
 
 
+def _uri(path: str) -> str:
+    """A link target: a URL as it is, a local path as a file:// URI."""
+    return path if "://" in path else Path(path).resolve().as_uri()
+
+
 def publish_run(run_dir: str, summary: dict[str, Any]) -> report.Report | None:
     """The run's table, report (plots embedded, PNGs in <run>/report/) and a link to its best
     workflow, each under a key holding the run id."""
@@ -181,21 +189,21 @@ def publish_run(run_dir: str, summary: dict[str, Any]) -> report.Report | None:
         return None
     if not in_prefect_run():
         return rep
-    rows = report.iteration_rows(Path(run_dir))
+    rows = report.iteration_rows(run_dir)
     _safe("iteration table", create_table_artifact, rows,
           key=artifact_key("run", run_id, "iterations"),
           description=f"w4s run {run_id}: per iteration (cost_usd: validation spend)")
     _safe("run report", create_markdown_artifact, rep.markdown, key=artifact_key("run", run_id),
           description=f"w4s optimization run {run_id}")
     if summary.get("best_workflow"):
-        path = Path(summary["best_workflow"])
-        _safe("best workflow link", create_link_artifact, path.resolve().as_uri(),
-              link_text=str(path), key=artifact_key("run", run_id, "best-workflow"),
+        path = summary["best_workflow"]
+        _safe("best workflow link", create_link_artifact, _uri(path),
+              link_text=path, key=artifact_key("run", run_id, "best-workflow"),
               description=f"w4s run {run_id}: best workflow (validation "
                           f"{summary['best_val_accuracy']})")
     adapter = RunStore(run_dir).config().meta_agent.adapter
     if adapter:
-        _safe("adapter link", create_link_artifact, Path(adapter).resolve().as_uri(),
+        _safe("adapter link", create_link_artifact, _uri(adapter),
               link_text=adapter, key=artifact_key("run", run_id, "adapter"),
               description=f"w4s run {run_id}: the meta-agent's LoRA adapter")
     return rep
@@ -206,7 +214,7 @@ def publish_collection(summary: dict[str, Any]) -> None:
 
     cid = summary["collection_id"]
     rep = _safe("collection report", report.collection_report, summary,
-                Path(summary["runs_dir"]) / f"{cid}.report")
+                location(summary["runs_dir"]) / f"{cid}.report")
     if rep is not None and in_prefect_run():
         _safe("collection report", create_markdown_artifact, rep.markdown,
               key=artifact_key("collection", cid), description=f"w4s RLAO collection {cid}")
@@ -225,7 +233,7 @@ def publish_fit(out: str | Path, adapter_id: str | None, metrics: dict[str, Any]
     if rep is not None:
         _safe("fit report", create_markdown_artifact, rep.markdown,
               key=artifact_key("adapter", name), description=f"w4s adapter {name}")
-    _safe("adapter link", create_link_artifact, out.resolve().as_uri(), link_text=str(out),
+    _safe("adapter link", create_link_artifact, _uri(str(out)), link_text=str(out),
           key=artifact_key("adapter", name, "folder"), description=f"w4s adapter {name}")
     if adapter_id is not None:
         emit(adapter_event(adapter_id, str(out.resolve()), metrics))
