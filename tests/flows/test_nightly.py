@@ -84,15 +84,22 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def _task_runs(nightly_id: str, since: float) -> dict[str, str]:
-    """name -> state of the task runs about this chain created after `since`."""
+    """name -> state of the task runs about this chain created after `since`, once the
+    server has recorded their final states (Prefect records task states asynchronously)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=nightly_id)),
-            limit=200)
-    return {r.name: r.state_name for r in runs if r.created.timestamp() >= since}
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=nightly_id)),
+                limit=200)
+        states = {r.name: r.state_name for r in runs if r.created.timestamp() >= since}
+        if time.monotonic() > deadline or not any(
+                s in ("Pending", "Running", "Scheduled") for s in states.values()):
+            return states
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
