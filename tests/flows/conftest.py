@@ -11,6 +11,7 @@ def prefect_harness(tmp_path_factory):
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         PREFECT_HOME,
         PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
         temporary_settings,
     )
     from prefect.testing.utilities import prefect_test_harness
@@ -18,6 +19,7 @@ def prefect_harness(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     with temporary_settings({PREFECT_HOME: str(home),
                              PREFECT_LOCAL_STORAGE_PATH: str(home / "storage"),
-                             PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                             PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                             PREFECT_SERVER_ANALYTICS_ENABLED: False}):
         with prefect_test_harness(server_startup_timeout=90):
             yield
