@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,29 @@ from w4s.sandbox.pool import isolation_report
 EXIT_OK, EXIT_INVALID_WORKFLOW, EXIT_BUDGET = 0, 1, 3
 SPLITS = ("validation", "test", "all")
 FILE_PREFIX = "file:"
+
+
+@dataclass
+class Evaluation:
+    """One scored workflow: the header (what was run), the result, the isolation level;
+    or, for a workflow that failed its static check, the error and nothing run."""
+
+    header: dict[str, Any]
+    result: EvalResult | None = None
+    level: str | None = None
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return EXIT_INVALID_WORKFLOW
+        return EXIT_BUDGET if self.result.budget_exceeded else EXIT_OK
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document `w4s evaluate --json` prints."""
+        if self.error is not None:
+            return {**self.header, "error": self.error}
+        return _document(self.header, self.result, self.level)
 
 
 def evaluate_file(
@@ -49,6 +72,47 @@ def evaluate_file(
 
     0: evaluated; 1: the workflow is invalid (nothing ran); 3: the budget ran out.
     """
+    if progress is None:
+        progress = not json_out and sys.stderr.isatty()
+    ev = run_evaluation(
+        workflow, benchmark, split, executor_cfg=executor_cfg, val_size=val_size,
+        test_size=test_size, split_seed=split_seed, concurrency=concurrency,
+        use_cache=use_cache, reuse_outcomes=reuse_outcomes,
+        benchmark_options=benchmark_options, item_timeout_s=item_timeout_s,
+        code_timeout_s=code_timeout_s, budget_usd=budget_usd, budget_tokens=budget_tokens,
+        progress=progress,
+    )
+    if ev.error is not None:
+        _emit_invalid(ev.header, ev.error, json_out)
+    elif json_out:
+        print(json.dumps(ev.document(), indent=2))
+    else:
+        _print_table(ev.header, ev.result, ev.level)
+    return ev.exit_code
+
+
+def run_evaluation(
+    workflow: Path,
+    benchmark: str,
+    split: str | None = None,
+    *,
+    executor_cfg: BackendConfig,
+    val_size: int | None = 10,
+    test_size: int | None = None,
+    split_seed: int = 0,
+    concurrency: int = 4,
+    use_cache: bool = True,
+    reuse_outcomes: bool = True,
+    benchmark_options: dict[str, Any] | None = None,
+    item_timeout_s: float = 60.0,
+    code_timeout_s: float = 5.0,
+    budget_usd: float | None = None,
+    budget_tokens: int | None = None,
+    progress: bool = False,
+) -> Evaluation:
+    """Score a workflow file on a benchmark split; nothing is printed (a flow stores the
+    document, the CLI prints it). `split` as in `evaluate_file`; `progress`: a rich bar on
+    stderr. An invalid workflow runs nothing: its Evaluation has `error` and no result."""
     from models.factory import build_chat_model
     from w4s.benchmarks import get_benchmark
 
@@ -75,8 +139,7 @@ def evaluate_file(
     }
     static = check_workflow_source(code)
     if static is not None:
-        _emit_invalid(header, static, json_out)
-        return EXIT_INVALID_WORKFLOW
+        return Evaluation(header, error=static)
     cache = None
     if use_cache:
         from storage.call_cache import open_call_cache
@@ -89,7 +152,7 @@ def evaluate_file(
     try:
         with Harness(executor, settings=settings, cache=cache, prices=prices,
                      budget_usd=budget_usd, budget_tokens=budget_tokens) as harness:
-            if progress if progress is not None else (not json_out and sys.stderr.isatty()):
+            if progress:
                 result = _evaluate_with_progress(harness, code, items, bench,
                                                  f"{bench.display_name} ({split})")
             else:
@@ -98,11 +161,7 @@ def evaluate_file(
     finally:
         if cache is not None:
             cache.close()
-    if json_out:
-        print(json.dumps(_document(header, result, level), indent=2))
-    else:
-        _print_table(header, result, level)
-    return EXIT_BUDGET if result.budget_exceeded else EXIT_OK
+    return Evaluation(header, result, level)
 
 
 def _evaluate_with_progress(harness: Harness, code: str, items: list, bench: Any,
@@ -151,7 +210,7 @@ def _document(header: dict, result: EvalResult, level: str) -> dict:
 
 def _emit_invalid(header: dict, error: str, json_out: bool) -> None:
     if json_out:
-        print(json.dumps({**header, "error": error}, indent=2))
+        print(json.dumps(Evaluation(header, error=error).document(), indent=2))
     else:
         print(f"workflow {header['workflow']} is invalid: {error}")
 

@@ -11,7 +11,6 @@ not import flows/.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,26 +181,24 @@ EVALUATE_STAGE = RealInputs(extra=_evaluate_inputs, outputs=lambda inputs: [inpu
 
 
 def evaluate_workflow(workflow: str, report: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Score the workflow with `evaluate_file` (the `w4s evaluate` code), save its JSON
+    """Score the workflow with `run_evaluation` (the `w4s evaluate` code), save its JSON
     document at `report`, return the headline numbers. Items lost to infrastructure raise
     (the task retries) instead of being scored as wrong answers."""
-    from flows.evaluate_cmd import EXIT_INVALID_WORKFLOW, evaluate_file
+    from flows.evaluate_cmd import run_evaluation
     from storage.run_store import atomic_write
 
     opts = EvaluateOptions.model_validate(options)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):  # its JSON document, printed for the CLI
-        code = evaluate_file(
-            Path(workflow), opts.benchmark, opts.split or (
-                "all" if opts.benchmark.startswith("file:") else "test"),
-            executor_cfg=opts.executor, val_size=opts.val_size, test_size=opts.test_size,
-            split_seed=opts.split_seed, json_out=True, concurrency=opts.concurrency,
-            use_cache=opts.use_cache, benchmark_options=opts.benchmark_options,
-            item_timeout_s=opts.item_timeout_s, code_timeout_s=opts.code_timeout_s,
-            budget_usd=opts.budget_usd, budget_tokens=opts.budget_tokens, progress=False)
-    doc = json.loads(out.getvalue())
-    if code == EXIT_INVALID_WORKFLOW:
-        raise W4SError(f"workflow {workflow} is invalid: {doc.get('error')}")
+    ev = run_evaluation(
+        Path(workflow), opts.benchmark, opts.split or (
+            "all" if opts.benchmark.startswith("file:") else "test"),
+        executor_cfg=opts.executor, val_size=opts.val_size, test_size=opts.test_size,
+        split_seed=opts.split_seed, concurrency=opts.concurrency,
+        use_cache=opts.use_cache, benchmark_options=opts.benchmark_options,
+        item_timeout_s=opts.item_timeout_s, code_timeout_s=opts.code_timeout_s,
+        budget_usd=opts.budget_usd, budget_tokens=opts.budget_tokens)
+    if ev.error is not None:
+        raise W4SError(f"workflow {workflow} is invalid: {ev.error}")
+    doc = ev.document()
     if doc["infra_errors"] and not doc["budget_exceeded"]:
         reason = next(o["infra_error"] for o in doc["outcomes"] if o.get("infra_error"))
         raise InfrastructureError(f"{doc['infra_errors']} of {doc['items']} items lost to "
@@ -212,8 +209,7 @@ def evaluate_workflow(workflow: str, report: str, options: dict[str, Any]) -> di
         "report": str(report), "workflow": str(workflow)}
 
 
-# log_prints off: evaluate_workflow reads the JSON document evaluate_file prints
-@task(name="evaluate", task_run_name="evaluate {workflow}", log_prints=False, retries=2,
+@task(name="evaluate", task_run_name="evaluate {workflow}", retries=2,
       retry_delay_seconds=backoff(10), retry_condition_fn=retry_unless_final,
       cache_policy=EVALUATE_STAGE, persist_result=True, timeout_seconds=stage_timeout("evaluate"))
 def evaluate_task(workflow: str, report: str, options: dict[str, Any]) -> dict[str, Any]:
