@@ -43,45 +43,21 @@ class Evaluation:
         return _document(self.header, self.result, self.level)
 
 
-def evaluate_file(
-    workflow: Path,
-    benchmark: str,
-    split: str | None = None,
-    *,
-    executor_cfg: BackendConfig,
-    val_size: int | None = 10,
-    test_size: int | None = None,
-    split_seed: int = 0,
-    json_out: bool = False,
-    concurrency: int = 4,
-    use_cache: bool = True,
-    reuse_outcomes: bool = True,
-    benchmark_options: dict[str, Any] | None = None,
-    item_timeout_s: float = 60.0,
-    code_timeout_s: float = 5.0,
-    budget_usd: float | None = None,
-    budget_tokens: int | None = None,
-    progress: bool | None = None,
-) -> int:
+def evaluate_file(workflow: Path, benchmark: str, split: str | None = None, *,
+                  json_out: bool = False, progress: bool | None = None,
+                  **options: Any) -> int:
     """Print accuracy, spend and per-item outcomes; return the process exit code.
 
     `split`: "validation" or "test" (the seeded split `val_size`/`test_size`/`split_seed`
     draw), or "all" (every item, in file order); None is "all" for a `file:` benchmark and
     "validation" for a named one. `progress`: a progress bar on stderr; None shows it when
-    stderr is a terminal and the output is not JSON.
+    stderr is a terminal and the output is not JSON. `options`: those of `run_evaluation`.
 
     0: evaluated; 1: the workflow is invalid (nothing ran); 3: the budget ran out.
     """
     if progress is None:
         progress = not json_out and sys.stderr.isatty()
-    ev = run_evaluation(
-        workflow, benchmark, split, executor_cfg=executor_cfg, val_size=val_size,
-        test_size=test_size, split_seed=split_seed, concurrency=concurrency,
-        use_cache=use_cache, reuse_outcomes=reuse_outcomes,
-        benchmark_options=benchmark_options, item_timeout_s=item_timeout_s,
-        code_timeout_s=code_timeout_s, budget_usd=budget_usd, budget_tokens=budget_tokens,
-        progress=progress,
-    )
+    ev = run_evaluation(workflow, benchmark, split, progress=progress, **options)
     if ev.error is not None:
         _emit_invalid(ev.header, ev.error, json_out)
     elif json_out:
