@@ -14,19 +14,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from replies import GOOD, NO_CODE
 
 from flows.collect import collect, episode_ids
 from models.factory import clear_model_cache
 from storage.dataset import build_dataset
 from w4s.config import CollectConfig
-
-GOOD = '''Compute it with code.
-```python
-def solver(agent, task: str) -> dict:
-    expr = task.split("What is ")[1].rstrip("?")
-    return {"answer": agent.execute_code("print(" + expr + ")")}
-```'''
-NO_CODE = "I would think harder."
 
 
 @pytest.fixture(autouse=True)

@@ -9,19 +9,13 @@ import pytest
 from PIL import Image
 from prefect import flow, get_client
 from prefect_reads import flow_run_artifacts, stored_events
+from replies import GOOD
 
 from flows import progress, ui
 from flows.collect import collect
 from flows.report import PNG_SIGNATURE
 from models.factory import clear_model_cache
 from w4s.config import CollectConfig
-
-GOOD = '''Compute it with code.
-```python
-def solver(agent, task: str) -> dict:
-    expr = task.split("What is ")[1].rstrip("?")
-    return {"answer": agent.execute_code("print(" + expr + ")")}
-```'''
 
 
 @pytest.fixture(autouse=True)

@@ -13,20 +13,13 @@ from PIL import Image
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect_reads import flow_run_artifacts, stored_events
+from replies import GOOD, NO_CODE
 
 from flows import ui
 from flows.optimize import optimize
 from flows.report import PNG_SIGNATURE
 from models.factory import clear_model_cache
 from w4s.config import build_config
-
-GOOD = '''Compute it with code.
-```python
-def solver(agent, task: str) -> dict:
-    expr = task.split("What is ")[1].rstrip("?")
-    return {"answer": agent.execute_code("print(" + expr + ")")}
-```'''
-NO_CODE = "I would think harder."
 
 
 @pytest.fixture(autouse=True)

@@ -7,18 +7,12 @@ import uuid
 import fsspec
 import pytest
 from prefect_reads import flow_run_artifacts
+from replies import GOOD
 
 from flows.optimize import optimize
 from flows.report import PNG_SIGNATURE
 from models.factory import clear_model_cache
 from w4s.config import build_config
-
-GOOD = '''Compute it with code.
-```python
-def solver(agent, task: str) -> dict:
-    expr = task.split("What is ")[1].rstrip("?")
-    return {"answer": agent.execute_code("print(" + expr + ")")}
-```'''
 
 
 @pytest.fixture(autouse=True)

@@ -8,14 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from replies import GOOD, NO_CODE
+
 ROOT = Path(__file__).resolve().parents[2]
-GOOD = '''Compute it with code.
-```python
-def solver(agent, task: str) -> dict:
-    expr = task.split("What is ")[1].rstrip("?")
-    return {"answer": agent.execute_code("print(" + expr + ")")}
-```'''
-NO_CODE = "I would think harder."
 EXECUTOR = {"kind": "scripted", "replies": ["maybe 7"]}
 
 
