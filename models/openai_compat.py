@@ -20,7 +20,6 @@ folder itself: its path must be readable by the server (same host or shared stor
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import time
@@ -373,7 +372,7 @@ def _every_choice(choices: list[tuple[str, str | None]], first_tokens: int,
         if reason == "length":
             total += max_tokens
         else:
-            total += min(max_tokens, max(1, math.ceil(len(text) * per_char)))
+            total += min(max_tokens, max(1, round(len(text) * per_char)))
     return total
 
 

@@ -1,0 +1,74 @@
+"""Spend is counted where it is spent: every choice of a llama.cpp-style reply, and local
+model identities that tell two files under one name apart (issue 14, item 11)."""
+
+from __future__ import annotations
+
+import pytest
+from fake_openai import FakeOpenAIEndpoint, chat_completion
+
+from models.factory import local_model_identity
+from models.openai_compat import OpenAICompatChatModel
+
+ASK = [{"role": "user", "content": "Tell me a story."}]
+
+
+def llamacpp_reply(lengths: list[int], reasons: list[str]):
+    """Bills like llama.cpp's server: n choices, `usage` of the first only, `timings`."""
+
+    def reply(body: dict) -> tuple[int, object]:
+        n = body.get("n", 1)
+        texts = [" ".join(["tok"] * k) for k in lengths[:n]]  # 4 characters a token
+        out = chat_completion(body, texts, {"prompt_tokens": 9,
+                                            "completion_tokens": lengths[0]})
+        for choice, reason in zip(out["choices"], reasons, strict=False):
+            choice["finish_reason"] = reason
+        out["timings"] = {"prompt_n": 9, "predicted_n": lengths[0]}
+        return 200, out
+
+    return reply
+
+
+@pytest.mark.parametrize("transport", ["http", "openai"])
+def test_a_llamacpp_reply_counts_every_choice_not_only_the_first(transport):
+    lengths = [12, 18, 5, 20]
+    reasons = ["stop", "stop", "stop", "length"]  # the last one was cut at max_tokens=20
+    server = FakeOpenAIEndpoint(llamacpp_reply(lengths, reasons))
+    try:
+        model = OpenAICompatChatModel(model="m", base_url=server.url, api_key="k",
+                                      max_retries=0, transport=transport)
+        out = model.complete(ASK, n=4, temperature=1.0, max_tokens=20)
+    finally:
+        server.stop()
+    assert len(out.texts) == 4
+    assert out.completion_tokens == sum(lengths)  # not 12, the first choice's alone
+    assert out.prompt_tokens == 9
+
+
+def test_an_openai_style_usage_already_covers_every_choice():
+    server = FakeOpenAIEndpoint(lambda body: (200, chat_completion(
+        body, ["a b", "c d e"], {"prompt_tokens": 9, "completion_tokens": 5})))
+    try:
+        model = OpenAICompatChatModel(model="m", base_url=server.url, api_key="k",
+                                      max_retries=0)
+        out = model.complete(ASK, n=2, temperature=1.0, max_tokens=20)
+    finally:
+        server.stop()
+    assert out.completion_tokens == 5  # taken as the server billed it
+
+
+def test_an_http_models_identity_is_its_name_at_its_endpoint():
+    a = OpenAICompatChatModel(model="m", base_url="http://127.0.0.1:1/v1", api_key="k")
+    b = OpenAICompatChatModel(model="m", base_url="http://127.0.0.1:2/v1", api_key="k")
+    assert a.identity != b.identity and "127.0.0.1:1" in a.identity
+
+
+def test_local_model_files_under_one_name_have_different_identities(tmp_path):
+    one, two = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for path, fill in ((one, b"\x01"), (two, b"\x02")):
+        path.parent.mkdir()
+        path.write_bytes(b"GGUF" + fill * (3 << 20))  # the same size and header
+    assert local_model_identity(one) != local_model_identity(two)
+    assert local_model_identity(one) == local_model_identity(one)
+    folder_before = local_model_identity(tmp_path / "a")
+    (tmp_path / "a" / "config.json").write_text("{}")
+    assert local_model_identity(tmp_path / "a") != folder_before
