@@ -111,8 +111,8 @@ def main() -> None:
         counted = h.meter.totals
     seconds = time.perf_counter() - start
     httpd.shutdown()
-    reservation = prompt_tokens_bound(
-        [{"role": "user", "content": "Write a short story number 63."}]) + 64 * args.max_tokens
+    reservation = 64 * (prompt_tokens_bound(
+        [{"role": "user", "content": "Write a short story number 63."}]) + args.max_tokens)
     billed = billing.prompt + billing.completion
     print(json.dumps({
         "budget_tokens": args.budget, "one_reservation": reservation,

@@ -84,7 +84,7 @@ def solver(agent, task):
 def test_a_budget_is_a_cap_under_64_threads_sampling_n64(billing, make_bench):
     budget = 5_000
     messages = [{"role": "user", "content": "Write a short story number 10."}]
-    one_reservation = prompt_tokens_bound(messages) + 16 * 64
+    one_reservation = (prompt_tokens_bound(messages) + 16) * 64
     bench = make_bench(1)
     settings = SandboxSettings(item_timeout_s=60)
     with Harness(billing.model(), settings=settings, budget_tokens=budget) as h:
@@ -106,7 +106,7 @@ def test_a_usd_budget_is_a_cap_too(billing, make_bench):
         h.evaluate(FLOOD, bench.load(), bench)
     billed = (billing.billed.prompt_tokens * 0.15 + billing.billed.completion_tokens * 0.6) / 1e6
     one_reservation = ((prompt_tokens_bound([{"role": "user", "content": "x" * 30}]) * 0.15
-                        + 16 * 64 * 0.6) / 1e6)
+                        + 16 * 0.6) * 64 / 1e6)
     assert 0 < billed <= budget_usd + one_reservation
 
 

@@ -15,8 +15,8 @@ A call that breaks the caps below is the workflow's error (an error reply), neve
 infrastructure.
 
 Spend: each fetch reserves its worst case on every meter before it is sent (`Meter.reserve`:
-the prompt's UTF-8 bytes plus a few tokens per message, plus `max_tokens` x the samples
-asked, priced) and settles to the reply's usage. When the item ends (result, crash or
+for each sample asked, the prompt's UTF-8 bytes plus a few tokens per message, and
+`max_tokens`; priced) and settles to the reply's usage. When the item ends (result, crash or
 timeout), `CallProxy.finish` cancels its calls still in flight (`w4s.cancel`: an HTTP
 backend closes the request) and charges each one that was sent but never answered its
 reservation, the most it could have cost, so a killed item's spend is counted, not lost.
@@ -210,8 +210,8 @@ class CallProxy:
 
     def _worst_case(self, call: Call, reserved: tuple[int, float | None]) -> Spend:
         """A sent call's spend when its usage never came back: its whole reservation."""
-        prompt = prompt_tokens_bound(call.messages)
         samples = len(call.missing)
+        prompt = prompt_tokens_bound(call.messages) * samples
         return Spend(executor_calls=1, prompt_tokens=prompt,
                      completion_tokens=max(0, reserved[0] - prompt), cost_usd=reserved[1],
                      cache_hits=call.n - samples, cache_misses=samples)
@@ -292,10 +292,15 @@ class CallProxy:
         cap = getattr(self.executor, "max_new_tokens", None)
         if isinstance(cap, int) and cap > 0:
             max_tokens = min(max_tokens, cap)
-        prompt = prompt_tokens_bound(call.messages)
+        # a backend that sends n > 1 as n requests (llama.cpp, a server refusing n) bills
+        # the prompt once per sample: the worst case counts it so
+        prompt = prompt_tokens_bound(call.messages) * len(missing)
         completion = max_tokens * len(missing)
         cost = self.prices.cost(call.model, prompt, completion)
         run.reserve(call, prompt + completion, cost)
+        if run.scope.cancelled:  # the item ended while this call waited: never sent
+            run.settle(call, Spend())
+            run.scope.check()
         kwargs: dict[str, Any] = {"n": len(missing), "temperature": call.temperature,
                                   "json_mode": call.json_mode, "max_tokens": max_tokens}
         try:
@@ -310,7 +315,9 @@ class CallProxy:
         got = list(comp.texts)
         if len(got) < len(missing):
             run.settle(call, Spend(executor_calls=1, prompt_tokens=comp.prompt_tokens,
-                                   completion_tokens=comp.completion_tokens))
+                                   completion_tokens=comp.completion_tokens,
+                                   cost_usd=self.prices.cost(call.model, comp.prompt_tokens,
+                                                             comp.completion_tokens)))
             raise BackendError(f"asked for {len(missing)} replies, got {len(got)}",
                                model=call.model, infrastructure=True)
         if comp.cached:  # the backend served it from its own cache: no new spend
