@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from w4s.cancel import Cancelled, CancelScope, running_under
 from w4s.cost import Meter, PriceTable, Spend
-from w4s.errors import BackendError, BudgetExceeded, one_line
+from w4s.errors import BackendError, BadCall, BudgetExceeded, one_line
 from w4s.sandbox import worker as _w
 from w4s.sandbox.cache import CallCache, call_key
 
@@ -348,10 +348,6 @@ class CallProxy:
         for meter in run.meters:
             meter.add(spend)
         run.add(spend)
-
-
-class BadCall(ValueError):
-    """A call frame that breaks the documented caps: the workflow's error, never infra."""
 
 
 def validate_call(frame: Any) -> tuple[list[dict], int, float, int | None, bool]:
