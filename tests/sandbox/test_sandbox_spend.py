@@ -143,6 +143,7 @@ BAD_CALLS = {
     "tool role": {"messages": [{"role": "tool", "content": "hi"}]},
     "function role": {"messages": [{"role": "function", "content": "hi"}]},
     "list content": {"messages": [{"role": "user", "content": ["hi"]}]},
+    "lone surrogate": {"messages": [{"role": "user", "content": "\ud800"}]},
     "extra message key": {"messages": [{"role": "user", "content": "hi", "name": "x"}]},
     "too many messages": {"messages": [{"role": "user", "content": "hi"}] * 65},
     "huge prompt": {"messages": "HUGE"},  # built in the worker: MAX_PROMPT_CHARS + 1

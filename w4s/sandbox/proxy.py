@@ -371,6 +371,10 @@ def validate_call(frame: Any) -> tuple[list[dict], int, float, int | None, bool]
                           f"got {str(m['role'])[:40]!r}")
         if not isinstance(m["content"], str):
             raise BadCall("`content` must be a string")
+        try:
+            m["content"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadCall("`content` is not valid Unicode text (a lone surrogate)") from None
         size += len(m["content"])
     if size > MAX_PROMPT_CHARS:
         raise BadCall(f"prompt of {size} characters, more than {MAX_PROMPT_CHARS}")
@@ -396,5 +400,5 @@ def validate_call(frame: Any) -> tuple[list[dict], int, float, int | None, bool]
 
 def prompt_tokens_bound(messages: list[dict]) -> int:
     """At least the prompt's tokens: byte-level tokenizers give at most one per byte."""
-    return sum(len(m["content"].encode("utf-8", "surrogatepass")) + PROMPT_TOKENS_PER_MESSAGE
+    return sum(len(m["content"].encode("utf-8")) + PROMPT_TOKENS_PER_MESSAGE
                for m in messages) + PROMPT_TOKENS_PER_MESSAGE
