@@ -289,3 +289,24 @@ def test_the_same_model_name_at_another_base_url_reuses_no_call_or_outcome(make_
     finally:
         first.server.stop()
         second.server.stop()
+
+
+def test_a_call_that_cannot_be_cancelled_is_charged_once_when_its_item_ends(fake_cls,
+                                                                            make_bench):
+    """A backend with no way to abort (an in-process model) keeps generating: the ended
+    item is charged the call's reservation, and its late reply adds nothing more."""
+    from w4s.sandbox.proxy import DEFAULT_MAX_TOKENS
+
+    executor = fake_cls(hang_s=2.5)
+    code = "def solver(agent, task):\n    return {'answer': agent.llm('HANG ' + task)}\n"
+    bench = make_bench(1)
+    with Harness(executor, settings=SandboxSettings(item_timeout_s=1.0)) as h:
+        out = h.evaluate(code, bench.load(), bench).outcomes[0]
+        assert out.error.startswith("timeout")
+        bound = prompt_tokens_bound([{"role": "user", "content": "HANG answer-0"}])
+        assert (out.executor_calls, out.prompt_tokens, out.completion_tokens) == (
+            1, bound, DEFAULT_MAX_TOKENS)
+        time.sleep(3.0)  # the call returns on its own meanwhile
+        assert executor.calls == 1
+        assert h.meter.totals.tokens == bound + DEFAULT_MAX_TOKENS  # not counted twice
+        assert h.meter.totals.executor_calls == 1
