@@ -200,7 +200,7 @@ class LlamaCppChatModel:
             replies = list(self._pool.map(lambda _: self._one(request, None), range(n)))
         return Completion(
             texts=tuple(text for text, _, _ in replies),
-            prompt_tokens=replies[0][1],
+            prompt_tokens=sum(p for _, p, _ in replies),  # each request read the prompt
             completion_tokens=sum(c for _, _, c in replies),
             model=self.model_id,
         )

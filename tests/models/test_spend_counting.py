@@ -74,8 +74,8 @@ def test_local_model_files_under_one_name_have_different_identities(tmp_path):
     assert local_model_identity(tmp_path / "a") != folder_before
 
 
-def test_a_real_llamacpp_server_with_n_above_one_is_billed_for_every_choice():
-    """xllamacpp's HTTP server (llama.cpp's own) counts only the first choice in `usage`."""
+@pytest.fixture(scope="module")
+def local():
     import importlib.util
 
     pytest.importorskip("xllamacpp")
@@ -85,17 +85,29 @@ def test_a_real_llamacpp_server_with_n_above_one_is_billed_for_every_choice():
     from w4s.config import BackendConfig
 
     cfg = BackendConfig(kind="llamacpp", model="smollm2-135m-instruct", max_new_tokens=48)
-    local = LlamaCppChatModel.from_config(cfg, n_parallel=4, n_threads=1)
-    try:
-        client = OpenAICompatChatModel(model="smollm2", api_key="EMPTY", max_retries=0,
-                                       base_url=f"{local._server.listening_address}/v1",
-                                       timeout_s=120)
-        out = client.complete([{"role": "user", "content": "Tell me a long story."}], n=3,
-                              temperature=1.0, max_tokens=12)
-    finally:
-        local.close()
+    model = LlamaCppChatModel.from_config(cfg, n_parallel=4, n_threads=1)
+    yield model
+    model.close()
+
+
+STORY = [{"role": "user", "content": "Tell me a long story."}]
+
+
+def test_a_real_llamacpp_server_with_n_above_one_is_billed_for_every_choice(local):
+    """xllamacpp's HTTP server (llama.cpp's own) counts only the first choice in `usage`."""
+    client = OpenAICompatChatModel(model="smollm2", api_key="EMPTY", max_retries=0,
+                                   base_url=f"{local._server.listening_address}/v1",
+                                   timeout_s=120)
+    out = client.complete(STORY, n=3, temperature=1.0, max_tokens=12)
     assert len(out.texts) == 3
     reasons = out.extra["finish_reasons"]
     if reasons == ["length"] * 3:
         assert out.completion_tokens == 36
     assert out.completion_tokens > 12  # the first choice's alone is at most 12
+
+
+def test_the_in_process_llamacpp_counts_every_requests_prompt_and_choice(local):
+    one = local.complete(STORY, n=1, temperature=1.0, max_tokens=6)
+    three = local.complete(STORY, n=3, temperature=1.0, max_tokens=6)
+    assert three.prompt_tokens == 3 * one.prompt_tokens  # n requests, each read the prompt
+    assert 3 <= three.completion_tokens <= 18  # every choice's, up to max_tokens each
