@@ -530,9 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.prefect_setup import route_w4s_logs, set_environment_defaults
+    from flows.prefect_setup import ensure_prefect_home, route_w4s_logs, set_environment_defaults
 
     set_environment_defaults()  # before Prefect is imported
+    try:
+        ensure_prefect_home()  # Prefect cannot create a home whose parent is missing
+    except W4SError as e:
+        print(f"w4s: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     route_w4s_logs()
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from w4s.config import BackendConfig
 from w4s.cost import PriceTable
-from w4s.errors import BenchmarkError, ConfigError
+from w4s.errors import BenchmarkError, ConfigError, InfrastructureError
 from w4s.sandbox import EvalResult, Harness, SandboxSettings, check_workflow_source
 from w4s.sandbox.pool import isolation_report
 
@@ -53,11 +53,19 @@ def evaluate_file(workflow: Path, benchmark: str, split: str | None = None, *,
     "validation" for a named one. `progress`: a progress bar on stderr; None shows it when
     stderr is a terminal and the output is not JSON. `options`: those of `run_evaluation`.
 
-    0: evaluated; 1: the workflow is invalid (nothing ran); 3: the budget ran out.
+    0: evaluated; 1: the workflow is invalid (nothing ran); 3: the budget ran out. Items
+    lost to infrastructure (the executor down, a 401...) raise InfrastructureError: the CLI
+    prints its one line and exits 2, as `optimize` does, rather than an accuracy that says
+    nothing about the workflow (the items that did run are cached for the rerun).
     """
     if progress is None:
         progress = not json_out and sys.stderr.isatty()
     ev = run_evaluation(workflow, benchmark, split, progress=progress, **options)
+    if ev.result is not None and ev.result.infra_errors:
+        lost = next(o.infra_error for o in ev.result.outcomes if o.infra_error is not None)
+        raise InfrastructureError(
+            f"{ev.result.infra_errors} of {len(ev.result.outcomes)} items lost to "
+            f"infrastructure, no accuracy reported; first: {lost}")
     if ev.error is not None:
         _emit_invalid(ev.header, ev.error, json_out)
     elif json_out:

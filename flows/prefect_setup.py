@@ -5,6 +5,10 @@ an idle 2-core machine, while Prefect waits 20 s for its ephemeral server by def
 new user and every new worker host meets that first start, so w4s raises the wait (a
 Prefect setting, set before Prefect is imported; a user's own value wins).
 
+A `PREFECT_HOME` whose parent folder does not exist makes Prefect fail to create its
+database, and the CLI would then wait the whole start-up timeout: w4s creates the folder
+(with its parents) first, or stops at once with one line naming `PREFECT_HOME`.
+
 w4s and its backends log under `w4s` and `models`. Without routing those messages reach the
 terminal only at WARNING (Prefect's root handler) and never the run's logs in the UI.
 """
@@ -13,6 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
+
+from w4s.errors import ConfigError
 
 EPHEMERAL_STARTUP_TIMEOUT_S = 180
 W4S_LOGGERS = ("w4s", "models")
@@ -30,6 +37,22 @@ def set_environment_defaults() -> None:
     """Call before Prefect is imported: its settings are read from the environment."""
     for name, value in _DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+def ensure_prefect_home() -> None:
+    """Create `PREFECT_HOME` (with parents) when it is set; ConfigError naming it when it
+    cannot be a writable folder."""
+    value = os.environ.get("PREFECT_HOME")
+    if not value:
+        return  # Prefect's default, ~/.prefect, which it creates itself
+    home = Path(value).expanduser()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"`PREFECT_HOME` {value!r} cannot be created: "
+                          f"{e.strerror or e}") from e
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise ConfigError(f"`PREFECT_HOME` {value!r} is not a writable folder")
 
 
 class _InRunOnly(logging.Filter):

@@ -12,11 +12,14 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 import ssl
 import threading
 import urllib.parse
 import urllib.request
 from typing import Any
+
+from w4s.cancel import CancelScope, current_scope
 
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
@@ -72,16 +75,20 @@ class JSONClient:
 
     def post(self, path: str, body: dict, *, json_reply: bool = True) -> Any:
         """The decoded JSON reply (the text with `json_reply=False`: vLLM's adapter endpoints
-        answer plain text); HTTPStatusError / HTTPUnreachable otherwise."""
+        answer plain text); HTTPStatusError / HTTPUnreachable otherwise.
+
+        Under a `w4s.cancel` scope that is cancelled meanwhile, the request's socket is shut
+        at once (the server sees its client go: llama.cpp and vLLM stop generating) and
+        `Cancelled` is raised."""
         data = json.dumps(body).encode()
+        scope = current_scope()
         for attempt in range(2):  # a kept-alive connection the server closed is reopened once
             conn, reused = self._connection()
             try:
-                conn.request("POST", self._target(path), data, self._headers)
-                resp = conn.getresponse()
-                payload = resp.read()
+                resp, payload = self._exchange(conn, path, data, scope)
             except _STALE as e:
                 self._drop()
+                _check(scope)
                 if reused and attempt == 0:
                     continue
                 raise HTTPUnreachable(f"connection lost: {type(e).__name__}: {e}",
@@ -92,7 +99,11 @@ class JSONClient:
                                       timed_out=True) from e
             except (OSError, http.client.HTTPException) as e:
                 self._drop()
+                _check(scope)
                 raise HTTPUnreachable(f"{type(e).__name__}: {e}", timed_out=False) from e
+            except BaseException:
+                self._drop()  # Cancelled (or an interrupt): the connection is unusable
+                raise
             if resp.status >= 400:
                 raise HTTPStatusError(resp.status, _error_message(payload),
                                       _retry_after(resp.getheader("retry-after")))
@@ -103,6 +114,22 @@ class JSONClient:
             except ValueError as e:
                 raise ValueError(f"reply is not JSON: {payload[:80]!r}") from e
         raise AssertionError("unreachable")
+
+    def _exchange(self, conn: http.client.HTTPConnection, path: str, data: bytes,
+                  scope: CancelScope | None) -> tuple[http.client.HTTPResponse, bytes]:
+        if scope is None:
+            conn.request("POST", self._target(path), data, self._headers)
+            resp = conn.getresponse()
+            return resp, resp.read()
+        scope.check()
+        if conn.sock is None:
+            conn.connect()  # so a cancel always finds a socket to shut
+        with scope.on_cancel(lambda: _shut(conn)):
+            conn.request("POST", self._target(path), data, self._headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+        scope.check()  # cancelled as the reply arrived: the caller has gone all the same
+        return resp, payload
 
     def _target(self, path: str) -> str:
         target = self._prefix + path
@@ -134,6 +161,21 @@ class JSONClient:
         self._local.conn = None
         if conn is not None:
             conn.close()
+
+
+def _shut(conn: http.client.HTTPConnection) -> None:
+    """Wake the thread blocked on `conn` (from another thread): its read ends at once."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
+def _check(scope: CancelScope | None) -> None:
+    if scope is not None:
+        scope.check()
 
 
 def _error_message(payload: bytes) -> str:

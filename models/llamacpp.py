@@ -77,11 +77,12 @@ class LlamaCppChatModel:
     """ChatModel over an in-process llama.cpp server; thread-safe.
 
     `n > 1` is sent as n single requests, so each reports its exact usage (llama.cpp's own
-    `n` reports only the first choice's). Unseeded, they run concurrently and llama.cpp
-    decodes them in one batch; seeded (`seed + i`), they run one after another, because the
-    batch a row shares changes its numerics and so its samples. Seeded calls are therefore
-    reproducible only when no other call overlaps them. `json_mode` uses llama.cpp's JSON
-    grammar, so replies are valid JSON unless cut by `max_tokens` (transformers: no grammar).
+    `n` reports only the first choice's): every choice's tokens are counted. Unseeded, they
+    run concurrently and llama.cpp decodes them in one batch; seeded (`seed + i`), they run
+    one after another, because the batch a row shares changes its numerics and so its
+    samples. Seeded calls are therefore reproducible only when no other call overlaps them.
+    `json_mode` uses llama.cpp's JSON grammar, so replies are valid JSON unless cut by
+    `max_tokens` (transformers: no grammar).
     One unified KV cache of `n_ctx` tokens is shared by `n_parallel` slots, so one long
     prompt may use the whole context; a request that finds the cache full of the others'
     tokens (llama.cpp's 500 "Context size has been exceeded") is retried alone, and only a
@@ -106,8 +107,12 @@ class LlamaCppChatModel:
             raise ConfigError(
                 f"`kind: llamacpp` needs the package 'xllamacpp': {_INSTALL_HINT}"
             ) from e
+        from models.factory import local_model_identity
+
         path = Path(gguf_path)
         self.model_id = model_id or path.stem
+        # what answers: this exact file (the cache keys on it, not on the name)
+        self.identity = f"{self.model_id}@{local_model_identity(path)}"
         self.max_new_tokens = max_new_tokens
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
@@ -195,7 +200,7 @@ class LlamaCppChatModel:
             replies = list(self._pool.map(lambda _: self._one(request, None), range(n)))
         return Completion(
             texts=tuple(text for text, _, _ in replies),
-            prompt_tokens=replies[0][1],
+            prompt_tokens=sum(p for _, p, _ in replies),  # each request read the prompt
             completion_tokens=sum(c for _, _, c in replies),
             model=self.model_id,
         )

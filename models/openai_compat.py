@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from models.http_json import HTTPStatusError, HTTPUnreachable, JSONClient
+from w4s.cancel import current_scope
 from w4s.errors import BackendError, ConfigError, one_line
 from w4s.protocols import Completion, Message
 
@@ -66,6 +67,13 @@ class OpenAICompatChatModel:
     True.
     If the server answers `n > 1` with a 400, or returns fewer choices than asked, the rest
     are fetched with single calls from then on (seeds `seed + i`, so seeded samples differ).
+
+    Spend: `usage` covers every choice (OpenAI, vLLM), except on llama.cpp's server (known by
+    the `timings` it adds), whose `usage` for n > 1 counts the first choice only: there each
+    other choice counts `max_tokens` when cut by the length limit, else its characters at the
+    first choice's tokens per character (an estimate; llama.cpp reports nothing per choice).
+    Under a `w4s.cancel` scope (the sandbox's calls) a cancelled call stops at once with the
+    `http` transport (the request is closed) and before its next retry with `openai`.
     """
 
     def __init__(
@@ -163,6 +171,12 @@ class OpenAICompatChatModel:
     def endpoint(self) -> str:
         return self.base_url.rstrip("/") + "/"
 
+    @property
+    def identity(self) -> str:
+        """What answers the calls: the model id at this endpoint. The executor-call cache
+        and recorded outcomes key on it, so the same name elsewhere shares nothing."""
+        return f"{self.model_id}@{self.endpoint}"
+
     def complete(
         self,
         messages: Sequence[Message],
@@ -210,7 +224,10 @@ class OpenAICompatChatModel:
                 texts.append(text)
                 finish.append(reason)
             prompt_tokens += usage[0]
-            completion_tokens += usage[1]
+            if min(want, len(choices)) > 1 and isinstance(resp, dict) and "timings" in resp:
+                completion_tokens += _every_choice(choices[:want], usage[1], max_tokens)
+            else:
+                completion_tokens += usage[1]
             if want > 1 and len(choices) < want:
                 # llama.cpp's server ignores n; ask for the rest one at a time
                 self._n_supported = False
@@ -275,7 +292,10 @@ class OpenAICompatChatModel:
                 json_reply: bool = True) -> tuple[Any, int]:
         """One request with our retry loop; returns the reply and how many retries it took."""
         attempt = 0
+        scope = current_scope()
         while True:
+            if scope is not None:
+                scope.check()  # the caller has gone: no new attempt
             try:
                 return self._post(kwargs, path, json_reply), attempt
             except HTTPStatusError as e:
@@ -306,7 +326,10 @@ class OpenAICompatChatModel:
                 self.max_retries,
                 delay,
             )
-            time.sleep(delay)
+            if scope is not None:
+                scope.sleep(delay)
+            else:
+                time.sleep(delay)
             attempt += 1
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -335,6 +358,22 @@ class OpenAICompatChatModel:
                 "(it usually ends in /v1)"
             )
         return f"request rejected ({status}) at {where}: {one_line(e)}"
+
+
+def _every_choice(choices: list[tuple[str, str | None]], first_tokens: int,
+                  max_tokens: int) -> int:
+    """Completion tokens of all `choices` when `first_tokens` counts the first one only
+    (llama.cpp's server): a choice cut by the length limit made `max_tokens`; the others are
+    estimated at the first choice's tokens per character."""
+    first = choices[0][0]
+    per_char = first_tokens / len(first) if first and first_tokens else 0.25
+    total = first_tokens
+    for text, reason in choices[1:]:
+        if reason == "length":
+            total += max_tokens
+        else:
+            total += min(max_tokens, max(1, round(len(text) * per_char)))
+    return total
 
 
 # rejected for the key, the model or the URL: no workflow picks those, the run's config does

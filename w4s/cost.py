@@ -2,12 +2,18 @@
 
 Prices are USD per 1M tokens (input, output). A model missing from the table has an
 unknown cost (None), never a silent 0.0; local models are listed at 0.0 on purpose.
+
+A budget is a cap: a call reserves its worst case (`Meter.reserve`) before it is sent and
+settles to its real usage on the reply (`Meter.settle`). A call that fits beside the
+reservations in flight goes at once; one that could cross the budget waits until it is
+alone, so at most one call at a time can cross: the billed total stays within the budget
+plus one call's reservation.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from w4s.errors import BudgetExceeded, ConfigError
@@ -125,12 +131,62 @@ class Meter:
         self.budget_usd = budget_usd
         self.budget_tokens = budget_tokens
         self.spent_before = spent_before
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._spend = Spend()
+        self._reserved_tokens = 0  # worst cases of the calls in flight
+        self._reserved_usd = 0.0
+        self._reservations = 0
 
     def add(self, spend: Spend) -> None:
         with self._lock:
             self._spend = self._spend + spend
+            self._lock.notify_all()
+
+    def reserve(self, tokens: int, cost_usd: float | None, *,
+                check: Callable[[], None] | None = None) -> None:
+        """Hold `tokens` / `cost_usd` (a call's worst case) against the budget until `settle`.
+
+        Raises BudgetExceeded once the budget is spent. A call that would cross the budget
+        beside the others in flight waits for them to settle, then goes alone (or is
+        refused if they spent the rest). `check()` is called while waiting and may raise
+        (e.g. `CancelScope.check`) to give up; nothing is then held.
+        """
+        with self._lock:
+            while True:
+                if self._spent_out():
+                    raise BudgetExceeded("budget exceeded")
+                if self._reservations == 0 or self._fits(tokens, cost_usd):
+                    self._reserved_tokens += tokens
+                    self._reserved_usd += cost_usd or 0.0
+                    self._reservations += 1
+                    return
+                if check is not None:
+                    check()
+                self._lock.wait(0.05)
+
+    def settle(self, tokens: int, cost_usd: float | None, spend: Spend) -> None:
+        """Release a reservation made by `reserve` and add the call's real `spend`."""
+        with self._lock:
+            self._reserved_tokens -= tokens
+            self._reserved_usd -= cost_usd or 0.0
+            self._reservations -= 1
+            self._spend = self._spend + spend
+            self._lock.notify_all()
+
+    def _fits(self, tokens: int, cost_usd: float | None) -> bool:
+        s = self.spent_before + self._spend
+        if self.budget_tokens is not None and (
+                s.tokens + self._reserved_tokens + tokens > self.budget_tokens):
+            return False
+        return not (self.budget_usd is not None and s.cost_usd is not None and
+                    s.cost_usd + self._reserved_usd + (cost_usd or 0.0) > self.budget_usd)
+
+    def _spent_out(self) -> bool:
+        s = self.spent_before + self._spend
+        if self.budget_tokens is not None and s.tokens >= self.budget_tokens:
+            return True
+        return (self.budget_usd is not None and s.cost_usd is not None
+                and s.cost_usd >= self.budget_usd)
 
     @property
     def totals(self) -> Spend:
@@ -147,11 +203,8 @@ class Meter:
 
     @property
     def exceeded(self) -> bool:
-        s = self.spent_before + self.totals
-        if self.budget_tokens is not None and s.tokens >= self.budget_tokens:
-            return True
-        return (self.budget_usd is not None and s.cost_usd is not None
-                and s.cost_usd >= self.budget_usd)
+        with self._lock:
+            return self._spent_out()
 
     def check(self) -> None:
         """Raise BudgetExceeded before a new executor call once the budget is spent."""

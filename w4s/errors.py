@@ -43,6 +43,11 @@ class BenchmarkError(W4SError, ValueError):
     """A benchmark name, file or field is wrong."""
 
 
+class BadCall(W4SError, ValueError):
+    """A sandboxed job sent something that is not a valid call (a field beyond the caps the
+    sandbox documents, a malformed frame): that item's error, never infrastructure."""
+
+
 class BudgetExceeded(W4SError):
     """The run's USD or token budget is spent; the run stops cleanly."""
 

@@ -35,12 +35,12 @@ class ChatServer(FakeOpenAIEndpoint):
     """
 
     def __init__(self, mode: str = "ok", *, stop_after: int | None = None,
-                 status: int = 200) -> None:
+                 status: int = 200, port: int = 0) -> None:
         self.mode, self.stop_after, self.status = mode, stop_after, status
         self.answered = 0
         self.release = threading.Event()
         self._lock = threading.Lock()
-        super().__init__(self.serve)
+        super().__init__(self.serve, port=port)
 
     def serve(self, body: dict) -> tuple[int, dict] | None:
         with self._lock:
@@ -102,8 +102,10 @@ def test_executor_stopped_mid_evaluation(servers, make_bench, code):
     assert result.failures == [], "items lost to the executor are not the workflow's failures"
     assert result.accuracy == pytest.approx(3 / 8)  # the mean over all items, as before
 
-    # nothing lost was recorded: with the executor back, those items run again
-    back = start(servers, "ok")
+    # nothing lost was recorded: with the executor back (at the same address: the cache
+    # keys on the endpoint), those items run again
+    server.stop()
+    back = start(servers, "ok", port=server.port)
     with Harness(back.executor(), settings=SETTINGS, cache=cache) as h:
         again = h.evaluate(code, bench.load(), bench)
     assert again.accuracy == 1.0 and again.infra_errors == 0

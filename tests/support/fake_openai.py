@@ -37,12 +37,13 @@ def chat_completion(request: dict, texts: list[str] | None = None,
 class FakeOpenAIEndpoint:
     """Serves every POST with `reply(body)` from the moment it is made; records what it got.
 
-    `url` ends in /v1 (a backend's base_url). A str payload is sent as it is (to send what
+    `url` ends in /v1 (a backend's base_url); `port` 0 picks a free one (pass a stopped
+    endpoint's port to bring "the same server" back). A str payload is sent as it is (to send what
     is not JSON), anything else as JSON. One connection per request (HTTP/1.0), so a
     dropped or stopped server is seen by the very next call, not by a kept-alive socket.
     """
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, *, port: int = 0) -> None:
         self.reply = reply
         self.requests: list[dict] = []  # the JSON bodies, in arrival order
         self.headers: list[dict[str, str]] = []  # their headers, names lower-cased
@@ -75,7 +76,7 @@ class FakeOpenAIEndpoint:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._httpd.handle_error = lambda *args: None  # a client that timed out hung up
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"

@@ -16,6 +16,17 @@ holds the final answer under "answer". Inside the sandbox, `agent` offers:
   sandboxed process with its own timeout; returns str(solution()) if the code defines
   `solution()`, else its printed output, stripped; on failure "Error: <Type>: <message>".
 
+Caps on one executor call (`w4s.sandbox.proxy`; a call that breaks one gets an
+`ExecutorError` "bad executor request: ...", the workflow's error, never infrastructure):
+at most MAX_MESSAGES (64) messages, each exactly {"role", "content"} with a role among
+system/user/assistant and string content; MAX_PROMPT_CHARS (200,000) characters of content
+in all; 1 <= n <= MAX_SAMPLES (64); a finite temperature in [0, 2]; max_tokens null or
+1 <= max_tokens <= MAX_TOKENS_CAP (32,768), further capped by the backend's
+`max_new_tokens`; no other fields. At most MAX_CALLS_IN_FLIGHT (64) calls of one item wait
+for the executor at once. Each call reserves its worst case against the run's budget
+before it is sent (`w4s.cost.Meter.reserve`), so the billed total stays within the budget
+plus one call's reservation.
+
 Executor failures raise `ExecutorError` inside the workflow. Calls are proxied to the
 parent, which holds the API keys, the call cache and the spend meter; the worker has no
 network, no keys, can write only to its own temporary folder and, where Landlock is on,

@@ -84,8 +84,10 @@ class Harness:
             )
         self._meter = Meter(budget_usd=budget_usd, budget_tokens=budget_tokens)
         # the backend's own cap on new tokens shapes every reply, so it is part of each key
+        # and the endpoint's identity (`identity`: base URL, model file digest) beside its name
         cap = getattr(executor, "max_new_tokens", None)
-        key_model = executor.model_id + (f"@max_new_tokens={cap}" if cap else "")
+        key_model = (getattr(executor, "identity", None) or executor.model_id) + (
+            f"@max_new_tokens={cap}" if cap else "")
         self._outcomes = OutcomeStore(cache, settings, key_model)
         self._proxy = CallProxy(executor, cache=cache, prices=self.prices, key_model=key_model)
         self._pool = WorkerPool(settings.concurrency)
@@ -215,6 +217,7 @@ class Harness:
                 log.exception("sandbox: item %s failed inside the harness", item.id)
                 raw, answer, error = None, None, f"internal harness error: {type(e).__name__}: {e}"
                 run.lose(error)
+            self._proxy.finish(run)  # cancel its calls still in flight; count their spend
             if self._closed:  # its worker was killed under it (shutdown, Ctrl-C): not judged
                 run.lose("interrupted: the harness was closed while the item ran")
             if run.budget_hit:  # a refused call leaves the item unjudged, even if it answered

@@ -11,19 +11,30 @@ Failures are classified on the item's `ItemRun`: anything outside the workflow's
 makes the item non-replayable (never recorded as a reusable outcome), and an executor loss
 (`BackendError.infrastructure`, an executor bug, a short reply) marks it lost to
 infrastructure (`ItemRun.infra_error`), whatever the workflow then does with the error.
+A call that breaks the caps below is the workflow's error (an error reply), never
+infrastructure.
+
+Spend: each fetch reserves its worst case on every meter before it is sent (`Meter.reserve`:
+for each sample asked, the prompt's UTF-8 bytes plus a few tokens per message, and
+`max_tokens`; priced) and settles to the reply's usage. When the item ends (result, crash or
+timeout), `CallProxy.finish` cancels its calls still in flight (`w4s.cancel`: an HTTP
+backend closes the request) and charges each one that was sent but never answered its
+reservation, the most it could have cost, so a killed item's spend is counted, not lost.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from w4s.cancel import Cancelled, CancelScope, running_under
 from w4s.cost import Meter, PriceTable, Spend
-from w4s.errors import BackendError, BudgetExceeded, one_line
+from w4s.errors import BackendError, BadCall, BudgetExceeded, one_line
 from w4s.sandbox import worker as _w
 from w4s.sandbox.cache import CallCache, call_key
 
@@ -35,6 +46,22 @@ log = logging.getLogger("w4s.sandbox")
 BUDGET_ERROR = "budget exceeded"
 MAX_REPLY_CHARS = 200_000  # per executor text handed back to a workflow
 MAX_CALLS_IN_FLIGHT = 64  # per item: a workflow flooding requests gets errors, not threads
+# caps on what one call may ask (documented in w4s.sandbox)
+MAX_PROMPT_CHARS = 200_000  # all messages' content together
+MAX_MESSAGES = 64
+ROLES = frozenset({"system", "user", "assistant"})
+MAX_SAMPLES = 64  # n
+MAX_TOKENS_CAP = 32_768  # max_tokens (the backend's own max_new_tokens caps it further)
+DEFAULT_MAX_TOKENS = 512  # when a call names none (ChatModel.complete's default)
+MAX_TEMPERATURE = 2.0
+CALL_KEYS = frozenset({"op", "id", "job", "messages", "n", "temperature", "max_tokens",
+                       "json_mode"})
+# a prompt's worst case in tokens: at most one per UTF-8 byte, plus the chat template's
+PROMPT_TOKENS_PER_MESSAGE = 8
+# how long an ended item's cancelled calls get to return before their reservations are
+# charged as spent (an HTTP call ends at once; a backend that cannot be cancelled keeps
+# running on its thread until its own timeout)
+FINISH_WAIT_S = 1.0
 
 
 class ItemRun:
@@ -49,8 +76,9 @@ class ItemRun:
         self.replayable = True  # False once anything outside the workflow's control failed
         self.infra_error: str | None = None  # the first infrastructure failure, one line
         self.spend = Spend()
+        self.scope = CancelScope()  # cancelled when the item ends: its calls stop
         self._next_index: dict[str, int] = {}
-        self._fetching: dict[int, float] = {}  # id(call) -> when it went to the executor
+        self._fetching: dict[int, tuple[Call, float]] = {}  # id(call) -> (call, since)
 
     def take_indexes(self, request_key: str, n: int) -> int:
         """First of n fresh sample indexes for a repeated request (deterministic on rerun)."""
@@ -68,7 +96,7 @@ class ItemRun:
         with self.lock:
             if len(self._fetching) >= MAX_CALLS_IN_FLIGHT:
                 return False
-            self._fetching[id(call)] = time.monotonic()
+            self._fetching[id(call)] = (call, time.monotonic())
             return True
 
     def end_fetch(self, call: Call) -> None:
@@ -85,39 +113,56 @@ class ItemRun:
     def oldest_fetch_s(self) -> float:
         """How long the longest-waiting executor fetch of this item has waited (0: none)."""
         with self.lock:
-            started = min(self._fetching.values(), default=None)
+            started = min((t for _, t in self._fetching.values()), default=None)
         return 0.0 if started is None else time.monotonic() - started
+
+    def in_flight(self) -> list[Call]:
+        with self.lock:
+            return [c for c, _ in self._fetching.values()]
+
+    def reserve(self, call: Call, tokens: int, cost_usd: float | None) -> None:
+        """Reserve the call's worst case on every meter (all or none); see Meter.reserve."""
+        held: list[Meter] = []
+        try:
+            for meter in self.meters:
+                meter.reserve(tokens, cost_usd, check=self.scope.check)
+                held.append(meter)
+        except BaseException:
+            for meter in held:
+                meter.settle(tokens, cost_usd, Spend())
+            raise
+        with self.lock:
+            call.reservation = (tokens, cost_usd)
+
+    def settle(self, call: Call, spend: Spend) -> None:
+        """Release the call's reservation (once) and count `spend` on the meters and here."""
+        with self.lock:
+            if call.reservation is None:
+                return  # never reserved, or already settled (charged when its item ended)
+            tokens, cost_usd = call.reservation
+            call.reservation = None
+            for meter in self.meters:
+                meter.settle(tokens, cost_usd, spend)
+            self.spend = self.spend + spend
 
 
 class Call:
     """One executor request from a workflow: validated, keyed per sample, partly cached."""
 
     __slots__ = ("messages", "n", "temperature", "max_tokens", "json_mode", "model", "keys",
-                 "texts")
+                 "texts", "reservation")
 
     def __init__(self, messages: list[dict], n: int, temperature: float,
                  max_tokens: int | None, json_mode: bool, model: str, keys: list[str]) -> None:
         self.messages, self.n, self.temperature = messages, n, temperature
         self.max_tokens, self.json_mode, self.model, self.keys = max_tokens, json_mode, model, keys
         self.texts: list[str | None] = [None] * n
+        self.reservation: tuple[int, float | None] | None = None  # held on the meters
 
     @classmethod
     def parse(cls, frame: dict, model: str, run: ItemRun, key_model: str) -> Call:
         """Validate a frame from the (untrusted) worker and derive its cache keys."""
-        messages = frame["messages"]
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str)
-            and isinstance(m.get("role"), str) for m in messages
-        ):
-            raise TypeError("`messages` must be a list of {'role': str, 'content': str}")
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-        n, temperature = int(frame["n"]), float(frame["temperature"])
-        if not 1 <= n <= 64:
-            raise ValueError(f"`n` must be in [1, 64], got {n}")
-        if not 0.0 <= temperature <= 2.0:
-            raise ValueError(f"`temperature` must be in [0, 2], got {temperature}")
-        max_tokens = None if frame.get("max_tokens") is None else int(frame["max_tokens"])
-        json_mode = bool(frame.get("json_mode", False))
+        messages, n, temperature, max_tokens, json_mode = validate_call(frame)
         request = {"model": key_model, "messages": messages, "temperature": temperature,
                    "max_tokens": max_tokens, "json_mode": json_mode}
         first = 0
@@ -150,15 +195,36 @@ class CallProxy:
     def close(self) -> None:
         self._calls.shutdown(wait=False, cancel_futures=True)
 
+    def finish(self, run: ItemRun) -> None:
+        """The item has ended: cancel its calls in flight, and charge each one still
+        unanswered after FINISH_WAIT_S its reservation (it was sent, and may be billed)."""
+        run.scope.cancel()
+        deadline = time.monotonic() + FINISH_WAIT_S
+        while run.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for call in run.in_flight():
+            with run.lock:
+                reserved = call.reservation
+            if reserved is not None:
+                run.settle(call, self._worst_case(call, reserved))
+
+    def _worst_case(self, call: Call, reserved: tuple[int, float | None]) -> Spend:
+        """A sent call's spend when its usage never came back: its whole reservation."""
+        samples = len(call.missing)
+        prompt = prompt_tokens_bound(call.messages) * samples
+        return Spend(executor_calls=1, prompt_tokens=prompt,
+                     completion_tokens=max(0, reserved[0] - prompt), cost_usd=reserved[1],
+                     cache_hits=call.n - samples, cache_misses=samples)
+
     def on_call(self, w, run: ItemRun, frame: dict) -> None:
         """Serve a call from the reader thread when the cache has every sample; otherwise
         hand it to an executor thread, so the item's deadline keeps ticking meanwhile."""
         try:
             call = Call.parse(frame, self.executor.model_id, run, self.key_model)
             self._lookup(call)
-        except (KeyError, TypeError, ValueError) as e:
+        except BadCall as e:
             run.replayable = False
-            self._reply(w, run, frame, {"error": f"bad executor request: {type(e).__name__}: {e}"})
+            self._reply(w, run, frame, {"error": f"bad executor request: {e}"})
             return
         if call.missing:
             if not run.start_fetch(call):
@@ -180,6 +246,9 @@ class CallProxy:
             run.replayable = False
             run.budget_hit = True
             reply = {"error": BUDGET_ERROR}
+        except Cancelled as e:  # the item ended meanwhile: nobody reads the reply
+            run.replayable = False
+            reply = {"error": str(e)}
         except BackendError as e:
             run.replayable = False
             if e.infrastructure:
@@ -219,15 +288,36 @@ class CallProxy:
     def _fetch(self, run: ItemRun, call: Call) -> None:
         """Ask the executor for the samples the cache lacks; meter and cache them."""
         missing = call.missing
-        for meter in run.meters:
-            meter.check()
+        max_tokens = call.max_tokens or DEFAULT_MAX_TOKENS
+        cap = getattr(self.executor, "max_new_tokens", None)
+        if isinstance(cap, int) and cap > 0:
+            max_tokens = min(max_tokens, cap)
+        # a backend that sends n > 1 as n requests (llama.cpp, a server refusing n) bills
+        # the prompt once per sample: the worst case counts it so
+        prompt = prompt_tokens_bound(call.messages) * len(missing)
+        completion = max_tokens * len(missing)
+        cost = self.prices.cost(call.model, prompt, completion)
+        run.reserve(call, prompt + completion, cost)
+        if run.scope.cancelled:  # the item ended while this call waited: never sent
+            run.settle(call, Spend())
+            run.scope.check()
         kwargs: dict[str, Any] = {"n": len(missing), "temperature": call.temperature,
-                                  "json_mode": call.json_mode}
-        if call.max_tokens is not None:
-            kwargs["max_tokens"] = call.max_tokens
-        comp = self.executor.complete(call.messages, **kwargs)
+                                  "json_mode": call.json_mode, "max_tokens": max_tokens}
+        try:
+            with running_under(run.scope):
+                comp = self.executor.complete(call.messages, **kwargs)
+        except Cancelled:
+            run.settle(call, self._worst_case(call, (prompt + completion, cost)))
+            raise
+        except BaseException:
+            run.settle(call, Spend())  # refused or unreachable: nothing was generated
+            raise
         got = list(comp.texts)
         if len(got) < len(missing):
+            run.settle(call, Spend(executor_calls=1, prompt_tokens=comp.prompt_tokens,
+                                   completion_tokens=comp.completion_tokens,
+                                   cost_usd=self.prices.cost(call.model, comp.prompt_tokens,
+                                                             comp.completion_tokens)))
             raise BackendError(f"asked for {len(missing)} replies, got {len(got)}",
                                model=call.model, infrastructure=True)
         if comp.cached:  # the backend served it from its own cache: no new spend
@@ -251,10 +341,64 @@ class CallProxy:
                 except Exception as e:  # noqa: BLE001
                     run.replayable = False  # a rerun could not replay this reply
                     log.warning("sandbox: call cache write failed: %s", e)
-        self._account(run, spend)
+        run.settle(call, spend)
 
     @staticmethod
     def _account(run: ItemRun, spend: Spend) -> None:
         for meter in run.meters:
             meter.add(spend)
         run.add(spend)
+
+
+def validate_call(frame: Any) -> tuple[list[dict], int, float, int | None, bool]:
+    """(messages, n, temperature, max_tokens, json_mode) of a call frame, or BadCall."""
+    if not isinstance(frame, dict):
+        raise BadCall("a call must be a JSON object")
+    unknown = sorted(str(k) for k in frame if k not in CALL_KEYS)
+    if unknown:
+        raise BadCall(f"unknown fields {', '.join(unknown)[:200]}")
+    messages = frame.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadCall("`messages` must be a non-empty list of {'role', 'content'}")
+    if len(messages) > MAX_MESSAGES:
+        raise BadCall(f"{len(messages)} messages, more than {MAX_MESSAGES}")
+    size = 0
+    for m in messages:
+        if not isinstance(m, dict) or set(m) != {"role", "content"}:
+            raise BadCall("each message must be exactly {'role': str, 'content': str}")
+        if not isinstance(m["role"], str) or m["role"] not in ROLES:
+            raise BadCall(f"`role` must be one of {', '.join(sorted(ROLES))}, "
+                          f"got {str(m['role'])[:40]!r}")
+        if not isinstance(m["content"], str):
+            raise BadCall("`content` must be a string")
+        try:
+            m["content"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadCall("`content` is not valid Unicode text (a lone surrogate)") from None
+        size += len(m["content"])
+    if size > MAX_PROMPT_CHARS:
+        raise BadCall(f"prompt of {size} characters, more than {MAX_PROMPT_CHARS}")
+    n = frame.get("n")
+    if type(n) is not int or not 1 <= n <= MAX_SAMPLES:
+        raise BadCall(f"`n` must be an integer in [1, {MAX_SAMPLES}], got {str(n)[:40]}")
+    temperature = frame.get("temperature")
+    if type(temperature) not in (int, float) or not (
+            math.isfinite(temperature) and 0.0 <= temperature <= MAX_TEMPERATURE):
+        raise BadCall(f"`temperature` must be a number in [0, {MAX_TEMPERATURE:g}], "
+                      f"got {str(temperature)[:40]}")
+    max_tokens = frame.get("max_tokens")
+    if max_tokens is not None and (type(max_tokens) is not int
+                                   or not 1 <= max_tokens <= MAX_TOKENS_CAP):
+        raise BadCall(f"`max_tokens` must be an integer in [1, {MAX_TOKENS_CAP}] or null, "
+                      f"got {str(max_tokens)[:40]}")
+    json_mode = frame.get("json_mode", False)
+    if type(json_mode) is not bool:
+        raise BadCall("`json_mode` must be true or false")
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return clean, n, float(temperature), max_tokens, json_mode
+
+
+def prompt_tokens_bound(messages: list[dict]) -> int:
+    """At least the prompt's tokens: byte-level tokenizers give at most one per byte."""
+    return sum(len(m["content"].encode("utf-8")) + PROMPT_TOKENS_PER_MESSAGE
+               for m in messages) + PROMPT_TOKENS_PER_MESSAGE
