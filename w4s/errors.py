@@ -43,6 +43,11 @@ class BenchmarkError(W4SError, ValueError):
     """A benchmark name, file or field is wrong."""
 
 
+class BadCall(W4SError, ValueError):
+    """A sandboxed job sent something that is not a valid call or frame (e.g. a
+    non-finite or out-of-range field): the item's own error, never infrastructure's."""
+
+
 class BudgetExceeded(W4SError):
     """The run's USD or token budget is spent; the run stops cleanly."""
 
