@@ -152,6 +152,7 @@ class Worker:
                 "uid": iso["uid"], "mount_tmp": mount_tmp,
                 "tmp_root": self.tmp_root or "/tmp/w4s", "landlock": iso["landlock_abi"] > 0,
                 "host_root": iso["host_root"], "seccomp": True,
+                "owner": os.getpid(),  # in every worker process's command line: findable
             }
             cmd = [*iso["unshare_prefix"], sys.executable, "-s", "-B", WORKER_MAIN,
                    json.dumps(cfg)]

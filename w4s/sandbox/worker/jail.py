@@ -12,6 +12,7 @@ import os
 import resource
 import signal
 import sys
+import time
 
 from .landlock import landlock_abi, landlock_restrict, landlock_ruleset
 from .libc import (
@@ -26,7 +27,7 @@ from .libc import (
     get_libc,
 )
 from .readable import interpreter_paths, readable_paths, within
-from .reap import jail_cleanup
+from .reap import jail_cleanup, reap
 
 # the worker's private /tmp: bounded in bytes and in files (an inode costs kernel memory
 # that no size= counts); its pages are charged to the job's memory cgroup as well
@@ -153,6 +154,16 @@ class Jail:
             jail_cleanup(self.cgroup)
         except Exception:  # noqa: BLE001 - exiting anyway
             pass
+        me = str(os.getpid())
+        for _ in range(200):  # killed is not yet gone: a cgroup is removable once they are
+            reap()
+            try:
+                with open(os.path.join(self._joined[0][0], "cgroup.procs")) as f:
+                    if f.read().split() in ([me], []):
+                        break
+            except (OSError, IndexError):
+                break
+            time.sleep(0.01)
         for path, exit_dir in self._joined:
             try:
                 with open(os.path.join(exit_dir, "cgroup.procs"), "w") as f:
