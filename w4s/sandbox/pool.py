@@ -103,13 +103,13 @@ def detect_isolation() -> dict:
 
 
 def level_of(report: dict) -> str:
-    """strong: namespaces + Landlock (writes and reads) + uid drop + process cap;
-    basic: rlimits and timeouts only."""
+    """strong: namespaces + Landlock (writes and reads) + uid drop + process cap + no new
+    unix sockets (seccomp); basic: rlimits and timeouts only."""
     ns = report.get("namespaces", "none")
     confined_fs = report.get("landlock_abi", 0) > 0 or report.get("private_tmp", False)
     capped = report.get("cgroup_pids", False) or report.get("pid_namespace", False)
     if (ns.endswith("net+mount+pid") and confined_fs and report.get("reads_confined")
-            and report.get("uid_drop") and capped):
+            and report.get("uid_drop") and capped and report.get("unix_sockets_denied")):
         return "strong"
     if ns != "none" or confined_fs or report.get("uid_drop"):
         return "partial"

@@ -28,6 +28,7 @@ from .libc import (
 )
 from .readable import interpreter_paths, readable_paths, within
 from .reap import jail_cleanup, reap
+from .seccomp import UnixSocketFilter
 
 # the worker's private /tmp: bounded in bytes and in files (an inode costs kernel memory
 # that no size= counts); its pages are charged to the job's memory cgroup as well
@@ -113,6 +114,11 @@ class Jail:
             except OSError:
                 self.landlock = 0
         self._seq = itertools.count()
+        self.seccomp: UnixSocketFilter | None = None
+        if cfg.get("seccomp", True) and sys.platform.startswith("linux"):
+            self.seccomp = UnixSocketFilter()
+            if not self.seccomp.supported:
+                self.seccomp = None
 
     @staticmethod
     def _protect_zygote() -> None:
@@ -241,6 +247,7 @@ class Jail:
             "private_tmp": self.private_tmp,
             "tmp_limits": {"size_mb": TMP_SIZE_MB, "inodes": TMP_INODES}
             if self.private_tmp else None,
+            "unix_sockets_denied": self.seccomp is not None,
             "cgroup_pids": self.cgroup is not None,
             "cgroup_memory": self.memory_cgroup is not None,
             "uid": self.uid if self.uid is not None else os.getuid(),
@@ -314,6 +321,8 @@ class Jail:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail, not kill
         if self.ruleset is not None:
             landlock_restrict(self.ruleset)
+        if self.seccomp is not None:
+            self.seccomp.apply()
         if self.uid is not None:
             os.setgroups([])
             os.setgid(self.uid)
