@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import pytest
 
-from w4s.sandbox import isolation_report
+from w4s.sandbox import Harness, SandboxSettings, isolation_report
 
 
 @pytest.fixture(scope="module")
 def iso() -> dict:
     return isolation_report()
+
+
+@pytest.fixture(scope="module")
+def roomy(hostile_harness):
+    """1024 MB per job, and time to fill it on a loaded machine."""
+    settings = SandboxSettings(item_timeout_s=30.0, code_timeout_s=1.0, concurrency=1,
+                               memory_mb=1024)
+    with Harness(type(hostile_harness.executor)(), settings=settings) as h:
+        yield h
 
 
 def _one(harness, make_bench, code: str):
@@ -49,17 +58,17 @@ def solver(agent, task):
 '''
 
 
-def test_a_jobs_children_share_one_memory_cap(hostile_harness, make_bench, iso):
+def test_a_jobs_children_share_one_memory_cap(roomy, make_bench, iso):
     if not iso["cgroup_memory"]:
         pytest.skip("no memory cgroup on this machine")
-    assert hostile_harness.settings.memory_mb == 1024  # 3 x 600 MB: over it together
-    out = _one(hostile_harness, make_bench, FORKING)
+    assert roomy.settings.memory_mb == 1024  # 3 x 600 MB: over it together
+    out = _one(roomy, make_bench, FORKING)
     assert out.answer != "3 of 3", "three 600 MB children of a 1024 MB job all ran"
     assert out.error is not None or out.answer in ("0 of 3", "1 of 3"), out
-    _still_works(hostile_harness, make_bench)
+    _still_works(roomy, make_bench)
 
 
-def test_tmp_files_count_against_the_jobs_memory(hostile_harness, make_bench, iso):
+def test_tmp_files_count_against_the_jobs_memory(roomy, make_bench, iso):
     if not (iso["cgroup_memory"] and iso["private_tmp"]):
         pytest.skip("no memory cgroup or private /tmp on this machine")
     code = '''
@@ -78,13 +87,13 @@ def solver(agent, task):
     except (OSError, MemoryError) as e:
         return {"answer": f"stopped at {written} MB: {type(e).__name__}"}
 '''
-    out = _one(hostile_harness, make_bench, code)
+    out = _one(roomy, make_bench, code)
     assert out.answer is None, out.answer
     assert out.error is not None and "SIGKILL" in out.error, out.error
-    _still_works(hostile_harness, make_bench)
+    _still_works(roomy, make_bench)
 
 
-def test_creating_many_files_hits_the_inode_cap(hostile_harness, make_bench, iso):
+def test_creating_many_files_hits_the_inode_cap(roomy, make_bench, iso):
     if not iso["private_tmp"]:
         pytest.skip("no private /tmp on this machine")
     code = '''
@@ -100,9 +109,9 @@ def solver(agent, task):
         return {"answer": f"{made} {e.errno}"}
     return {"answer": f"{made} none"}
 '''
-    out = _one(hostile_harness, make_bench, code)
+    out = _one(roomy, make_bench, code)
     import errno
 
     made, err = out.answer.split()
     assert int(made) < iso["tmp_limits"]["inodes"] and err == str(errno.ENOSPC), out.answer
-    _still_works(hostile_harness, make_bench)
+    _still_works(roomy, make_bench)
