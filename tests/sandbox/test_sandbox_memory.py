@@ -115,3 +115,35 @@ def solver(agent, task):
     made, err = out.answer.split()
     assert int(made) < iso["tmp_limits"]["inodes"] and err == str(errno.ENOSPC), out.answer
     _still_works(roomy, make_bench)
+
+
+def test_cgroup_v2_files_are_used_on_a_unified_hierarchy(tmp_path, monkeypatch):
+    """On cgroup v2 the controllers are delegated to a `w4s` folder and the job's cap is
+    written to memory.max (and swap to 0); checked on a fake hierarchy, as root only."""
+    import os
+
+    from w4s.sandbox import cgroups
+    from w4s.sandbox.worker.jail import ZYGOTE_MEMORY_MB, Jail
+
+    if os.geteuid() != 0:
+        pytest.skip("worker cgroups are made as root only")
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    monkeypatch.setattr(cgroups, "ROOT", tmp_path)
+    base = cgroups.detect()
+    assert base is not None and base.version == 2 and base.has_memory
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+pids +memory"
+    assert (tmp_path / "w4s" / "cgroup.subtree_control").read_text() == "+pids +memory"
+    cfg = cgroups.create(base, "123-0", 64)
+    worker = tmp_path / "w4s" / "123-0"
+    assert cfg["dirs"] == {"pids": str(worker), "memory": str(worker)}
+    assert (worker / "pids.max").read_text() == "64"
+    jail = Jail.__new__(Jail)  # only the memory-cap part: no namespaces needed
+    jail.cgroups, jail.memory_cgroup, jail.memory_cap_mb = cfg, str(worker), None
+    jail.set_memory_cap(512)
+    assert (worker / "memory.max").read_text() == str((512 + ZYGOTE_MEMORY_MB) << 20)
+    assert (worker / "memory.swap.max").read_text() == "0"
+    assert jail.memory_cap_mb == 512
+    for f in worker.iterdir():
+        f.unlink()
+    cgroups.remove([str(worker)])
+    assert not worker.exists()

@@ -311,6 +311,9 @@ def isolation_report() -> dict:
     report["rlimits"] = ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE"] + (
         [] if report.get("cgroup_pids") or detect_isolation()["host_root"] else ["RLIMIT_NPROC"]
     )
+    report["memory_cap"] = (
+        "memory_mb per job tree (memory cgroup), and RLIMIT_AS per process"
+        if report.get("cgroup_memory") else "RLIMIT_AS per process only (no memory cgroup)")
     report["env"] = "allowlist: " + ", ".join(sorted(worker_env()))
     report.pop("pid_in_namespace", None)
     return report
