@@ -64,7 +64,8 @@ def serve(ctrl: socket.socket, jail: Jail) -> None:
                 results = [
                     run_forked_program(jail, source, timeout_s=float(job["timeout_s"]),
                                        memory_mb=int(job["memory_mb"]), limit=int(job["limit"]),
-                                       close_fds=(ctrl.fileno(),),
+                                       close_fds=(ctrl.fileno(),) + (
+                                           (spare.handoff.fileno(),) if spare else ()),
                                        keep=spare.pid if spare else None)
                     for source in job["sources"]
                 ]
