@@ -185,3 +185,31 @@ def solver(agent, task):
     assert out.answer is not None and len(out.answer) <= cap
     assert out.answer.endswith("chars truncated]")
     assert bench.scored == [out.answer], "an over-long raw answer is never scored"
+
+
+def test_a_program_holds_no_socket_of_the_zygotes(one_worker, make_bench):
+    """A program the zygote runs (a benchmark's test program) inherits neither the control
+    socket nor the handoff socket of the next item's process waiting beside it."""
+    import time
+
+    from w4s.sandbox import worker as _w
+
+    bench = make_bench(1)
+    slow = "import time\ndef solver(agent, t):\n    time.sleep(0.2)\n    return {'answer': t}\n"
+    assert one_worker.evaluate(slow, bench.load(), bench).accuracy == 1.0  # leaves a spare
+    if not one_worker._pool._all or not next(iter(one_worker._pool._all)).isolation.get(
+            "uid_drop"):
+        pytest.skip("no spare is forked ahead without a uid drop")
+    source = ("import os, stat\n"
+              "fds = [int(fd) for fd in os.listdir('/proc/self/fd')]\n"
+              "n = sum(stat.S_ISSOCK(os.fstat(fd).st_mode) for fd in fds\n"
+              "        if fd > 2 and os.path.exists(f'/proc/self/fd/{fd}'))\n"
+              "print('sockets', n)\n")
+    with one_worker._pool.worker() as w:
+        _w.send_frame(w.ctrl, {"op": "programs", "job": 7, "sources": [source],
+                               "timeout_s": 2.0, "memory_mb": 256, "limit": 2000})
+        deadline = time.monotonic() + 10
+        while (done := _w.recv_frame(w.ctrl, deadline=deadline)).get("job") != 7:
+            pass
+    (result,) = done["results"]
+    assert result["stdout"].strip() == "sockets 0", result
