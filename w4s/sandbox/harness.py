@@ -406,6 +406,8 @@ def _readable(*socks, timeout: float) -> list:
     """The sockets ready to read; poll(), unlike select(), takes fds above 1024."""
     poller = select.poll()
     for s in socks:
+        if s is None or s.fileno() < 0:
+            raise EOFError("the worker was closed")  # killed by another thread (close())
         poller.register(s, select.POLLIN | select.POLLHUP | select.POLLERR)
     ready = {fd for fd, _ in poller.poll(max(0, math.ceil(timeout * 1000)))}
     return [s for s in socks if s.fileno() in ready]

@@ -218,8 +218,10 @@ class Worker:
             cgroups.kill(self.cgroups["dirs"]["pids"])
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
-        self.ctrl.close()
-        self.close_channel()
+        # closed, not forgotten: a thread still reading them sees a closed socket
+        for s in (self.ctrl, self.data, self.data_out):
+            if s is not None:
+                s.close()
         self._remove_dirs()
 
     def _remove_dirs(self) -> None:
