@@ -540,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = build_parser().parse_args(argv)
     route_w4s_logs()
+    _terminate_like_ctrl_c()
     try:
         return args.func(args)
     except W4SError as e:
@@ -548,6 +549,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("w4s: interrupted; rerun with --run-id to resume", file=sys.stderr)
         return 130
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (an operator's stop, a cancelled flow run) unwinds like Ctrl-C: context
+    managers and atexit hooks close sandbox workers and Prefect's temporary server."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

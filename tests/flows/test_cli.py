@@ -269,3 +269,25 @@ def test_adapter_specs_are_resolved_or_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "fitted on 'Qwen/Qwen2.5-7B-Instruct'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path):
+    """A stopped or cancelled `w4s` runs its cleanup (sandbox workers, Prefect's temporary
+    server) instead of dying where it stands."""
+    import os
+    import subprocess
+
+    script = (
+        "import os, signal, sys, time, types\n"
+        "def optimize(cfg, run_id=None):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(10)\n"
+        "sys.modules['flows.optimize'] = types.SimpleNamespace(optimize=optimize)\n"
+        "from flows.cli import main\n"
+        f"sys.exit(main(['optimize', '--benchmark', 'svamp', '--runs-dir', {str(tmp_path)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__)))))
+    assert done.returncode == 130, (done.returncode, done.stderr[-2000:])
+    assert "to resume" in done.stderr

@@ -91,14 +91,20 @@ def test_a_collection_killed_with_sigkill_resumes_without_duplicate_rows(tmp_pat
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), W4S_HOME=str(tmp_path / "home"))
     w4s = str(Path(sys.executable).with_name("w4s"))
     cmd = [w4s, "collect", "--config", str(config), "--collection-id", "k"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "runs").glob("*/trajectories/iter-0001.parquet")):
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # its own process group: the SIGKILL reaches Prefect's temporary server (a child that
+    # would otherwise outlive the test) as well as `w4s`
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "runs").glob("*/trajectories/iter-0001.parquet")):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
     killed = len(_rows(tmp_path))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -431,16 +431,18 @@ def test_no_spare_when_the_zygote_cannot_fork(tmp_path, monkeypatch):
     jobs.mkdir()
 
     class OneDirJail:
-        def make_dir(self) -> str:
-            path = jobs / "job-0"
-            path.mkdir()
-            return str(path)
+        def dir_name(self) -> str:
+            return str(jobs / "job-0")
+
+        def make_dir(self, path: str | None = None) -> str:
+            os.mkdir(path or self.dir_name())
+            return path or self.dir_name()
 
     def no_pids() -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(spare.os, "fork", no_pids)
-    ctrl, data = socketlib.socketpair()
-    with ctrl, data:
-        assert spare.Spare.ahead(ctrl, data, OneDirJail()) is None
+    ctrl, _ = socketlib.socketpair()
+    with ctrl, _:
+        assert spare.Spare.ahead(ctrl, OneDirJail()) is None
     assert list(jobs.iterdir()) == []

@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from w4s.cost import Meter, PriceTable, Spend
-from w4s.errors import BackendError, ConfigError
+from w4s.errors import BackendError, BadCall, ConfigError
 from w4s.sandbox import worker as _w
 from w4s.sandbox.cache import CallCache
 from w4s.sandbox.outcomes import OutcomeStore
@@ -258,7 +258,7 @@ class Harness:
             try:
                 with self._pool.worker() as w:
                     try:
-                        _w.send_frame(w.ctrl, job)
+                        w.send_item(job)
                     except OSError as e:
                         w.kill()
                         raise WorkerDied(str(e)) from e
@@ -269,6 +269,7 @@ class Harness:
                     finally:
                         with run.lock:
                             run.closed = True
+                        w.close_channel()
             except WorkerDied as e:
                 if attempt == 1:
                     run.lose(f"sandbox worker failed: {e}")
@@ -279,7 +280,7 @@ class Harness:
         """Serve the child's executor calls until its result (or the zygote's "done")."""
         limit = _w.MAX_FRAME  # prompts may be long; answers are clipped by the child
         result: dict | None = None
-        started = False
+        started = hung_up = False
         # the item's clock starts when its process does, not while the zygote is busy
         deadline = time.monotonic() + START_GRACE_S
         try:
@@ -291,16 +292,20 @@ class Harness:
                         raise WorkerDied(f"the worker's previous job did not end within "
                                          f"{START_GRACE_S:g}s")
                     raise TimeoutError
-                ready = _readable(w.data, w.ctrl, timeout=left)
+                ready = _readable(*((w.ctrl,) if hung_up else (w.data, w.ctrl)), timeout=left)
                 if w.data in ready:
-                    frame = _w.recv_frame(w.data, deadline=deadline, max_bytes=limit)
-                    if frame.get("job") != run.job:
-                        continue  # written by an earlier job's process before it was killed
+                    try:
+                        frame = _w.recv_frame(w.data, deadline=deadline, max_bytes=limit)
+                    except EOFError:  # every process of the job closed it: await "done"
+                        hung_up = True
+                        continue
+                    if frame.get("job") != run.job:  # its own channel: never another job's
+                        raise _w.ProtocolError("frame for another job on the item's channel")
                     if not started:  # its frames can overtake the zygote's "started"
                         started, deadline = True, time.monotonic() + self.settings.item_timeout_s
                     op = frame.get("op")
                     if op == "call":
-                        self._proxy.on_call(w, run, frame)
+                        self._serve_call(w, run, frame)
                     elif op == "result":
                         # done: the worker goes back to the pool now, and its zygote ends
                         # this job's processes before it reads the next job
@@ -320,7 +325,8 @@ class Harness:
                             deadline = time.monotonic() + self.settings.item_timeout_s
                         continue
                     w.job_pid = None  # it ended without a result (crashed or exited)
-                    result = self._drain_result(w, run, limit)
+                    if not hung_up:
+                        result = self._drain_result(w, run, limit)
                     break
         except TimeoutError:
             w.kill()
@@ -334,26 +340,47 @@ class Harness:
         except (EOFError, OSError, _w.ProtocolError) as e:
             w.kill()
             run.replayable = False
-            return None, None, f"worker failed: {type(e).__name__} {e}".strip()
+            return None, None, _w.clip(f"worker failed: {type(e).__name__} {e}".strip(), 500)
+        except BadCall as e:  # not a call a workflow's `agent` can send: the item's fault
+            w.kill()
+            run.replayable = False
+            return None, None, _w.clip(f"invalid executor call: {e}", 500)
         if result is None:  # a crash (memory, CPU or process limit): not worth recording
             run.replayable = False
             return None, None, str(done.get("exit") or "worker exited without a result")
+        cap = self.settings.max_output_chars
         if "error" in result:
-            return None, None, _w.clip(str(result["error"]), self.settings.max_output_chars)
-        answer = str(result.get("answer_str", ""))
+            return None, None, _w.clip(str(result["error"]), cap)
+        # the child clips, but a forged result frame need not: the caps hold here too
+        answer = _w.clip(str(result.get("answer_str", "")), cap)
         raw: Any = answer
-        if "answer_json" in result:
+        encoded = result.get("answer_json")
+        if isinstance(encoded, str) and len(encoded) <= 4 * cap:
             try:
-                raw = json.loads(result["answer_json"])
+                raw = json.loads(encoded)
             except (ValueError, TypeError, RecursionError):
                 raw = answer
         return raw, answer, None
+
+    def _serve_call(self, w, run: ItemRun, frame: dict) -> None:
+        """Hand a call frame to the proxy. Whatever a frame makes the proxy raise is the
+        item's fault (BadCall): only the workflow's own process writes to its channel."""
+        try:
+            self._proxy.on_call(w, run, frame)
+        except BadCall:
+            raise
+        except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError,
+                AttributeError) as e:
+            raise BadCall(f"{type(e).__name__}: {e}") from e
 
     @staticmethod
     def _drain_result(w, run: ItemRun, limit: int) -> dict | None:
         """A result that reached the data socket just before the zygote's "done"."""
         while _readable(w.data, timeout=0):
-            frame = _w.recv_frame(w.data, deadline=time.monotonic() + 1.0, max_bytes=limit)
+            try:
+                frame = _w.recv_frame(w.data, deadline=time.monotonic() + 1.0, max_bytes=limit)
+            except EOFError:  # its channel is closed: whatever it sent was read
+                return None
             if frame.get("op") == "result" and frame.get("job") == run.job:
                 return frame
         return None
@@ -382,6 +409,8 @@ def _readable(*socks, timeout: float) -> list:
     """The sockets ready to read; poll(), unlike select(), takes fds above 1024."""
     poller = select.poll()
     for s in socks:
+        if s is None or s.fileno() < 0:
+            raise EOFError("the worker was closed")  # killed by another thread (close())
         poller.register(s, select.POLLIN | select.POLLHUP | select.POLLERR)
     ready = {fd for fd, _ in poller.poll(max(0, math.ceil(timeout * 1000)))}
     return [s for s in socks if s.fileno() in ready]

@@ -2,9 +2,15 @@
 
 Each worker is the `worker` package (standard library only) run by a fresh interpreter with a
 scrubbed environment, inside
-new network, mount and PID namespaces when `unshare` works here, with its own cgroup
-(pids limit) when cgroup v1 is writable. The strongest available level is detected once,
-and `isolation_report()` says which one is active.
+new network, mount and PID namespaces when `unshare` works here, with its own cgroups
+(a process cap and a memory cap on its whole tree) when cgroup v1 or v2 is writable. The
+strongest available level is detected once, and `isolation_report()` says which one is
+active.
+
+Each item job gets a fresh socketpair from the parent (passed to the zygote with the job):
+no other job ever held it, so nothing an earlier job wrote or left half-written reaches
+it. The zygote watches its control socket and ends every job process, and its cgroups,
+as soon as the parent hangs up, however the parent died (SIGTERM, SIGKILL, cancellation).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from w4s.sandbox import cgroups
 from w4s.sandbox import worker as _w
 
 log = logging.getLogger("w4s.sandbox")
@@ -34,7 +41,6 @@ log = logging.getLogger("w4s.sandbox")
 # run as a file: the worker imports its package by its own name, nothing of w4s
 WORKER_MAIN = str(Path(_w.__file__).resolve().parent / "__main__.py")
 NOBODY_UID = 65534
-CGROUP_PIDS_ROOT = Path("/sys/fs/cgroup/pids")
 PIDS_MAX = 128  # processes and threads per worker
 START_TIMEOUT_S = 20.0
 _ENV_ALLOW = ("LANG", "LC_ALL", "LC_CTYPE", "TZ")
@@ -77,15 +83,7 @@ def detect_isolation() -> dict:
                 if not root:
                     namespaces = "user+" + name
                 break
-    cgroup = None
-    if root and CGROUP_PIDS_ROOT.is_dir() and os.access(CGROUP_PIDS_ROOT, os.W_OK):
-        base = CGROUP_PIDS_ROOT / "w4s"
-        try:
-            base.mkdir(exist_ok=True)
-            _prune_cgroups(base)
-            cgroup = str(base)
-        except OSError:
-            cgroup = None
+    cgroup = cgroups.detect()
     uid = None
     if root:
         try:
@@ -98,29 +96,20 @@ def detect_isolation() -> dict:
         "host_root": root,
         "namespaces": namespaces,
         "unshare_prefix": prefix,
-        "cgroup_base": cgroup,
+        "cgroup_base": cgroup,  # cgroups.CgroupBase or None
         "uid": uid,
         "landlock_abi": _w.landlock_abi(),
     }
 
 
-def _prune_cgroups(base: Path) -> None:
-    """Remove empty worker cgroups left by processes that died without cleaning up."""
-    for d in base.iterdir():
-        owner = d.name.split("-")[0]
-        if d.is_dir() and owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            with contextlib.suppress(OSError):
-                d.rmdir()
-
-
 def level_of(report: dict) -> str:
-    """strong: namespaces + Landlock (writes and reads) + uid drop + process cap;
-    basic: rlimits and timeouts only."""
+    """strong: namespaces + Landlock (writes and reads) + uid drop + process cap + no new
+    unix sockets (seccomp); basic: rlimits and timeouts only."""
     ns = report.get("namespaces", "none")
     confined_fs = report.get("landlock_abi", 0) > 0 or report.get("private_tmp", False)
     capped = report.get("cgroup_pids", False) or report.get("pid_namespace", False)
     if (ns.endswith("net+mount+pid") and confined_fs and report.get("reads_confined")
-            and report.get("uid_drop") and capped):
+            and report.get("uid_drop") and capped and report.get("unix_sockets_denied")):
         return "strong"
     if ns != "none" or confined_fs or report.get("uid_drop"):
         return "partial"
@@ -132,7 +121,7 @@ class WorkerDied(Exception):
 
 
 class Worker:
-    """One warm zygote process and its two sockets (control: zygote; data: item child)."""
+    """One warm zygote process, its control socket, and the running item's own channel."""
 
     _seq = itertools.count()
 
@@ -141,50 +130,44 @@ class Worker:
         self.seq = next(Worker._seq)
         self.isolation: dict = {}
         self.job_pid: int | None = None  # the running item's session, in the zygote's view
-        self.cgroup: str | None = None
+        self.cgroups: dict | None = None
         self.tmp_root: str | None = None
+        # the running item's end of its channel (`open_channel`); replies go out on a dup
+        # of it, so an executor thread's send timeout never fights the reader's
+        self.data: socket.socket | None = None
+        self.data_out: socket.socket | None = None
         ctrl_parent, ctrl_child = socket.socketpair()
-        data_parent, data_child = socket.socketpair()
         try:
             if iso["cgroup_base"]:
-                self.cgroup = os.path.join(iso["cgroup_base"], f"{os.getpid()}-{self.seq}")
-                try:
-                    os.mkdir(self.cgroup)
-                    Path(self.cgroup, "pids.max").write_text(str(PIDS_MAX))
-                except OSError as e:
-                    log.warning("no cgroup for sandbox worker (%s); relying on rlimits", e)
-                    self.cgroup = None
+                self.cgroups = cgroups.create(iso["cgroup_base"], f"{os.getpid()}-{self.seq}",
+                                              PIDS_MAX)
             mount_tmp = "mount" in iso["namespaces"]
             if not mount_tmp:
                 self.tmp_root = tempfile.mkdtemp(prefix="w4s-sandbox-")
                 os.chmod(self.tmp_root, 0o711)
+            dirs = self.cgroups["dirs"] if self.cgroups else {}
             cfg = {
-                "ctrl_fd": ctrl_child.fileno(), "data_fd": data_child.fileno(),
-                "cgroup": self.cgroup, "uid": iso["uid"], "mount_tmp": mount_tmp,
+                "ctrl_fd": ctrl_child.fileno(), "cgroup": dirs.get("pids"),
+                "memory_cgroup": dirs.get("memory"), "cgroups": self.cgroups,
+                "uid": iso["uid"], "mount_tmp": mount_tmp,
                 "tmp_root": self.tmp_root or "/tmp/w4s", "landlock": iso["landlock_abi"] > 0,
-                "host_root": iso["host_root"],
+                "host_root": iso["host_root"], "seccomp": True,
+                "owner": os.getpid(),  # in every worker process's command line: findable
             }
             cmd = [*iso["unshare_prefix"], sys.executable, "-s", "-B", WORKER_MAIN,
                    json.dumps(cfg)]
             self.proc = subprocess.Popen(
-                cmd, pass_fds=(ctrl_child.fileno(), data_child.fileno()),
+                cmd, pass_fds=(ctrl_child.fileno(),),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env=worker_env(), cwd="/", start_new_session=True,
             )
         except BaseException:
-            for s in (ctrl_parent, data_parent):
-                s.close()
+            ctrl_parent.close()
             self._remove_dirs()
             raise
         finally:
             ctrl_child.close()
-            data_child.close()
         self.ctrl = ctrl_parent
-        self.data = data_parent
-        # replies to the item child are sent from executor threads on their own socket
-        # object (shared fd), so their timeout never fights the reader's
-        self.data_out = socket.socket(fileno=os.dup(data_parent.fileno()))
-        self.data_out.settimeout(10.0)
         self.alive = True
         try:
             hello = _w.recv_frame(self.ctrl, deadline=time.monotonic() + START_TIMEOUT_S)
@@ -197,6 +180,29 @@ class Worker:
             **hello.get("isolation", {}),
         }
 
+    def send_item(self, job: dict) -> None:
+        """Send an item job with a channel of its own: a fresh socketpair whose other end
+        only that job's process receives (closed here once the zygote has it)."""
+        self.close_channel()
+        ours, theirs = socket.socketpair()
+        try:
+            _w.send_frame(self.ctrl, job, fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.data = ours
+        self.data_out = socket.socket(fileno=os.dup(ours.fileno()))
+        self.data_out.settimeout(10.0)
+
+    def close_channel(self) -> None:
+        """Forget the last item's channel: whatever its processes still write is lost."""
+        for s in (self.data, self.data_out):
+            if s is not None:
+                s.close()
+        self.data = self.data_out = None
+
     def kill(self) -> None:
         """Kill the zygote, its jailed children and anything they left, then clean up."""
         if not self.alive:
@@ -208,40 +214,19 @@ class Worker:
             # without a PID namespace the job's own session outlives the zygote
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.job_pid, signal.SIGKILL)
-        self._kill_cgroup()
+        if self.cgroups:
+            cgroups.kill(self.cgroups["dirs"]["pids"])
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
+        # closed, not forgotten: a thread still reading them sees a closed socket
         for s in (self.ctrl, self.data, self.data_out):
-            s.close()
+            if s is not None:
+                s.close()
         self._remove_dirs()
 
-    def _kill_cgroup(self) -> None:
-        if not self.cgroup:
-            return
-        procs = Path(self.cgroup, "cgroup.procs")
-        for _ in range(100):
-            try:
-                pids = [int(p) for p in procs.read_text().split()]
-            except OSError:
-                return
-            if not pids:
-                return
-            for p in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(p, signal.SIGKILL)
-            time.sleep(0.01)
-
     def _remove_dirs(self) -> None:
-        if self.cgroup:
-            for _ in range(50):
-                try:
-                    os.rmdir(self.cgroup)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    self._kill_cgroup()
-                    time.sleep(0.02)
+        if self.cgroups:
+            cgroups.remove(list(dict.fromkeys(self.cgroups["dirs"].values())))
         if self.tmp_root:
             shutil.rmtree(self.tmp_root, ignore_errors=True)
 
@@ -328,6 +313,9 @@ def isolation_report() -> dict:
     report["rlimits"] = ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE"] + (
         [] if report.get("cgroup_pids") or detect_isolation()["host_root"] else ["RLIMIT_NPROC"]
     )
+    report["memory_cap"] = (
+        "memory_mb per job tree (memory cgroup), and RLIMIT_AS per process"
+        if report.get("cgroup_memory") else "RLIMIT_AS per process only (no memory cgroup)")
     report["env"] = "allowlist: " + ", ".join(sorted(worker_env()))
     report.pop("pid_in_namespace", None)
     return report

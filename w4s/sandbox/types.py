@@ -12,7 +12,8 @@ class SandboxSettings:
     item_timeout_s: float = 60.0  # hard wall clock per item (the whole solver call)
     code_timeout_s: float = 5.0  # agent.execute_code and each test program
     concurrency: int = 4  # items in flight at once across the harness
-    memory_mb: int = 2048  # address-space limit per jailed process
+    # address-space limit per jailed process, and (memory cgroup) on a job's whole tree
+    memory_mb: int = 2048
     max_output_chars: int = 20_000  # caps on answers, stdout and tracebacks coming back
     # with a call cache: an item already run by the same code, executor and limits gets its
     # recorded outcome back (re-scored) instead of a rerun; see w4s/sandbox/outcomes.py

@@ -12,6 +12,7 @@ import os
 import resource
 import signal
 import sys
+import time
 
 from .landlock import landlock_abi, landlock_restrict, landlock_ruleset
 from .libc import (
@@ -26,6 +27,14 @@ from .libc import (
     get_libc,
 )
 from .readable import interpreter_paths, readable_paths, within
+from .reap import jail_cleanup, reap
+from .seccomp import UnixSocketFilter
+
+# the worker's private /tmp: bounded in bytes and in files (an inode costs kernel memory
+# that no size= counts); its pages are charged to the job's memory cgroup as well
+TMP_SIZE_MB, TMP_INODES = 512, 16384
+TMPFS_OPTIONS = f"size={TMP_SIZE_MB}m,nr_inodes={TMP_INODES},mode=1777"
+ZYGOTE_MEMORY_MB = 96  # the zygote and the spare share the job's memory cgroup
 
 
 def _import_dirs() -> set[str]:
@@ -55,13 +64,25 @@ class Jail:
     """What the zygote found it can do; applied to every child right after fork."""
 
     def __init__(self, cfg: dict) -> None:
-        self.cgroup: str | None = cfg.get("cgroup")
-        if self.cgroup:  # join once: children are born in it (a v1 attach costs ~1 ms each)
+        self.cgroups: dict | None = cfg.get("cgroups")
+        self.cgroup: str | None = cfg.get("cgroup")  # the pids one: lists the job's processes
+        self.memory_cgroup: str | None = cfg.get("memory_cgroup")
+        self.memory_cap_mb: int | None = None
+        self._joined: list[tuple[str, str]] = []  # (cgroup, where to go before removing it)
+        for kind, path in (self.cgroups or {}).get("dirs", {}).items():
+            # join once: children are born in it (a v1 attach costs ~1 ms each)
             try:
-                with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
-                    f.write(str(os.getpid()))
+                if path not in (p for p, _ in self._joined):
+                    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                        f.write(str(os.getpid()))
+                    self._joined.append((path, self.cgroups["exit_dirs"][kind]))
             except OSError:
-                self.cgroup = None
+                if kind == "pids":
+                    self.cgroup = None
+                else:
+                    self.memory_cgroup = None
+        if self.memory_cgroup:
+            self._protect_zygote()
         self.uid: int | None = cfg.get("uid")
         if sys.platform.startswith("linux"):
             get_libc()  # once here: finding libc runs ldconfig, ~5 ms in every job otherwise
@@ -93,6 +114,69 @@ class Jail:
             except OSError:
                 self.landlock = 0
         self._seq = itertools.count()
+        self.seccomp: UnixSocketFilter | None = None
+        if cfg.get("seccomp", True) and sys.platform.startswith("linux"):
+            self.seccomp = UnixSocketFilter()
+            if not self.seccomp.supported:
+                self.seccomp = None
+
+    @staticmethod
+    def _protect_zygote() -> None:
+        """The zygote shares its memory cgroup with the job: let the OOM killer pick the
+        job's processes (set to 1000 in `detach`), never the zygote."""
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("-1000")
+        except OSError:
+            pass
+
+    def set_memory_cap(self, memory_mb: int) -> None:
+        """One cap on the memory of the job's whole tree (its processes, its tmpfs files and
+        their kernel memory): `memory_mb` plus the zygote's own share. Swap is not a way out."""
+        if not self.memory_cgroup or memory_mb == self.memory_cap_mb:
+            return
+        limit = (max(64, memory_mb) + ZYGOTE_MEMORY_MB) << 20
+        v2 = (self.cgroups or {}).get("version") == 2
+        files = (["memory.max", "memory.swap.max"] if v2 else
+                 ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"])
+        values = [str(limit), "0"] if v2 else [str(limit), str(limit)]
+        if not v2 and self.memory_cap_mb is not None and memory_mb > self.memory_cap_mb:
+            files.reverse()  # v1: memsw must stay >= the memory limit at every step
+            values.reverse()
+        written = set()
+        for name, value in zip(files, values, strict=True):
+            try:
+                with open(os.path.join(self.memory_cgroup, name), "w") as f:
+                    f.write(value)
+                written.add(name)
+            except OSError:
+                pass  # no swap accounting here, or a limit below what is in use now
+        if ("memory.max" if v2 else "memory.limit_in_bytes") in written:
+            self.memory_cap_mb = memory_mb
+
+    def shutdown(self) -> None:
+        """End every job process and remove the worker's cgroups: the parent is gone."""
+        try:
+            jail_cleanup(self.cgroup)
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+        me = str(os.getpid())
+        for _ in range(200):  # killed is not yet gone: a cgroup is removable once they are
+            reap()
+            try:
+                with open(os.path.join(self._joined[0][0], "cgroup.procs")) as f:
+                    if f.read().split() in ([me], []):
+                        break
+            except (OSError, IndexError):
+                break
+            time.sleep(0.01)
+        for path, exit_dir in self._joined:
+            try:
+                with open(os.path.join(exit_dir, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+                os.rmdir(path)
+            except OSError:
+                pass
 
     @staticmethod
     def _mount_private_tmp() -> bool:
@@ -109,7 +193,7 @@ class Jail:
                 for p in interpreter_paths() if within(p, "/tmp")]
         try:
             if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
-                          b"size=512m,mode=1777") != 0:
+                          TMPFS_OPTIONS.encode()) != 0:
                 return False
             for path, fd in keep:
                 os.makedirs(path, mode=0o755, exist_ok=True)
@@ -161,15 +245,26 @@ class Jail:
             "reads_confined": self.readable is not None,
             "readable": self.readable or [],
             "private_tmp": self.private_tmp,
+            "tmp_limits": {"size_mb": TMP_SIZE_MB, "inodes": TMP_INODES}
+            if self.private_tmp else None,
+            "unix_sockets_denied": self.seccomp is not None,
             "cgroup_pids": self.cgroup is not None,
+            "cgroup_memory": self.memory_cgroup is not None,
             "uid": self.uid if self.uid is not None else os.getuid(),
             "uid_drop": self.uid is not None,
             "unreadable_import_dirs": self.unreadable,
             "pid_in_namespace": os.getpid(),
         }
 
-    def make_dir(self) -> str:
-        path = os.path.join(self.tmp_root, f"job-{os.getpid()}-{next(self._seq)}")
+    def dir_name(self) -> str:
+        """A fresh job folder's path, not yet created."""
+        return os.path.join(self.tmp_root, f"job-{os.getpid()}-{next(self._seq)}")
+
+    def make_dir(self, path: str | None = None) -> str:
+        """Create a job folder (owned by the job's uid). The zygote creates a spare's only
+        when it hands the spare its job, after the previous job's processes are dead: a
+        folder made earlier could be filled or chmod-ed by the job running beside it."""
+        path = path or self.dir_name()
         os.mkdir(path, 0o700)
         if self.uid is not None:
             os.chown(path, self.uid, self.uid)
@@ -180,12 +275,28 @@ class Jail:
         self.prepare(workdir)
         self.lock(cpu_s=cpu_s, memory_mb=memory_mb, fsize_mb=fsize_mb)
 
-    @staticmethod
-    def prepare(workdir: str) -> None:
+    @classmethod
+    def prepare(cls, workdir: str) -> None:
         """The child's own session and directory; it still has the zygote's privileges."""
+        cls.detach()
+        cls.settle(workdir)
+
+    @staticmethod
+    def detach() -> None:
+        """Die with the zygote, leave its session, and be the OOM killer's first choice
+        (the zygote shares the job's memory cgroup; set while privileged, so the job can
+        never lower it again)."""
         if sys.platform.startswith("linux"):
             get_libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            try:
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write("1000")
+            except OSError:
+                pass
         os.setsid()
+
+    @staticmethod
+    def settle(workdir: str) -> None:
         os.chdir(workdir)
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
 
@@ -210,6 +321,8 @@ class Jail:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail, not kill
         if self.ruleset is not None:
             landlock_restrict(self.ruleset)
+        if self.seccomp is not None:
+            self.seccomp.apply()
         if self.uid is not None:
             os.setgroups([])
             os.setgid(self.uid)

@@ -14,10 +14,21 @@ import signal
 import time
 
 
-def wait_child(pid: int, timeout_s: float | None, *,
-               kill: bool = True) -> tuple[int | None, bool]:
+class ParentGone(Exception):
+    """The parent closed its end of the control socket (it exited, or was killed)."""
+
+
+def _hung_up(sock) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLHUP)
+    return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+
+
+def wait_child(pid: int, timeout_s: float | None, *, kill: bool = True,
+               watch=None) -> tuple[int | None, bool]:
     """(wait status, timed_out). On timeout the child's group is killed and reaped, unless
-    `kill` is False: then (None, True) and the child runs on."""
+    `kill` is False: then (None, True) and the child runs on. With `watch` (the control
+    socket), ParentGone as soon as the parent hangs up: nobody is left to want the result."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pidfd = -1
     if hasattr(os, "pidfd_open"):
@@ -38,13 +49,18 @@ def wait_child(pid: int, timeout_s: float | None, *,
                 kill_group(pid)
                 os.waitpid(pid, 0)
                 return None, True
+            if watch is not None and _hung_up(watch):
+                kill_group(pid)
+                raise ParentGone
             if pidfd >= 0:
                 poller = select.poll()
                 poller.register(pidfd, select.POLLIN)
+                if watch is not None:
+                    poller.register(watch, select.POLLHUP)
                 poller.poll(None if left is None else max(1, int(left * 1000)))
             else:
                 time.sleep(delay if left is None else min(delay, left))
-                delay = min(delay * 2, 0.02)
+                delay = min(delay * 2, 0.02 if watch is None else 0.2)
     finally:
         if pidfd >= 0:
             os.close(pidfd)

@@ -4,7 +4,9 @@ the executor.
 A fresh jailed process costs ~4 ms of CPU here (fork, page faults, exit), paid by every
 item; forked ahead, most of it is paid while the executor is thinking instead of when a
 wave of items starts at once. The spare keeps the zygote's uid until its job arrives, so
-the job running beside it (a dropped uid) can neither signal nor trace it.
+the job running beside it (a dropped uid) can neither signal nor trace it, and it gets its
+folder and its channel to the parent only then: nothing the job beside it did can reach
+them.
 """
 
 from __future__ import annotations
@@ -31,21 +33,26 @@ def _rehearse() -> None:
     HEADER.pack(len(json.dumps(record, separators=(",", ":"), default=str)))
 
 
-def _item_child(ctrl: socket.socket, sock: socket.socket, handoff: socket.socket,
-                jail: Jail, workdir: str) -> None:
-    """A spare: forked and set up ahead, it waits for its job, then jails itself and runs it."""
+def _item_child(ctrl: socket.socket, handoff: socket.socket, jail: Jail, workdir: str) -> None:
+    """A spare: forked and set up ahead, it waits for its job and the job's own channel
+    (a socket no earlier job ever held), then jails itself and runs it."""
     code = 1
     try:
         ctrl.close()
-        jail.prepare(workdir)
+        jail.detach()
         redirect_stdio(None)
         _rehearse()
+        fds: list[int] = []
         try:
-            job = recv_frame(handoff)
+            job = recv_frame(handoff, fds=fds)
         except (EOFError, OSError, ProtocolError):
             return  # discarded unused
         handoff.close()
+        if len(fds) != 1:
+            return
+        sock = socket.socket(fileno=fds[0])
         try:
+            jail.settle(workdir)
             jail.lock(cpu_s=float(job["cpu_s"]), memory_mb=int(job["memory_mb"]), fsize_mb=16)
         except OSError as e:
             send_frame(sock, {"op": "result", "job": job["job"],
@@ -63,39 +70,37 @@ def _item_child(ctrl: socket.socket, sock: socket.socket, handoff: socket.socket
 
 
 class Spare:
-    """A forked item process waiting (unjailed, zygote uid) for its job on `handoff`."""
+    """A forked item process waiting (unjailed, zygote uid, no folder yet) for its job on
+    `handoff`."""
 
-    def __init__(self, ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
-        self.workdir = jail.make_dir()
-        try:
-            ours, theirs = socket.socketpair()
-        except OSError:
-            remove_dir(self.workdir)
-            raise
+    def __init__(self, ctrl: socket.socket, jail: Jail) -> None:
+        self.workdir = jail.dir_name()
+        self.jail = jail
+        ours, theirs = socket.socketpair()
         try:
             self.pid = os.fork()
         except OSError:
             for s in (ours, theirs):
                 s.close()
-            remove_dir(self.workdir)
             raise
         if self.pid == 0:
             ours.close()
-            _item_child(ctrl, data, theirs, jail, self.workdir)
+            _item_child(ctrl, theirs, jail, self.workdir)
         theirs.close()
         self.handoff = ours
 
     @classmethod
-    def ahead(cls, ctrl: socket.socket, data: socket.socket, jail: Jail) -> Spare | None:
+    def ahead(cls, ctrl: socket.socket, jail: Jail) -> Spare | None:
         """A spare, or None when no process can be made now (e.g. the running job holds
         every pid its cgroup allows): the next job then forks its own."""
         try:
-            return cls(ctrl, data, jail)
+            return cls(ctrl, jail)
         except OSError:
             return None
 
-    def start(self, job: dict) -> bool:
-        """Hand the job over; False if the spare died meanwhile (then discard it)."""
+    def start(self, job: dict, channel: int) -> bool:
+        """Make the job's folder, hand over the job and its channel (fd `channel`); False
+        if the spare died meanwhile (then discard it)."""
         try:
             done, _ = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
@@ -103,7 +108,8 @@ class Spare:
         if done:
             return False
         try:
-            send_frame(self.handoff, job)
+            self.jail.make_dir(self.workdir)
+            send_frame(self.handoff, job, fds=(channel,))
         except OSError:
             return False
         finally:

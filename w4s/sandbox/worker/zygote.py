@@ -11,56 +11,71 @@ import os
 import socket
 import sys
 
-from .framing import recv_frame, send_frame
+from .framing import ProtocolError, recv_frame, send_frame
 from .jail import Jail
 from .program import run_forked_program
-from .reap import describe_exit, jail_cleanup, remove_dir, wait_child
+from .reap import ParentGone, describe_exit, jail_cleanup, remove_dir, wait_child
 from .spare import SPARE_AFTER_S, Spare
 
 
-def serve(ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
+def serve(ctrl: socket.socket, jail: Jail) -> None:
+    """Answer jobs until the parent goes away (EOF or hang-up on `ctrl`, even mid-job)."""
     send_frame(ctrl, {"op": "hello", "isolation": jail.report()})
     spare: Spare | None = None
-    while True:
-        try:
-            job = recv_frame(ctrl)
-        except (EOFError, OSError):
-            return
-        op = job.get("op")
-        if op == "item":
-            current = spare if spare is not None else Spare(ctrl, data, jail)
-            if not current.start(job):
-                current.discard()
-                current = Spare(ctrl, data, jail)
-                current.start(job)
-            pid, workdir = current.pid, current.workdir
-            # the job's session id, so a parent without our PID namespace can kill it
-            send_frame(ctrl, {"op": "started", "job": job["job"], "pid": pid})
-            # a job still running after a moment is waiting on the executor: fork the next
-            # job's process now, off the CPU burst when a wave of items starts together
-            # (only when jobs drop to another uid: one sharing the spare's could stop it)
-            status, running = wait_child(pid, SPARE_AFTER_S, kill=False)
-            spare = None
-            if running:
-                if jail.uid is not None:
-                    spare = Spare.ahead(ctrl, data, jail)
-                status, _ = wait_child(pid, None)
-            jail_cleanup(jail.cgroup, pid, keep=spare.pid if spare else None)
-            remove_dir(workdir)
-            reply = {"op": "done", "job": job["job"], "status": status,
-                     "exit": None if status is None else describe_exit(status)}
-            send_frame(ctrl, reply)
-        elif op == "programs":
-            results = [
-                run_forked_program(jail, source, timeout_s=float(job["timeout_s"]),
-                                   memory_mb=int(job["memory_mb"]), limit=int(job["limit"]),
-                                   close_fds=(ctrl.fileno(), data.fileno()),
-                                   keep=spare.pid if spare else None)
-                for source in job["sources"]
-            ]
-            send_frame(ctrl, {"op": "done", "job": job["job"], "results": results})
-        elif op == "ping":
-            send_frame(ctrl, {"op": "pong", "job": job.get("job")})
+    try:
+        while True:
+            fds: list[int] = []
+            try:
+                job = recv_frame(ctrl, fds=fds)
+            except (EOFError, OSError):
+                return
+            op = job.get("op")
+            if "memory_mb" in job:
+                jail.set_memory_cap(int(job["memory_mb"]))
+            if op == "item":
+                if len(fds) != 1:
+                    raise ProtocolError("an item job needs exactly one channel descriptor")
+                channel, fds = fds[0], []
+                current = spare if spare is not None else Spare(ctrl, jail)
+                if not current.start(job, channel):
+                    current.discard()
+                    current = Spare(ctrl, jail)
+                    current.start(job, channel)
+                os.close(channel)  # the job's and the parent's ends are the only ones left
+                spare = None
+                pid, workdir = current.pid, current.workdir
+                # the job's session id, so a parent without our PID namespace can kill it
+                send_frame(ctrl, {"op": "started", "job": job["job"], "pid": pid})
+                # a job still running after a moment is waiting on the executor: fork the
+                # next job's process now, off the CPU burst when a wave of items starts
+                # together (only when jobs drop to another uid: one sharing the spare's
+                # could stop it)
+                status, running = wait_child(pid, SPARE_AFTER_S, kill=False, watch=ctrl)
+                if running:
+                    if jail.uid is not None:
+                        spare = Spare.ahead(ctrl, jail)
+                    status, _ = wait_child(pid, None, watch=ctrl)
+                jail_cleanup(jail.cgroup, pid, keep=spare.pid if spare else None)
+                remove_dir(workdir)
+                reply = {"op": "done", "job": job["job"], "status": status,
+                         "exit": None if status is None else describe_exit(status)}
+                send_frame(ctrl, reply)
+            elif op == "programs":
+                results = [
+                    run_forked_program(jail, source, timeout_s=float(job["timeout_s"]),
+                                       memory_mb=int(job["memory_mb"]), limit=int(job["limit"]),
+                                       close_fds=(ctrl.fileno(),) + (
+                                           (spare.handoff.fileno(),) if spare else ()),
+                                       keep=spare.pid if spare else None)
+                    for source in job["sources"]
+                ]
+                send_frame(ctrl, {"op": "done", "job": job["job"], "results": results})
+            elif op == "ping":
+                send_frame(ctrl, {"op": "pong", "job": job.get("job")})
+            for fd in fds:
+                os.close(fd)
+    except ParentGone:
+        return
 
 
 # Imported once by the zygote so that forked jobs find them warm (programs and workflows
@@ -89,9 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     """`CONFIG_JSON` in argv[1]: the socket fds, the cgroup, the uid and what to confine."""
     cfg = json.loads((sys.argv if argv is None else argv)[1])
     ctrl = socket.socket(fileno=int(cfg["ctrl_fd"]))
-    data = socket.socket(fileno=int(cfg["data_fd"]))
-    for s in (ctrl, data):
-        os.set_inheritable(s.fileno(), False)
+    os.set_inheritable(ctrl.fileno(), False)
     jail = Jail(cfg)
-    _warm_up()
-    serve(ctrl, data, jail)
+    try:
+        _warm_up()
+        serve(ctrl, jail)
+    finally:
+        # the parent closed us or died (SIGTERM, SIGKILL, a cancelled flow run): end every
+        # job process and remove our cgroups, whoever else is left to do it
+        jail.shutdown()
