@@ -131,15 +131,14 @@ def test_meter_reservations_wait_then_go_alone_and_refuse_once_spent():
         m.reserve(1, None)
 
 
+# Non-finite numbers (NaN, Infinity, 1e400) never reach the proxy: they make the frame
+# malformed, which ends the item at once (test_sandbox_neighbours).
 BAD_CALLS = {
     "negative max_tokens": {"max_tokens": -5},
-    "infinite max_tokens": {"max_tokens": float("inf")},
     "float max_tokens": {"max_tokens": 3.5},
     "huge max_tokens": {"max_tokens": 10**9},
     "n zero": {"n": 0},
     "n as text": {"n": "2"},
-    "nan temperature": {"temperature": float("nan")},
-    "infinite temperature": {"temperature": float("inf")},
     "tool role": {"messages": [{"role": "tool", "content": "hi"}]},
     "function role": {"messages": [{"role": "function", "content": "hi"}]},
     "list content": {"messages": [{"role": "user", "content": ["hi"]}]},

@@ -7,6 +7,7 @@ before it is buffered, and anything that is not one of our frames is a ProtocolE
 from __future__ import annotations
 
 import json
+import math
 import socket
 import struct
 import time
@@ -57,21 +58,29 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None,
     return bytes(buf)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]!r} is not finite")
+    return value
+
+
 def recv_frame(
     sock: socket.socket, *, deadline: float | None = None, max_bytes: int = MAX_FRAME,
     fds: list[int] | None = None,
 ) -> dict:
     """Read one frame; TimeoutError past `deadline`, EOFError on a closed peer.
 
-    Strict JSON only: NaN/Infinity and nesting deep enough to exhaust the decoder's
-    recursion are ProtocolErrors (a frame's numbers must survive int() and float()).
+    Strict JSON only: NaN/Infinity (also an overflowing literal such as 1e400) and nesting
+    deep enough to exhaust the decoder's recursion are ProtocolErrors (a frame's numbers
+    must survive int() and float()).
     """
     (size,) = HEADER.unpack(_recv_exact(sock, HEADER.size, deadline, fds))
     if size > max_bytes:
         raise ProtocolError(f"frame of {size} bytes exceeds the {max_bytes}-byte limit")
     data = _recv_exact(sock, size, deadline)
     try:
-        obj = json.loads(data, parse_constant=_reject_constant)
+        obj = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as e:
         raise ProtocolError(f"frame is not JSON: {type(e).__name__}: {e}"[:300]) from e
     if not isinstance(obj, dict):
