@@ -141,9 +141,10 @@ class Bench:
     """Times ways (lists of batches) over one set of samples and keeps the figures."""
 
     def __init__(self, model: Any, rlao: Any, device: str, repeats: int, peak: float | None,
-                 shape: dict[str, Any], save: Any) -> None:
+                 shape: dict[str, Any], save: Any, budget_s: float) -> None:
         self.model, self.rlao, self.device = model, rlao, device
         self.repeats, self.peak, self.shape, self.save = repeats, peak, shape, save
+        self.budget_s = budget_s
 
     def _sync(self) -> None:
         import torch
@@ -191,7 +192,13 @@ class Bench:
         return out
 
     def guarded(self, result: dict[str, Any], name: str, make: Any) -> None:
-        """One way; an error (e.g. flex attention unavailable) is recorded, not fatal."""
+        """One way; an error (e.g. flex attention unavailable) is recorded, not fatal, and a
+        way that would start past the time budget is skipped."""
+        if time.perf_counter() - T0 > self.budget_s:
+            say(f"{name}: skipped, past the {self.budget_s:.0f}s budget")
+            result[name] = {"skipped": f"past the {self.budget_s:.0f}s time budget"}
+            self.save()
+            return
         try:
             result[name] = make()
         except Exception as e:  # noqa: BLE001 - the benchmark reports and goes on
@@ -205,7 +212,8 @@ class Bench:
 
 
 def sharing(bench: Bench, rlao: Any, packing: Any, data: list[Any], result: dict[str, Any],
-            *, row_tokens: int, batch_tokens: int) -> None:
+            *, row_tokens: int, batch_tokens: int, ways: tuple[str, ...]) -> None:
+    """The named ways of the sharing comparison (flex runs last: it compiles, the riskiest)."""
     model = bench.model
     lengths = [len(s.input_ids) for s in data]
     per_batch = max(1, batch_tokens // row_tokens)
@@ -224,15 +232,17 @@ def sharing(bench: Bench, rlao: Any, packing: Any, data: list[Any], result: dict
         "batch_tokens": batch_tokens, "computed_tokens_shared": computed_shared,
         "token_ratio_unshared_vs_shared": round(sum(lengths) / computed_shared, 2),
     })
-    bench.guarded(result, "unshared", lambda: bench.way(
-        "unshared", grouped(unshared_rows, rlao.collate_packed_rows), data,
-        computed=sum(lengths), pairs=unshared_pairs))
-    bench.guarded(result, "shared", lambda: bench.way(
-        "shared", grouped(shared_rows, packing.collate_shared_rows), data,
-        computed=computed_shared, pairs=pairs_shared))
-    if bench.device != "cuda":
+    if "unshared" in ways:
+        bench.guarded(result, "unshared", lambda: bench.way(
+            "unshared", grouped(unshared_rows, rlao.collate_packed_rows), data,
+            computed=sum(lengths), pairs=unshared_pairs))
+    if "shared" in ways:
+        bench.guarded(result, "shared", lambda: bench.way(
+            "shared", grouped(shared_rows, packing.collate_shared_rows), data,
+            computed=computed_shared, pairs=pairs_shared))
+    if "shared_flex" in ways and bench.device != "cuda":
         result["shared_flex"] = {"skipped": "flex attention's backward needs a GPU"}
-    else:
+    elif "shared_flex" in ways:
         def flex() -> dict[str, Any]:
             model.set_attn_implementation("flex_attention")
             try:
@@ -241,7 +251,7 @@ def sharing(bench: Bench, rlao: Any, packing: Any, data: list[Any], result: dict
             finally:
                 model.set_attn_implementation("sdpa")
         bench.guarded(result, "shared_flex", flex)
-    base = result["unshared"].get("tokens_per_s")
+    base = result.get("unshared", {}).get("tokens_per_s")
     for name in ("shared", "shared_flex"):
         if base and "tokens_per_s" in result.get(name, {}):
             result[f"speedup_{name}_vs_unshared"] = round(result[name]["tokens_per_s"] / base, 2)
@@ -296,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--per-sample", action="store_true", help="also one forward per sample")
     p.add_argument("--skip", choices=["sharing", "packing"], action="append", default=[])
+    p.add_argument("--budget-s", type=float, default=360,
+                   help="start no new way after this many seconds (the rest are skipped)")
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args(argv)
 
@@ -330,21 +342,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
-    bench = Bench(model, rlao, device, args.repeats, peak, shape, save)
+    bench = Bench(model, rlao, device, args.repeats, peak, shape, save, args.budget_s)
     say(f"built in {results['build_seconds']}s: {results['parameters'] / 1e9:.2f}B parameters")
+    states = state_samples(rlao, args.states, args.prompt, args.completion, args.candidates,
+                           shape["vocab_size"])
+    results["sharing"] = {"states": args.states, "prompt": args.prompt,
+                          "completion": args.completion, "candidates": args.candidates}
+    rows = {"row_tokens": args.row_tokens, "batch_tokens": args.batch_tokens}
     if "sharing" not in args.skip:
-        data = state_samples(rlao, args.states, args.prompt, args.completion, args.candidates,
-                             shape["vocab_size"])
-        results["sharing"] = {"states": args.states, "prompt": args.prompt,
-                              "completion": args.completion, "candidates": args.candidates}
-        sharing(bench, rlao, packing, data, results["sharing"], row_tokens=args.row_tokens,
-                batch_tokens=args.batch_tokens)
+        sharing(bench, rlao, packing, states, results["sharing"], ways=("unshared", "shared"),
+                **rows)
     if "packing" not in args.skip:
         data = varied_samples(rlao, args.samples, args.min_len, args.max_len,
                               shape["vocab_size"])
         results["packing"] = {}
-        packing_vs_padding(bench, rlao, data, results["packing"], row_tokens=args.row_tokens,
-                           batch_tokens=args.batch_tokens, per_sample=args.per_sample)
+        packing_vs_padding(bench, rlao, data, results["packing"], per_sample=args.per_sample,
+                           **rows)
+    if "sharing" not in args.skip:
+        sharing(bench, rlao, packing, states, results["sharing"], ways=("shared_flex",), **rows)
     results["total_seconds"] = round(time.perf_counter() - T0, 1)
     save()
     print(json.dumps(results, indent=1))
