@@ -20,10 +20,13 @@ torch is imported inside functions, as in models/rlao.py.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from typing import Any
 
+log = logging.getLogger(__name__)
+_WARNED: set[tuple[int, int]] = set()
 IGNORE = -100  # = rlao.IGNORE; not imported so that rlao can import this module
 
 
@@ -93,7 +96,29 @@ def pack_shared(
         used += cost
     if current:
         rows.append(current)
+    _warn_split(samples, rows, row_tokens)
     return rows
+
+
+def _warn_split(samples: Sequence[Any], rows: list[list[int]], row_tokens: int) -> None:
+    """One warning line (per budget and count) when states do not fit in a row: their
+    candidates then pay for the prompt again in every row they span."""
+    spread: dict[tuple[int, ...], int] = {}
+    for r in rows:
+        for key in {_key(samples[i]) for i in r}:
+            spread[key] = spread.get(key, 0) + 1
+    split = sum(1 for n in spread.values() if n > 1)
+    if split and (row_tokens, split) not in _WARNED:
+        _WARNED.add((row_tokens, split))
+        need = max(shared_length(samples, g) for g in group_by_prompt(samples))
+        log.warning(
+            "prefix sharing: %d of %d states do not fit in a row of %d tokens and repeat "
+            "their prompt; rows (batch_tokens, row_tokens) of %d tokens would share fully",
+            split,
+            len(spread),
+            row_tokens,
+            need,
+        )
 
 
 def _layout(samples: Sequence[Any]) -> dict[str, list[int]]:

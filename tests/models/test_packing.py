@@ -193,3 +193,13 @@ def test_one_fit_step_shared_equals_unshared(tiny, tmp_path):
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-5)
     for a, b in zip(results[True][1], results[False][1], strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_state_too_long_for_a_row_is_split_with_one_warning(caplog):
+    samples = [rlao.Sample([1, 2, 3, 4] + [9] * 3, [rlao.IGNORE] * 4 + [9] * 3, 1.0)] * 3
+    with caplog.at_level("WARNING", logger="models.packing"):
+        assert packing.pack_shared(samples, 11) == [[0, 1], [2]]
+        packing.pack_shared(samples, 11)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "1 of 1 states" in warnings[0] and "of 15 tokens" in warnings[0]
