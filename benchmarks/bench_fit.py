@@ -9,7 +9,14 @@ as their loss loops. Tokens/s counts real tokens only, so padding shows as lost 
 All three use the same loss (the LM head on completion positions only): the ratios
 measure the batching alone.
 
+Prefix sharing (models/packing.py): W4S-shaped states, by default 2 states of a 4096-token
+prompt with 5 candidates of 500 tokens, each candidate packed with its own copy of the
+prompt (unshared) or one prompt per state under the block mask (shared). Tokens/s counts the
+samples' own tokens for both, so the ratio is the speedup; `computed_tokens` is what the
+forward passes ran over.
+
     .venv/bin/python benchmarks/bench_fit.py [--base embedded|PATH] [--samples N]
+        [--states N --prompt P --completion C --candidates M]
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import rlao  # noqa: E402
+from benchmarks.bench_fit_gpu import state_samples  # noqa: E402
+from models import packing, rlao  # noqa: E402
 
 
 def tiny_model(vocab: int = 1024):
@@ -34,7 +42,7 @@ def tiny_model(vocab: int = 1024):
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=128, vocab_size=vocab,
-                         tie_word_embeddings=True, max_position_embeddings=4096)
+                         tie_word_embeddings=True, max_position_embeddings=8192)
     return LlamaForCausalLM(config), "tiny-llama-1k"
 
 
@@ -93,6 +101,33 @@ def measure(model, samples, max_len: int, batch_tokens: int, repeats: int) -> di
     return result
 
 
+def measure_sharing(model, samples, row_tokens: int, repeats: int) -> dict:
+    """Shared vs unshared rows of up to row_tokens, one row per forward pass."""
+    lengths = [len(s.input_ids) for s in samples]
+    ways = {
+        "unshared": [rlao.collate_packed_rows([[samples[i] for i in r]])
+                     for r in rlao.pack(lengths, row_tokens)],
+        "shared": [packing.collate_shared_rows([[samples[i] for i in r]])
+                   for r in packing.pack_shared(samples, row_tokens)],
+    }
+    for batches in ways.values():
+        _run(model, batches[:1], len(samples))
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(repeats):
+        for name, batches in ways.items():
+            best[name] = min(best[name], _run(model, batches, len(samples)))
+    real = sum(lengths)
+    computed = {"unshared": real,
+                "shared": sum(packing.computed_tokens(b) for b in ways["shared"])}
+    result = {"samples": len(samples), "tokens": real, "row_tokens": row_tokens, "ways": {
+        name: {"seconds": best[name], "tokens_per_s": real / best[name],
+               "computed_tokens": computed[name], "forward_passes": len(ways[name])}
+        for name in ways}}
+    result["token_ratio_unshared_vs_shared"] = real / computed["shared"]
+    result["speedup_shared_vs_unshared"] = best["unshared"] / best["shared"]
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -100,14 +135,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", help="also measure `embedded` or a local Hugging Face folder")
     p.add_argument("--samples", type=int, default=48)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--states", type=int, default=2, help="states, shared vs unshared")
+    p.add_argument("--prompt", type=int, default=4096, help="prompt tokens of a state")
+    p.add_argument("--completion", type=int, default=500, help="tokens of each candidate")
+    p.add_argument("--candidates", type=int, default=5, help="candidates per state (m)")
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
     config = rlao.RLAOConfig(lora_dropout=0.0)
     model, name = tiny_model()
-    runs = {name: measure(rlao.add_lora(model, config),
-                          synthetic_samples(args.samples, 32, 512, 1024), 512, 2048, args.repeats)}
+    model = rlao.add_lora(model, config)
+    runs = {name: measure(model, synthetic_samples(args.samples, 32, 512, 1024), 512, 2048,
+                          args.repeats)}
+    states = state_samples(rlao, args.states, args.prompt, args.completion, args.candidates,
+                           1024)
+    state_len = args.prompt + args.completion
+    # rows of one shared state; unshared rows of as many whole candidates as fit
+    row_tokens = max(state_len, args.prompt + args.candidates * (args.completion + 1))
+    sharing = {f"{name} sharing": measure_sharing(model, states, row_tokens, args.repeats)}
     if args.base:
         from flows.fit import resolve_base
 
@@ -127,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['ratio_packed_vs_padded']:.2f}x, packed/per-sample "
               f"{r['ratio_packed_vs_per_sample']:.2f}x; one long packed row/padded "
               f"{r['ratio_one_long_row_vs_padded']:.2f}x")
+    for name, r in sharing.items():
+        w = r["ways"]
+        print(f"{name}: {args.states} states x ({args.prompt} + {args.candidates} x "
+              f"{args.completion}) tokens: unshared {w['unshared']['tokens_per_s']:,.0f} tok/s "
+              f"({w['unshared']['computed_tokens']} computed), shared "
+              f"{w['shared']['tokens_per_s']:,.0f} tok/s ({w['shared']['computed_tokens']} "
+              f"computed); {r['token_ratio_unshared_vs_shared']:.2f}x fewer tokens, "
+              f"{r['speedup_shared_vs_unshared']:.2f}x faster")
+    runs.update(sharing)
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=2))
     return 0

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models import packing
 from w4s.errors import ConfigError, one_line
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class RLAOConfig:
     max_seq_len: int = 2048  # longer samples lose prompt tokens from the left
     seed: int = 0
     checkpoint_every: int = 50  # optimizer steps; 0 disables checkpoints
+    # prefix-shared packing (models/packing.py): the candidates of one prompt share one copy
+    # of it per row under a block mask; False = the plain packing above
+    share_prefix: bool = True
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
@@ -367,6 +371,8 @@ def forward_loss(model: Any, batch: dict[str, Any], n_samples: int | None = None
         kwargs["position_ids"] = batch["position_ids"].to(device)
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"].to(device)
+    if "segment_ids" in batch:  # prefix-shared rows: their block mask (models/packing.py)
+        kwargs["attention_mask"] = packing.attention_mask(model, batch, device)
     hidden = model.get_decoder()(**kwargs).last_hidden_state
     targets = batch["labels"][:, 1:].to(device)
     owner = batch["sample_index"][:, 1:].to(device)
@@ -453,9 +459,13 @@ def schedule(samples: Sequence[Sample], config: RLAOConfig) -> list[list[list[li
     steps: list[list[list[list[int]]]] = []
     epoch = 0
     while epoch < config.epochs or (config.max_steps is not None and len(steps) < config.max_steps):
-        order = list(range(len(samples)))
-        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
-        rows = pack(lengths, row_tokens, order)
+        if config.share_prefix:  # one state's candidates adjacent, its prompt once per row
+            order = packing.grouped_order(samples, config.seed * 1_000_003 + epoch)
+            rows = packing.pack_shared(samples, row_tokens, order)
+        else:
+            order = list(range(len(samples)))
+            random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
+            rows = pack(lengths, row_tokens, order)
         batches = [rows[i : i + per_batch] for i in range(0, len(rows), per_batch)]
         steps += [
             batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)
@@ -584,7 +594,8 @@ def train(
         step_tokens = 0
         optimizer.zero_grad(set_to_none=True)
         for rows in micro_batches:
-            batch = collate_packed_rows([[samples[i] for i in r] for r in rows])
+            collate = packing.collate_shared_rows if config.share_prefix else collate_packed_rows
+            batch = collate([[samples[i] for i in r] for r in rows])
             loss = forward_loss(model, batch, n_samples=n_samples)
             loss.backward()
             step_loss += float(loss.detach())
