@@ -44,6 +44,9 @@ class DatasetOptions(_Options):
     include_skipped: bool = Field(False, description="also candidates that failed self-check")
     tau: float = Field(TAU, gt=0, description="weight = exp(reward / tau)")
     sft: bool = Field(False, description="every weight 1.0 (the SFT ablation)")
+    repaired: Literal["conversation", "drop", "state"] = Field(
+        "conversation", description="a repaired candidate's prompt: the conversation its "
+        "reply was sampled from, left out, or the original state")
 
 
 class FitOptions(_Options):
