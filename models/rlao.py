@@ -545,14 +545,25 @@ class TrainState:
     train_seconds: float = 0.0
 
 
+def epoch_order(samples: Sequence[Sample], seed: int) -> list[int]:
+    """One epoch's sample order: a seeded shuffle, so steps mix the states' candidates."""
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def pack_step(samples: Sequence[Sample], row_tokens: int, indices: list[int]) -> list[list[int]]:
+    """One optimizer step's samples in packed rows of up to row_tokens."""
+    return pack([len(s.input_ids) for s in samples], row_tokens, indices)
+
+
 def schedule(samples: Sequence[Sample], config: RLAOConfig) -> list[list[list[list[int]]]]:
     """Optimizer steps -> micro-batches -> packed rows -> sample indices, fixed by the seed,
-    so a resumed fit replays the same order. The epochs' shuffles (across states) are one
-    stream cut into steps of step_samples samples (all of them when there are fewer); each
-    step's samples are packed into rows of up to row_tokens and the rows grouped into
-    micro-batches of up to batch_tokens, so the token budget never changes a step's samples."""
+    so a resumed fit replays the same order. The epochs' orders are one stream cut into
+    steps of step_samples samples (all of them when there are fewer); each step's samples
+    are packed into rows of up to row_tokens and the rows grouped into micro-batches of up
+    to batch_tokens, so the token budget never changes which samples share a step."""
     n = len(samples)
-    lengths = [len(s.input_ids) for s in samples]
     row_tokens = min(config.row_tokens or config.max_seq_len or config.batch_tokens,
                      config.batch_tokens)
     per_batch = max(1, config.batch_tokens // row_tokens)
@@ -563,13 +574,11 @@ def schedule(samples: Sequence[Sample], config: RLAOConfig) -> list[list[list[li
     stream: list[int] = []
     epoch = 0
     while len(stream) < needed:
-        order = list(range(n))
-        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
-        stream += order
+        stream += epoch_order(samples, config.seed * 1_000_003 + epoch)
         epoch += 1
     steps = []
     for start in range(0, needed, size):
-        rows = pack(lengths, row_tokens, stream[start : min(start + size, needed)])
+        rows = pack_step(samples, row_tokens, stream[start : min(start + size, needed)])
         steps.append([rows[i : i + per_batch] for i in range(0, len(rows), per_batch)])
     return steps[: config.max_steps] if config.max_steps is not None else steps
 

@@ -555,3 +555,36 @@ def test_the_fit_options_of_flows_and_nightly_reach_the_trainer():
     assert nightly is FitOptions
     with pytest.raises(ValueError, match="estimator"):
         FitOptions(estimator="sum")
+
+
+def test_gradient_checkpointing_recomputes_layers_with_equal_gradients(tiny, tmp_path):
+    """On by default on a GPU; on, each decoder layer runs again in the backward pass of the
+    trainer's own forward path, and the LoRA gradients are unchanged."""
+    assert rlao.use_gradient_checkpointing(rlao.RLAOConfig(), "cuda")
+    assert not rlao.use_gradient_checkpointing(rlao.RLAOConfig(), "cpu")
+    assert rlao.use_gradient_checkpointing(rlao.RLAOConfig(gradient_checkpointing=True), "cpu")
+
+    def grads_and_layer_calls(checkpointing: bool) -> tuple[torch.Tensor, int]:
+        base, tok = rlao.load_base(tiny)
+        model = rlao.add_lora(base, rlao.RLAOConfig(lora_dropout=0.0))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+        if checkpointing:
+            rlao.enable_gradient_checkpointing(model)
+        calls = []
+        # transformers checkpoints a layer's forward: its submodules run again in backward
+        model.get_decoder().layers[0].self_attn.register_forward_hook(lambda *a: calls.append(1))
+        model.train()
+        rlao.forward_loss(model, rlao.collate_packed(samples_of(tok))).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        return grads, len(calls)
+
+    plain, plain_calls = grads_and_layer_calls(False)
+    ckpt, ckpt_calls = grads_and_layer_calls(True)
+    assert (plain_calls, ckpt_calls) == (1, 2)
+    assert torch.allclose(plain, ckpt, atol=1e-6, rtol=1e-4) and plain.abs().sum() > 0
+    result = fit_adapter(write_dataset(tmp_path / "d.parquet", ROWS), str(tiny), tmp_path / "o",
+                         max_steps=1, register=False, gradient_checkpointing=True, **FAST)
+    assert result.metrics["gradient_checkpointing"] is True
