@@ -158,7 +158,7 @@ class Bench:
         total = 0.0
         for batch in batches:
             self.model.zero_grad(set_to_none=True)
-            loss = self.rlao.forward_loss(self.model, batch, n_samples=n_samples)
+            loss = self.rlao.forward_loss(self.model, batch, float(n_samples))
             loss.backward()
             total += float(loss.detach())
         self._sync()
