@@ -502,7 +502,7 @@ def test_packed_rows_in_one_batch_equal_the_padded_loss(model_tok):
 
 def test_schedule_steps_count_samples_not_rows():
     samples = [rlao.Sample([1] * n, [rlao.IGNORE] + [1] * (n - 1), 1.0) for n in [5] * 40]
-    config = rlao.RLAOConfig(batch_tokens=20, row_tokens=10, epochs=2)
+    config = rlao.RLAOConfig(batch_tokens=20, row_tokens=10, epochs=2, share_prefix=False)
     plan = rlao.schedule(samples, config)
     sizes = [sum(len(r) for rows in step for r in rows) for step in plan]
     assert sizes == [16, 16, 16, 16, 16]  # 80 samples; a step spans micro-batches of 2 rows
