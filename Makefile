@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 # The CPU build of torch; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest
+
+# everyday work: skips the tests marked slow (real models, full flows)
+test-fast: install
+	$(VENV)/bin/pytest -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

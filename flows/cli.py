@@ -13,7 +13,8 @@ import yaml
 from w4s.errors import W4SError
 
 # Both roles on llama.cpp, which serves the embedded GGUF several times faster on a CPU than
-# transformers (README, benchmarks/bench_backends.py) and batches concurrent calls, such as
+# transformers (docs/configuration.md, benchmarks/bench_backends.py) and batches concurrent
+# calls, such as
 # the candidates' repairs. `kind: embedded` (transformers) is the meta-agent RLAO fits.
 _EMBEDDED_LLAMACPP = {"kind": "llamacpp", "model": "smollm2-135m-instruct"}
 DEMO = {

@@ -8,7 +8,7 @@ from w4s.reward import TAU
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the `dataset` subcommand; the lead wires it into flows/cli.py."""
+    """Register the `dataset` subcommand."""
     p = subparsers.add_parser(
         "dataset", help="trajectory rows -> a reward-weighted Parquet dataset (TRL layout)",
         description="Select meta-agent actions from runs' trajectories with DuckDB and write "

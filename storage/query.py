@@ -35,10 +35,6 @@ GROUP BY iteration ORDER BY iteration
 """
 
 
-def trajectory_glob(run_dir: str | Path) -> str:
-    return str(location(run_dir) / "trajectories" / "*.parquet")
-
-
 def _parquet_source(root: Any, pattern: str) -> str | list[str]:
     """What DuckDB reads: the glob when local (DuckDB expands it), else the listed files."""
     if is_local(root):

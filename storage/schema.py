@@ -17,7 +17,8 @@ TRAJECTORY_SCHEMA = pa.schema([
     ("analysis", pa.string()),
     ("code", pa.string()),
     ("code_hash", pa.string()),
-    ("status", pa.string()),  # ok | skipped
+    # ok | skipped | budget_exceeded | infra_error (storage.dataset.STATUSES)
+    ("status", pa.string()),
     ("error", pa.string()),
     ("repairs", pa.int32()),
     ("repair_log_json", pa.string()),

@@ -1,5 +1,5 @@
 """A synthetic arithmetic benchmark generated from a seed: offline, and within reach of the
-embedded executor only when the workflow computes with code (see README)."""
+embedded executor only when the workflow computes with code (see docs/learning-signal.md)."""
 
 from __future__ import annotations
 
