@@ -125,3 +125,31 @@ def test_a_tie_within_the_tolerance_is_not_worse_and_no_margin_without_a_positiv
     assert doc["measures"]["margin_diff"] is None and doc["measures"]["margin_positive"] == 0
     assert doc["verdict"] == "promoted"
     assert any("margin not measured" in r for r in doc["reasons"])
+
+
+def test_the_real_margin_scores_both_policies_with_the_base_model(tmp_path, tmp_path_factory):
+    """default_logliks: the base folder plus each adapter, on the pooled gate sample."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from nightly_support import build_tiny_base
+
+    from flows.fit import fit_adapter
+    from flows.gate import default_logliks
+
+    base = build_tiny_base(tmp_path_factory.mktemp("tiny-llama"))
+    message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    data = tmp_path / "d.parquet"
+    pq.write_table(pa.table({
+        "prompt": pa.array([[{"role": "user", "content": "What is 2+3?"}]], type=message),
+        "completion": pa.array([[{"role": "assistant", "content": GOOD}]], type=message),
+        "weight": [12.18], "reward": [1.0]}), data)
+    fitted = fit_adapter(data, str(base), tmp_path / "real", max_steps=2, batch_tokens=512)
+    challenger = adapters.resolve(fitted.adapter_id)
+    doc = run_gate(challenger, _env(tmp_path), OPTIONS, str(tmp_path / "gates"),
+                   policy=_scripted({None: "bad", "real": "good"}),
+                   logliks=default_logliks(str(base), 4096))
+    m = doc["measures"]
+    assert m["margin_candidates"] == 8 and m["margin_positive"] == 4
+    assert isinstance(m["champion_margin"], float) and isinstance(m["challenger_margin"], float)
+    assert m["margin_diff"] == pytest.approx(m["challenger_margin"] - m["champion_margin"],
+                                             abs=1e-3)

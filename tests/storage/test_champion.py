@@ -56,3 +56,23 @@ def test_a_champion_whose_record_is_gone_is_an_error(tmp_path):
     (adapters.adapters_dir() / f"{one.id}.json").unlink()
     with pytest.raises(W4SError, match="has no record"):
         adapters.champion()
+
+
+def test_w4s_adapters_marks_the_champion_and_promotes_by_hand(tmp_path, capsys):
+    import argparse
+
+    from flows import fit
+
+    parser = argparse.ArgumentParser(prog="w4s")
+    fit.add_parser(parser.add_subparsers(dest="command", required=True))
+    one = adapters.register(make_adapter_folder(tmp_path / "one"), base_model=BASE)
+    args = parser.parse_args(["adapters"])
+    assert args.func(args) == 0
+    assert "champion: the base model" in capsys.readouterr().out
+    args = parser.parse_args(["adapters", "--promote", one.id])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.strip() == f"champion: {one.id} (was base)"
+    assert adapters.champion().id == one.id
+    args = parser.parse_args(["adapters"])
+    assert args.func(args) == 0
+    assert f"*{one.id}" in capsys.readouterr().out
