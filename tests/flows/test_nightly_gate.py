@@ -73,6 +73,18 @@ def test_a_night_without_reward_skips_the_fit_and_the_next_learns_from_both(tmp_
     # the tiny random model fails every candidate either way: a tie, not worse
     assert gate["verdict"] == "promoted" and adapters.champion().id == second["adapter_id"]
     assert second["optimize_adapter"] == second["adapter"]
+    # the gate's report in the UI says what it measured
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.ui import artifact_key
+
+    key = artifact_key("gate", second["adapter_id"])
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key])))
+    assert found and "**promoted**" in found[0].data and "| reward_diff | 0.0 |" in \
+        found[0].data
     assert _optimize_adapters(tmp_path, "nightly-20261202-aaaaaa") == {second["adapter"]}
 
 
