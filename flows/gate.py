@@ -153,9 +153,8 @@ def run_gate(challenger: adapters.AdapterRecord, env: CollectConfig, options: Ga
     """
     from flows.collect import collect
 
-    folder = location(out) if out is not None else location(challenger.source
-                                                            or challenger.path)
-    done = _previous_verdict(folder, challenger.id)
+    folders = _folders(challenger, out)
+    done = _previous_verdict(folders, challenger.id)
     if done is not None:
         return done
     champion = adapters.champion()
@@ -192,31 +191,35 @@ def run_gate(challenger: adapters.AdapterRecord, env: CollectConfig, options: Ga
            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if verdict == PROMOTED:  # before gate.json: a rerun finds the verdict in the promotion
         adapters.promote(challenger, previous=champion_id, gate=doc)
-    _write(folder, challenger, doc)
+    text = json.dumps(doc, indent=1)
+    for folder in folders:
+        atomic_write(folder / GATE_FILE, text)
     return doc
 
 
-def _previous_verdict(folder: Any, challenger_id: str) -> dict[str, Any] | None:
-    file = folder / GATE_FILE
-    if file.exists():
+def _folders(challenger: adapters.AdapterRecord, out: str | Path | None) -> list[Any]:
+    """Where gate.json goes: `out`, else the challenger's folder in the registry, and the
+    local folder it was fitted into when the registry is remote and that folder is here."""
+    if out is not None:
+        return [location(out)]
+    folders = [location(challenger.path)]
+    if is_url(challenger.path) and challenger.source and Path(challenger.source).is_dir():
+        folders.append(Path(challenger.source))
+    return folders
+
+
+def _previous_verdict(folders: list[Any], challenger_id: str) -> dict[str, Any] | None:
+    for folder in folders:
         try:
-            doc = json.loads(file.read_text())
-            if doc.get("challenger") == challenger_id:
-                return doc
+            doc = json.loads((folder / GATE_FILE).read_text())
         except (OSError, ValueError):
-            pass
+            continue
+        if isinstance(doc, dict) and doc.get("challenger") == challenger_id:
+            return doc
     events = adapters.promotions()
     if events and events[-1]["adapter_id"] == challenger_id and events[-1].get("gate"):
         return events[-1]["gate"]
     return None
-
-
-def _write(folder: Any, challenger: adapters.AdapterRecord, doc: dict[str, Any]) -> None:
-    """gate.json into the challenger's folder, and beside the registry's copy of it."""
-    text = json.dumps(doc, indent=1)
-    atomic_write(folder / GATE_FILE, text)
-    if is_url(challenger.path) and str(folder) != challenger.path:
-        atomic_write(location(challenger.path) / GATE_FILE, text)
 
 
 def gate_markdown(doc: dict[str, Any]) -> str:

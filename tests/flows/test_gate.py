@@ -153,3 +153,21 @@ def test_the_real_margin_scores_both_policies_with_the_base_model(tmp_path, tmp_
     assert isinstance(m["champion_margin"], float) and isinstance(m["challenger_margin"], float)
     assert m["margin_diff"] == pytest.approx(m["challenger_margin"] - m["champion_margin"],
                                              abs=1e-3)
+
+
+def test_with_a_remote_registry_the_verdict_lands_beside_the_registrys_copy(tmp_path,
+                                                                            monkeypatch):
+    import uuid
+
+    from w4s.paths import location
+
+    monkeypatch.setenv("W4S_STORAGE_URL", f"memory://gate-{uuid.uuid4().hex[:8]}")
+    record = adapters.register(make_adapter_folder(tmp_path / "fitted"), base_model="b")
+    assert record.path.startswith("memory://")
+    # a downloaded copy serves the policy: its folder is named after the id
+    doc = run_gate(record, _env(tmp_path), OPTIONS, str(tmp_path / "gates"),
+                   policy=_scripted({None: "bad", record.id: "good"}), logliks=None)
+    assert doc["verdict"] == "promoted" and doc["measures"]["margin_diff"] is None
+    stored = json.loads((location(record.path) / GATE_FILE).read_text())
+    assert stored == doc == json.loads((tmp_path / "fitted" / GATE_FILE).read_text())
+    assert adapters.champion().id == record.id  # the registry at the URL records it
