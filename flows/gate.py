@@ -178,6 +178,10 @@ def run_gate(challenger: adapters.AdapterRecord, env: CollectConfig, options: Ga
             f"gate {challenger.id}: no state has a rewarded candidate from both policies "
             f"(lost to budget or infrastructure: champion {measures['champion_lost']}, "
             f"challenger {measures['challenger_lost']}); rerun to retry")
+    if logliks is not None and options.margin:
+        from models.factory import clear_model_cache
+
+        clear_model_cache()  # the policies' served models go before the margin loads the base
     measures |= _margin_measures(paths["champion"], paths["challenger"],
                                  rows["champion"] + rows["challenger"],
                                  logliks if options.margin else None)
