@@ -77,6 +77,10 @@ def paired_reward(champion: Sequence[Mapping[str, Any]],
     def lost(rows: Sequence[Mapping[str, Any]]) -> int:
         return sum(r.get("reward") is None for r in rows)
 
+    def share(rows: Sequence[Mapping[str, Any]], test: Any) -> float | None:
+        rewarded = [r for r in rows if r.get("reward") is not None]
+        return _round(np.mean([bool(test(r)) for r in rewarded])) if rewarded else None
+
     return {
         "states_paired": len(paired),
         "champion_mean_reward": _round(np.mean([a[s] for s in paired])) if paired else None,
@@ -85,6 +89,11 @@ def paired_reward(champion: Sequence[Mapping[str, Any]],
         "reward_diff_ci95": cluster_bootstrap_mean(diffs),
         "champion_candidates": len(champion), "challenger_candidates": len(challenger),
         "champion_lost": lost(champion), "challenger_lost": lost(challenger),
+        # reported, not decided on: valid (self-check passed) and positive shares
+        "champion_valid_rate": share(champion, lambda r: r.get("status") == "ok"),
+        "challenger_valid_rate": share(challenger, lambda r: r.get("status") == "ok"),
+        "champion_positive_share": share(champion, lambda r: r["reward"] > 0),
+        "challenger_positive_share": share(challenger, lambda r: r["reward"] > 0),
     }
 
 

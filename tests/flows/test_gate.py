@@ -77,6 +77,8 @@ def test_the_gate_promotes_a_better_adapter_and_refuses_a_worse_one(tmp_path):
     assert m["states_paired"] == 2 and m["champion_candidates"] == 4
     assert m["challenger_mean_reward"] == 1.0 and m["champion_mean_reward"] == -0.1
     assert m["reward_diff"] == pytest.approx(1.1)
+    assert (m["challenger_valid_rate"], m["champion_valid_rate"]) == (1.0, 0.0)
+    assert (m["challenger_positive_share"], m["champion_positive_share"]) == (1.0, 0.0)
     assert m["margin_diff"] == pytest.approx(3.0)  # +1.5 vs -1.5
     assert json.loads((tmp_path / "good" / GATE_FILE).read_text()) == doc
     assert adapters.champion().id == good.id
