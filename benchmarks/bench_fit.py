@@ -54,7 +54,7 @@ def _run(model, batches, n_samples: int) -> float:
     start = time.perf_counter()
     for batch in batches:
         model.zero_grad(set_to_none=True)
-        rlao.forward_loss(model, batch, n_samples=n_samples).backward()
+        rlao.forward_loss(model, batch, n_samples).backward()
     return time.perf_counter() - start
 
 

@@ -122,7 +122,7 @@ def measure(model: Any, rlao: Any, data: list[Any], *, row_tokens: int, batch_to
         start = time.perf_counter()
         for batch in batches:
             model.zero_grad(set_to_none=True)
-            rlao.forward_loss(model, batch, n_samples=len(data)).backward()
+            rlao.forward_loss(model, batch, len(data)).backward()
         sync()
         return time.perf_counter() - start
 

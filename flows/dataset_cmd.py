@@ -35,6 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--sft", action="store_true", help="every weight 1.0 (the SFT ablation)")
     p.add_argument("--tau", type=float, default=TAU,
                    help=f"weight = exp(reward / tau) (default: {TAU})")
+    p.add_argument("--repaired", choices=("conversation", "drop", "state"),
+                   default="conversation",
+                   help="a repaired candidate's prompt: the conversation its reply was sampled "
+                        "from (default), none (drop the row), or its original state")
     p.set_defaults(func=cmd_dataset)
     return p
 
@@ -58,7 +62,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         runs=runs, benchmarks=tuple(args.benchmark), since=args.since,
         until=args.until, min_reward=args.min_reward, max_reward=args.max_reward,
         statuses=tuple(args.status), include_skipped=args.include_skipped,
-        tau=args.tau, sft=args.sft,
+        tau=args.tau, sft=args.sft, repaired=args.repaired,
     )
     result = build_dataset(root, args.out, query, window=window)
     if window is not None:

@@ -14,11 +14,11 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from models.rlao import RLAOConfig
+from models.rlao import ESTIMATORS, RLAOConfig
 from storage.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,11 @@ def fit_adapter(
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
     batch_tokens: int = 4096,
     row_tokens: int | None = None,
-    grad_accum: int = 1,
-    max_seq_len: int = 2048,
+    step_samples: int = 16,
+    max_seq_len: int | None = None,
+    max_grad_norm: float | None = 1.0,
+    estimator: str = "self_normalized",
+    gradient_checkpointing: bool | None = None,
     seed: int = 0,
     checkpoint_every: int = 50,
     register: bool = True,
@@ -82,8 +85,9 @@ def fit_adapter(
     on_step: Callable[[int, int, float, float], None] | None = None,
 ) -> FitResult:
     """Fit, write `out` (a PEFT adapter folder + metrics.json), register it; rerunning with the
-    same `out` resumes from its last checkpoint. A dataset without a positive reward raises
-    NothingToLearn (before any model loads) unless `force`."""
+    same `out` resumes from its last checkpoint. `max_seq_len` None is the base model's
+    context; `gradient_checkpointing` None is on on a GPU (see models/rlao.py). A dataset
+    without a positive reward raises NothingToLearn (before any model loads) unless `force`."""
     from models import rlao
     from w4s.errors import ConfigError
 
@@ -98,8 +102,11 @@ def fit_adapter(
         target_modules=tuple(target_modules),
         batch_tokens=batch_tokens,
         row_tokens=row_tokens,
-        grad_accum=grad_accum,
+        step_samples=step_samples,
         max_seq_len=max_seq_len,
+        max_grad_norm=max_grad_norm,
+        estimator=estimator,
+        gradient_checkpointing=gradient_checkpointing,
         seed=seed,
         checkpoint_every=checkpoint_every,
     )
@@ -114,15 +121,20 @@ def fit_adapter(
     sha = file_sha256(dataset)
     device, dtype = rlao.pick_device()
     model, tokenizer = rlao.load_base(folder, device=device, dtype=dtype)
+    if config.max_seq_len is None:
+        config = replace(config, max_seq_len=rlao.model_context(model, tokenizer))
     samples, stats = rlao.tokenize_rows(tokenizer, rows, config.max_seq_len)
     if not samples:
         raise ConfigError(
-            f"`max_seq_len` {config.max_seq_len}: every completion is longer, "
-            f"so all {stats.dropped_too_long} samples were dropped"
+            f"`max_seq_len` {config.max_seq_len}: every sample is longer, "
+            f"so all {stats.dropped_too_long} were dropped (none is ever cut)"
         )
     if not any(s.weight > 0 for s in samples):
-        raise ConfigError("every sample left after dropping long completions has weight zero")
+        raise ConfigError("every sample left after dropping the too long ones has weight zero")
     model = rlao.add_lora(model, config)
+    checkpointing = rlao.use_gradient_checkpointing(config, device)
+    if checkpointing:
+        rlao.enable_gradient_checkpointing(model)
     fingerprint = rlao.resume_fingerprint(config, {"dataset_sha256": sha, "base_model": base_id})
     out.mkdir(parents=True, exist_ok=True)
     from flows import progress
@@ -134,20 +146,34 @@ def fit_adapter(
     import torch
     import transformers
 
+    # a checkpoint from before grad norms were recorded lacks its first steps' norms
+    norms = [None] * (len(state.losses) - len(state.grad_norms)) + state.grad_norms
     metrics = {
         "base_model": base_id,
         "base_path": str(folder),
         "dataset": str(dataset.resolve()),
         "dataset_sha256": sha,
         "hyperparameters": {**asdict(config), "target_modules": list(config.target_modules)},
-        "loss_curve": [{"step": i + 1, "loss": loss} for i, loss in enumerate(state.losses)],
+        "estimator": config.estimator,
+        "max_grad_norm": config.max_grad_norm,
+        "loss_curve": [
+            {"step": i + 1, "loss": loss, "grad_norm": norm}
+            for i, (loss, norm) in enumerate(zip(state.losses, norms, strict=True))
+        ],
+        "clipped_steps": sum(
+            1 for g in state.grad_norms if config.max_grad_norm and g > config.max_grad_norm
+        ),
         "steps": state.step,
         "resumed_from_step": resumed_from,
         "rows": len(rows),
         "samples": stats.samples,
-        "samples_dropped": stats.dropped_too_long,
-        "samples_truncated": stats.truncated,
+        "samples_dropped": stats.dropped_too_long,  # longer than max_seq_len; none is cut
+        "longest_dropped_tokens": stats.longest_dropped,
+        "max_seq_len": config.max_seq_len,
         "template_fallback": stats.template_fallback,
+        "glue_tokens_masked": stats.glue_masked,
+        "no_end_of_turn": stats.no_end_of_turn,
+        "gradient_checkpointing": checkpointing,
         "tokens_total": stats.tokens,
         "tokens_completion": stats.completion_tokens,
         "tokens_trained": state.tokens,
@@ -169,7 +195,9 @@ def fit_adapter(
         from storage.adapters import register as register_adapter
 
         summary = {
-            k: metrics[k] for k in ("steps", "samples", "tokens_total", "tokens_per_s", "seconds")
+            k: metrics[k]
+            for k in ("steps", "samples", "samples_dropped", "estimator", "tokens_total",
+                      "tokens_per_s", "seconds")
         }
         summary["final_loss"] = state.losses[-1] if state.losses else None
         adapter_id = register_adapter(
@@ -247,7 +275,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     last = m["loss_curve"][-1]["loss"] if m["loss_curve"] else float("nan")
     print(
         f"fitted {result.adapter_id or result.out}: {m['steps']} steps, {m['samples']} samples "
-        f"({m['samples_dropped']} dropped), {m['tokens_total']} tokens, final loss {last:.4f}, "
+        f"({m['samples_dropped']} dropped: over {m['max_seq_len']} tokens), estimator "
+        f"{m['estimator']}, {m['tokens_total']} tokens, final loss {last:.4f}, "
         f"{m['tokens_per_s'] or 0:,.0f} tok/s, {m['seconds']:.1f}s -> {result.out}"
     )
     return 0
@@ -267,8 +296,11 @@ def _fit_from_args(args: argparse.Namespace) -> FitResult:
         target_modules=[t.strip() for t in args.target_modules.split(",") if t.strip()],
         batch_tokens=args.batch_tokens,
         row_tokens=args.row_tokens,
-        grad_accum=args.grad_accum,
+        step_samples=args.step_samples,
         max_seq_len=args.max_seq_len,
+        max_grad_norm=args.max_grad_norm if args.max_grad_norm > 0 else None,
+        estimator=args.estimator,
+        gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         force=args.force,
@@ -345,16 +377,35 @@ def add_parser(subparsers: Any) -> None:
         help="tokens per packed row (default: min(batch tokens, max seq len))",
     )
     p.add_argument(
-        "--grad-accum",
+        "--step-samples",
         type=int,
-        default=d.grad_accum,
-        help=f"packed rows per optimizer step, default {d.grad_accum}",
+        default=d.step_samples,
+        help=f"samples per optimizer step, shuffled across states, default {d.step_samples}",
     )
     p.add_argument(
         "--max-seq-len",
         type=int,
-        default=d.max_seq_len,
-        help=f"default {d.max_seq_len}; longer prompts are cut from the left",
+        default=None,
+        help="default: the base model's context; longer samples are dropped and counted, "
+        "never cut",
+    )
+    p.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=d.max_grad_norm,
+        help=f"gradient clipping, default {d.max_grad_norm}; 0 = off",
+    )
+    p.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default=d.estimator,
+        help="step loss: sum w*loss / sum w (self_normalized, default) or / n (mean)",
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute activations in the backward pass (default: on on a GPU)",
     )
     p.add_argument(
         "--checkpoint-every",

@@ -204,6 +204,24 @@ def loss_plot(curve: list[dict[str, Any]], path: Any) -> bytes:
     return save_png(fig, path)
 
 
+def _dropped_why(metrics: dict[str, Any]) -> str:
+    if not metrics.get("samples_dropped") or metrics.get("max_seq_len") is None:
+        return ""
+    return f": longer than max_seq_len {metrics['max_seq_len']} tokens, none cut"
+
+
+def _estimator_line(metrics: dict[str, Any]) -> str:
+    """How the weights reached the optimizer (issue 15: clipping had erased them)."""
+    estimator = metrics.get("estimator", "mean (sum w*loss / n, before issue 15)")
+    clip = metrics.get("max_grad_norm")
+    line = f"estimator: `{estimator}`; max_grad_norm {clip if clip else 'off'}"
+    if clip and "clipped_steps" in metrics:
+        line += f" (clipped {metrics['clipped_steps']} of {metrics['steps']} steps)"
+    if "gradient_checkpointing" in metrics:
+        line += f"; gradient checkpointing {'on' if metrics['gradient_checkpointing'] else 'off'}"
+    return line
+
+
 def fit_report(adapter_dir: str | Path, adapter_id: str | None = None) -> Report:
     """The fit's loss curve (metrics.json) and its dataset's reward histogram (the card)."""
     from storage.dataset import card_path_for
@@ -216,8 +234,10 @@ def fit_report(adapter_dir: str | Path, adapter_id: str | None = None) -> Report
     final = f"{curve[-1]['loss']:.4f}" if curve else "n/a"
     parts = [f"# w4s adapter {name}",
              f"{metrics['steps']} steps on {metrics['samples']} samples "
-             f"({metrics['samples_dropped']} dropped), final loss {final}, "
-             f"{metrics['seconds']:.1f} s on {metrics['device']}; base `{metrics['base_model']}`",
+             f"({metrics['samples_dropped']} dropped{_dropped_why(metrics)}), final loss "
+             f"{final}, {metrics['seconds']:.1f} s on {metrics['device']}; "
+             f"base `{metrics['base_model']}`",
+             _estimator_line(metrics),
              f"adapter folder: `{adapter_dir}`  \ndataset: `{metrics['dataset']}`"]
     plots = {}
     if curve:

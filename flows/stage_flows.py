@@ -44,6 +44,9 @@ class DatasetOptions(_Options):
     include_skipped: bool = Field(False, description="also candidates that failed self-check")
     tau: float = Field(TAU, gt=0, description="weight = exp(reward / tau)")
     sft: bool = Field(False, description="every weight 1.0 (the SFT ablation)")
+    repaired: Literal["conversation", "drop", "state"] = Field(
+        "conversation", description="a repaired candidate's prompt: the conversation its "
+        "reply was sampled from, left out, or the original state")
     window_nights: int = Field(1, ge=1, description="the nightly: learn from the last N "
                                "nights' collections (tonight's included)")
 
@@ -61,8 +64,14 @@ class FitOptions(_Options):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
     batch_tokens: int = Field(4096, ge=1)
     row_tokens: int | None = Field(None, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_seq_len: int = Field(2048, ge=16)
+    step_samples: int = Field(16, ge=1, description="samples per optimizer step")
+    max_seq_len: int | None = Field(
+        None, ge=16, description="default: the base model's context; longer samples are "
+        "dropped and counted, never cut")
+    max_grad_norm: float | None = Field(1.0, ge=0, description="gradient clipping; None = off")
+    estimator: Literal["self_normalized", "mean"] = Field(
+        "self_normalized", description="step loss: sum w*loss / sum w, or / n (the paper's)")
+    gradient_checkpointing: bool | None = Field(None, description="default: on on a GPU")
     seed: int = 0
     checkpoint_every: int = Field(50, ge=0)
     force: bool = Field(False, description="fit even when no row has a positive reward "

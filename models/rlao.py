@@ -1,15 +1,25 @@
 """RLAO trainer: reward-weighted regression of the meta-agent with a LoRA adapter.
 
-The loss is the mean over samples of `weight_i * mean token cross-entropy over sample i's
-completion tokens`. It is divided by the number of samples in the optimizer step, not by the
-sum of their weights, as the paper and the authors' code do: so a weight of 12.18 scales that
-sample's step 12.18 times, and the weights' scale acts on the effective learning rate.
+The estimator (`estimator`, named in metrics.json and the fit report):
+- `self_normalized` (default): each optimizer step's loss is
+  sum_i w_i * loss_i / sum_i w_i over the step's samples, loss_i being sample i's mean token
+  cross-entropy over its completion. The step's gradient is a weighted average of per-sample
+  gradients, so clipping at `max_grad_norm` scales the whole step and the RELATIVE weights
+  survive it. The paper's form (divided by the sample count) lets a weight-12 sample's
+  gradient be clipped 12x harder than a weight-1 one, so with few samples per step RWR's
+  updates came out as SFT's (issue 15).
+- `mean`: sum_i w_i * loss_i / n (the paper's and the authors' code), kept for comparison.
+Steps hold `step_samples` samples (default 16) drawn from a shuffle of every state's
+candidates, whatever the token budget: accumulation counts samples, not packed rows.
 
 Three faults of the authors' code are avoided on purpose (shared/reference/rlao-facts.md):
 - prompt tokens are masked and stay masked (their collator rebuilt labels from input_ids);
 - samples are packed into rows up to a token budget with restarting `position_ids` and no
   attention mask, never padded to a fixed length;
 - one forward pass runs per packed row, not per sample.
+Nor is a sample ever cut: one longer than `max_seq_len` (default: the base model's context)
+is dropped and counted. The completion ends at the end-of-turn token that was sampled; the
+chat template's glue after it (the "\n" after `<|im_end|>`) is masked.
 `use_cache=False` is required: with a cache, transformers skips packing detection and logits
 leak across samples. The LM head runs only on the positions that predict completion tokens,
 since the logits of a 49k vocabulary dominate the memory of a small model.
@@ -41,6 +51,13 @@ _CHECKPOINTS = "checkpoints"
 _KEEP_CHECKPOINTS = 2
 
 
+ESTIMATORS = ("self_normalized", "mean")
+# end-of-turn tokens of common chat templates, besides the tokenizer's eos token
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eot|>")
+# a context above this is a tokenizer's "no limit" placeholder (e.g. 1e30), not a context
+_SANE_CONTEXT = 10_000_000
+
+
 @dataclass
 class RLAOConfig:
     """Hyperparameters of one fit; saved in metrics.json and in every checkpoint."""
@@ -49,7 +66,9 @@ class RLAOConfig:
     max_steps: int | None = None  # optimizer steps; None = epochs x steps per epoch
     lr: float = 1e-4  # AdamW, constant
     weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0  # None disables clipping
+    max_grad_norm: float | None = 1.0  # None (or 0) disables clipping
+    estimator: str = "self_normalized"  # or "mean" (the paper's); see the module docstring
+    step_samples: int = 16  # samples per optimizer step, shuffled across states
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -59,26 +78,35 @@ class RLAOConfig:
     # over the whole row under a block-diagonal mask (sdpa/eager), so its cost grows with
     # the row length squared: on a CPU, rows of about the longest sample are fastest
     row_tokens: int | None = None
-    grad_accum: int = 1  # packed rows per optimizer step
-    max_seq_len: int = 2048  # longer samples lose prompt tokens from the left
+    # longer samples are dropped and counted, never cut; None = the base model's context
+    max_seq_len: int | None = None
+    gradient_checkpointing: bool | None = None  # None = on on a GPU, off on the CPU
     seed: int = 0
     checkpoint_every: int = 50  # optimizer steps; 0 disables checkpoints
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
-        positive = ("epochs", "lora_r", "lora_alpha", "batch_tokens", "grad_accum", "max_seq_len")
+        positive = ("epochs", "lora_r", "lora_alpha", "batch_tokens", "step_samples")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"`{name}` must be a positive integer, but received {value!r}")
-        if self.row_tokens is not None and self.row_tokens < 1:
-            raise ConfigError(
-                f"`row_tokens` must be positive or None, received {self.row_tokens!r}"
-            )
+        for name in ("row_tokens", "max_seq_len"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 2):
+                raise ConfigError(f"`{name}` must be an integer >= 2 or None, received {value!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"`max_steps` must be positive or None, received {self.max_steps!r}")
         if not self.lr > 0:
             raise ConfigError(f"`lr` must be positive, but received {self.lr!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm >= 0:
+            raise ConfigError(
+                f"`max_grad_norm` must be >= 0 or None, received {self.max_grad_norm!r}"
+            )
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(
+                f"`estimator` {self.estimator!r} is unknown; choose from: {', '.join(ESTIMATORS)}"
+            )
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"`lora_dropout` must be in [0, 1), received {self.lora_dropout!r}")
         if self.checkpoint_every < 0:
@@ -105,9 +133,11 @@ class Sample:
 @dataclass
 class TokenizeStats:
     samples: int = 0
-    dropped_too_long: int = 0  # the completion alone exceeds max_seq_len
-    truncated: int = 0  # prompt tokens cut from the left
+    dropped_too_long: int = 0  # prompt + completion exceed max_seq_len: dropped, never cut
+    longest_dropped: int = 0  # tokens of the longest dropped sample
     template_fallback: int = 0  # the prompt was not a prefix of the full conversation
+    glue_masked: int = 0  # template tokens after the end-of-turn token, masked
+    no_end_of_turn: int = 0  # completions in which no end-of-turn token was found
     tokens: int = 0
     completion_tokens: int = 0
 
@@ -161,6 +191,33 @@ def _encode_chat(
     return text, tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def end_of_turn_ids(tokenizer: Any) -> set[int]:
+    """The ids that end an assistant turn: the eos token and the usual end-of-turn tokens
+    the vocabulary has."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return ids
+
+
+def model_context(model: Any, tokenizer: Any) -> int:
+    """The base model's context in tokens: the smaller of config.max_position_embeddings and
+    tokenizer.model_max_length, ignoring a missing or placeholder value (e.g. 1e30)."""
+    values = [
+        getattr(model.config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
+    sane = [int(v) for v in values if isinstance(v, int | float) and 1 < v < _SANE_CONTEXT]
+    if not sane:
+        raise ConfigError(
+            "the base model states no context length (max_position_embeddings); "
+            "pass `max_seq_len`"
+        )
+    return min(sane)
+
+
 def tokenize_sample(
     tokenizer: Any,
     prompt: list[dict],
@@ -168,10 +225,13 @@ def tokenize_sample(
     weight: float,
     max_seq_len: int,
     stats: TokenizeStats | None = None,
+    end_ids: set[int] | None = None,
 ) -> Sample | None:
-    """Render with the chat template; mask the prompt; cut the prompt from the left if too
-    long. None when the completion alone does not fit in max_seq_len (counted in stats)."""
+    """Render with the chat template; mask the prompt and the template's glue after the
+    completion's last end-of-turn token. None when prompt + completion exceed max_seq_len
+    (counted in stats): a sample is never cut."""
     stats = stats if stats is not None else TokenizeStats()
+    end_ids = end_ids if end_ids is not None else end_of_turn_ids(tokenizer)
     prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
     completion = [{"role": m["role"], "content": m["content"]} for m in completion]
     prompt_text, prompt_ids = _encode_chat(tokenizer, prompt, generation_prompt=True)
@@ -197,19 +257,23 @@ def tokenize_sample(
         )
     if not completion_ids:
         raise ConfigError("a completion rendered to no tokens; check the `completion` column")
-    if len(completion_ids) > max_seq_len - 1:  # at least one prompt token must precede it
+    total = len(prompt_ids) + len(completion_ids)
+    if total > max_seq_len:
         stats.dropped_too_long += 1
+        stats.longest_dropped = max(stats.longest_dropped, total)
         return None
-    room = max_seq_len - len(completion_ids)
-    if len(prompt_ids) > room:
-        prompt_ids = prompt_ids[-room:]
-        stats.truncated += 1
+    ends = [k for k, t in enumerate(completion_ids) if t in end_ids]
+    trained = ends[-1] + 1 if ends else len(completion_ids)
+    if not ends:
+        stats.no_end_of_turn += 1
+    glue = len(completion_ids) - trained
+    stats.glue_masked += glue
     stats.samples += 1
-    stats.tokens += len(prompt_ids) + len(completion_ids)
-    stats.completion_tokens += len(completion_ids)
+    stats.tokens += total
+    stats.completion_tokens += trained
     return Sample(
         input_ids=list(prompt_ids) + list(completion_ids),
-        labels=[IGNORE] * len(prompt_ids) + list(completion_ids),
+        labels=[IGNORE] * len(prompt_ids) + list(completion_ids[:trained]) + [IGNORE] * glue,
         weight=float(weight),
     )
 
@@ -217,14 +281,25 @@ def tokenize_sample(
 def tokenize_rows(
     tokenizer: Any, rows: list[dict], max_seq_len: int
 ) -> tuple[list[Sample], TokenizeStats]:
+    """Every row as a Sample; those over max_seq_len are dropped with one warning line."""
     stats = TokenizeStats()
+    end_ids = end_of_turn_ids(tokenizer)
     samples = []
     for r in rows:
         s = tokenize_sample(
-            tokenizer, r["prompt"], r["completion"], r["weight"], max_seq_len, stats
+            tokenizer, r["prompt"], r["completion"], r["weight"], max_seq_len, stats, end_ids
         )
         if s is not None:
             samples.append(s)
+    if stats.dropped_too_long:
+        log.warning(
+            "%d of %d samples dropped: longer than max_seq_len %d tokens (the longest %d); "
+            "none was cut",
+            stats.dropped_too_long,
+            len(rows),
+            max_seq_len,
+            stats.longest_dropped,
+        )
     return samples, stats
 
 
@@ -329,8 +404,17 @@ def collate_padded(
 # ------------------------------------------------------------------------- loss
 
 
-def _weighted_from_token_ce(ce: Any, owner: Any, weights: Any, n_samples: int) -> Any:
-    """sum_i weight_i * mean(ce over sample i's tokens) / n_samples."""
+def normalizer(weights: Sequence[float], estimator: str = "self_normalized") -> float:
+    """What a step's weighted sum of sample losses is divided by: the sum of its weights
+    (self_normalized) or its sample count (mean, the paper's)."""
+    if estimator == "mean":
+        return float(len(weights))
+    total = float(sum(weights))
+    return total if total > 0 else 1.0  # a step of zero weights has zero loss
+
+
+def _weighted_from_token_ce(ce: Any, owner: Any, weights: Any, norm: float) -> Any:
+    """sum_i weight_i * mean(ce over sample i's tokens) / norm."""
     import torch
 
     n = weights.shape[0]
@@ -339,26 +423,29 @@ def _weighted_from_token_ce(ce: Any, owner: Any, weights: Any, n_samples: int) -
         0, owner, torch.ones_like(ce)
     )
     per_sample = sums / counts.clamp(min=1)
-    return (weights.to(ce.device, ce.dtype) * per_sample).sum() / n_samples
+    return (weights.to(ce.device, ce.dtype) * per_sample).sum() / norm
 
 
-def weighted_loss_from_logits(
-    logits: Any, batch: dict[str, Any], n_samples: int | None = None
-) -> Any:
-    """The loss from full logits [B, T, V] (tests, the reference form)."""
+def _norm(batch: dict[str, Any], norm: float | None) -> float:
+    return norm if norm is not None else normalizer(batch["weights"].tolist())
+
+
+def weighted_loss_from_logits(logits: Any, batch: dict[str, Any], norm: float | None = None) -> Any:
+    """The loss from full logits [B, T, V] (tests, the reference form). `norm` defaults to
+    the batch's weight sum: the batch is one self-normalised step."""
     import torch.nn.functional as F
 
     targets = batch["labels"][:, 1:].to(logits.device)
     owner = batch["sample_index"][:, 1:].to(logits.device)
     valid = targets != IGNORE
     ce = F.cross_entropy(logits[:, :-1][valid].float(), targets[valid], reduction="none")
-    n = n_samples if n_samples is not None else batch["weights"].shape[0]
-    return _weighted_from_token_ce(ce, owner[valid], batch["weights"], n)
+    return _weighted_from_token_ce(ce, owner[valid], batch["weights"], _norm(batch, norm))
 
 
-def forward_loss(model: Any, batch: dict[str, Any], n_samples: int | None = None) -> Any:
+def forward_loss(model: Any, batch: dict[str, Any], norm: float | None = None) -> Any:
     """One forward pass of a packed or padded batch; the LM head runs on completion-
-    predicting positions only. Equals weighted_loss_from_logits on the full logits."""
+    predicting positions only. Equals weighted_loss_from_logits on the full logits. A step
+    of several micro-batches passes the step's `norm` to each (see `normalizer`)."""
     import torch.nn.functional as F
 
     device = next(model.parameters()).device
@@ -373,8 +460,7 @@ def forward_loss(model: Any, batch: dict[str, Any], n_samples: int | None = None
     valid = targets != IGNORE
     logits = model.get_output_embeddings()(hidden[:, :-1][valid]).float()
     ce = F.cross_entropy(logits, targets[valid], reduction="none")
-    n = n_samples if n_samples is not None else batch["weights"].shape[0]
-    return _weighted_from_token_ce(ce, owner[valid], batch["weights"], n)
+    return _weighted_from_token_ce(ce, owner[valid], batch["weights"], _norm(batch, norm))
 
 
 # ------------------------------------------------------------------------- model
@@ -430,6 +516,21 @@ def add_lora(model: Any, config: RLAOConfig) -> Any:
         ) from e
 
 
+def use_gradient_checkpointing(config: RLAOConfig, device: str) -> bool:
+    """On a GPU by default: activations of 10-20k-token states dominate its memory; on the
+    CPU memory is rarely the limit and recomputation costs a third more time."""
+    if config.gradient_checkpointing is not None:
+        return config.gradient_checkpointing
+    return device != "cpu"
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in the backward pass. Non-reentrant, so it
+    works with the frozen base; LoRA also needs the inputs to require grad."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+
+
 # ------------------------------------------------------------------------- training loop
 
 
@@ -439,28 +540,46 @@ class TrainState:
 
     step: int = 0
     losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)  # before clipping
     tokens: int = 0
     train_seconds: float = 0.0
 
 
+def epoch_order(samples: Sequence[Sample], seed: int) -> list[int]:
+    """One epoch's sample order: a seeded shuffle, so steps mix the states' candidates."""
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def pack_step(samples: Sequence[Sample], row_tokens: int, indices: list[int]) -> list[list[int]]:
+    """One optimizer step's samples in packed rows of up to row_tokens."""
+    return pack([len(s.input_ids) for s in samples], row_tokens, indices)
+
+
 def schedule(samples: Sequence[Sample], config: RLAOConfig) -> list[list[list[list[int]]]]:
     """Optimizer steps -> micro-batches -> packed rows -> sample indices, fixed by the seed,
-    so a resumed fit replays the same order. Each epoch shuffles, then packs rows of up to
-    row_tokens and groups them into micro-batches of up to batch_tokens."""
-    lengths = [len(s.input_ids) for s in samples]
-    row_tokens = min(config.row_tokens or config.max_seq_len, config.batch_tokens)
+    so a resumed fit replays the same order. The epochs' orders are one stream cut into
+    steps of step_samples samples (all of them when there are fewer); each step's samples
+    are packed into rows of up to row_tokens and the rows grouped into micro-batches of up
+    to batch_tokens, so the token budget never changes which samples share a step."""
+    n = len(samples)
+    row_tokens = min(config.row_tokens or config.max_seq_len or config.batch_tokens,
+                     config.batch_tokens)
     per_batch = max(1, config.batch_tokens // row_tokens)
-    steps: list[list[list[list[int]]]] = []
+    size = min(config.step_samples, n)
+    needed = config.epochs * n
+    if config.max_steps is not None:
+        needed = max(needed, config.max_steps * size)
+    stream: list[int] = []
     epoch = 0
-    while epoch < config.epochs or (config.max_steps is not None and len(steps) < config.max_steps):
-        order = list(range(len(samples)))
-        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
-        rows = pack(lengths, row_tokens, order)
-        batches = [rows[i : i + per_batch] for i in range(0, len(rows), per_batch)]
-        steps += [
-            batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)
-        ]
+    while len(stream) < needed:
+        stream += epoch_order(samples, config.seed * 1_000_003 + epoch)
         epoch += 1
+    steps = []
+    for start in range(0, needed, size):
+        rows = pack_step(samples, row_tokens, stream[start : min(start + size, needed)])
+        steps.append([rows[i : i + per_batch] for i in range(0, len(rows), per_batch)])
     return steps[: config.max_steps] if config.max_steps is not None else steps
 
 
@@ -557,8 +676,8 @@ def train(
     fingerprint: dict[str, Any] | None = None,
     on_step: StepCallback | None = None,
 ) -> tuple[TrainState, int]:
-    """The loop: AdamW over the LoRA parameters, grad_accum micro-batches of packed rows
-    per step, each step's loss the mean over its samples; resumes from out's last checkpoint.
+    """The loop: AdamW over the LoRA parameters, one step per `schedule` entry, its loss
+    normalised by `config.estimator` over the whole step; resumes from out's last checkpoint.
     Returns the final state and the step it resumed from (0 for a fresh fit)."""
     import torch
 
@@ -579,19 +698,21 @@ def train(
     for step in range(state.step, len(plan)):
         start = time.perf_counter()
         micro_batches = plan[step]
-        n_samples = sum(len(r) for rows in micro_batches for r in rows)
+        weights = [samples[i].weight for rows in micro_batches for r in rows for i in r]
+        norm = normalizer(weights, config.estimator)
         step_loss = 0.0
         step_tokens = 0
         optimizer.zero_grad(set_to_none=True)
         for rows in micro_batches:
             batch = collate_packed_rows([[samples[i] for i in r] for r in rows])
-            loss = forward_loss(model, batch, n_samples=n_samples)
+            loss = forward_loss(model, batch, norm)
             loss.backward()
             step_loss += float(loss.detach())
             step_tokens += sum(len(samples[i].input_ids) for r in rows for i in r)  # no pads
-        if config.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        # the norm before clipping (clip_grad_norm_ with an infinite limit only measures)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or math.inf)
         optimizer.step()
+        state.grad_norms.append(float(grad_norm))
         seconds = time.perf_counter() - start
         state.step = step + 1
         state.losses.append(step_loss)

@@ -7,8 +7,16 @@ Sample construction follows the paper: for turn i and candidate j the prompt is 
 conversation of the best actions and their feedback up to turn i-1 and the completion is
 candidate (i, j)'s reply. That conversation is the row's stored state (`prompt_json`, the
 messages the candidate was sampled from: `State.messages()`, whose user message carries the
-chosen workflows and their feedback), so it is taken as stored, never rebuilt. A skipped
-candidate's reply is its last repair attempt's, the prompt its original state.
+chosen workflows and their feedback), so it is taken as stored, never rebuilt.
+
+A repaired candidate's reply was sampled from a longer conversation: the state, each failed
+attempt, its error and the repair request (`conversation_json`). `repaired` chooses its
+sample: `conversation` (default: train on what was sampled), `drop` (leave it out) or
+`state` (the old pairing of the final reply with the original state, which teaches "the
+error was ..." analyses in a context that holds no error). A repaired row whose file
+predates `conversation_json` is excluded (`no_conversation`) under `conversation`.
+
+The weight is `w4s.reward.rwr_weight`, registered as a DuckDB function: one formula.
 
 One optimization run is one episode (a multi-turn trajectory from a seed state), so
 `episode` is the run id until collection runs several episodes per run.
@@ -27,6 +35,7 @@ import duckdb
 import pyarrow as pa
 
 from storage.files import atomic_write, connect, publish_file, staging_file
+from w4s import reward as reward_formula
 from w4s.errors import W4SError
 from w4s.paths import location
 from w4s.reward import TAU
@@ -36,6 +45,9 @@ STATUSES = ("ok", "skipped", "budget_exceeded", "infra_error")
 # them, so no option can include them.
 NEVER_TRAINED = ("budget_exceeded", "infra_error")
 MESSAGES_TYPE = '[{"role":"VARCHAR","content":"VARCHAR"}]'
+REPAIRED = ("conversation", "drop", "state")
+# columns a trajectory file may predate, and what they read as there
+_LATER_COLUMNS = {"conversation_json": "CAST(NULL AS VARCHAR)", "repairs": "0"}
 
 _message = pa.struct([("role", pa.string()), ("content", pa.string())])
 DATASET_SCHEMA = pa.schema([
@@ -61,6 +73,8 @@ class DatasetQuery:
     (ISO 8601; a time without an offset is UTC; half-open so consecutive ranges never
     overlap). `min_reward` <= reward <= `max_reward`. `statuses`: narrow to these (of ok,
     and skipped when `include_skipped`). `sft`: every weight 1 (the paper's ablation).
+    `repaired`: a repaired candidate's prompt is the `conversation` its reply was sampled
+    from (default), or it is left out (`drop`), or paired with its original `state`.
     """
 
     runs: tuple[str, ...] = ()
@@ -73,6 +87,7 @@ class DatasetQuery:
     include_skipped: bool = False
     tau: float = TAU
     sft: bool = False
+    repaired: str = "conversation"
 
 
 @dataclass
@@ -108,6 +123,9 @@ def _check(q: DatasetQuery) -> tuple[datetime | None, datetime | None, tuple[str
     """Validate a query; returns (since, until, allowed statuses)."""
     if not q.tau > 0:
         raise W4SError(f"`tau` must be > 0, but received {q.tau!r}")
+    if q.repaired not in REPAIRED:
+        raise W4SError(f"`repaired` {q.repaired!r} is unknown; choose from: "
+                       f"{', '.join(REPAIRED)}")
     unknown = [s for s in q.statuses if s not in STATUSES]
     if unknown:
         raise W4SError(f"`status` {unknown[0]!r} is unknown; choose from: {', '.join(STATUSES)}")
@@ -165,24 +183,44 @@ SELECT *, CASE
     WHEN status = 'skipped' AND NOT $include_skipped THEN 'skipped'
     WHEN NOT list_contains(CAST($statuses AS VARCHAR[]), status) THEN 'status'
     WHEN reward IS NULL THEN 'no_reward'
-    WHEN reply IS NULL OR coalesce(json_type(TRY_CAST(prompt_json AS JSON)), '') <> 'ARRAY'
+    WHEN repairs > 0 AND $repaired = 'drop' THEN 'repaired'
+    WHEN repairs > 0 AND $repaired = 'conversation' AND conversation_json IS NULL
+         THEN 'no_conversation'
+    WHEN reply IS NULL OR coalesce(json_type(TRY_CAST(sample_prompt AS JSON)), '') <> 'ARRAY'
          THEN 'bad_text'
     WHEN reward < CAST($min_reward AS DOUBLE) OR reward > CAST($max_reward AS DOUBLE)
          THEN 'reward'
 END AS excluded
-FROM read_parquet($files, union_by_name = true)
+FROM (
+    SELECT *, CASE WHEN repairs > 0 AND $repaired = 'conversation' THEN conversation_json
+                   ELSE prompt_json END AS sample_prompt
+    FROM (SELECT *{later} FROM read_parquet($files, union_by_name = true))
+)
 """
 
 _SAMPLES = f"""
-SELECT from_json(prompt_json, '{MESSAGES_TYPE}') AS prompt,
+SELECT from_json(sample_prompt, '{MESSAGES_TYPE}') AS prompt,
        [{{'role': 'assistant', 'content': reply}}] AS completion,
-       CAST(CASE WHEN $sft THEN 1.0 ELSE exp(reward / $tau) END AS DOUBLE) AS weight,
+       CAST(CASE WHEN $sft THEN 1.0 ELSE rwr_weight(reward, $tau) END AS DOUBLE) AS weight,
        CAST(reward AS DOUBLE) AS reward,
        run_id, run_id AS episode, CAST(iteration AS INTEGER) AS turn,
        CAST(candidate AS INTEGER) AS candidate, benchmark
 FROM reasoned WHERE excluded IS NULL
 ORDER BY run_id, turn, candidate
 """
+
+
+def _rwr_weight(reward: float, tau: float) -> float:
+    return reward_formula.rwr_weight(reward, tau)  # looked up per call: one source
+
+
+def _reasoned_sql(con: duckdb.DuckDBPyConnection, files: list[str]) -> str:
+    """_REASONED, with NULL/0 for the columns that files written before them lack."""
+    names = {r[0] for r in con.execute(
+        "DESCRIBE SELECT * FROM read_parquet($files, union_by_name = true)",
+        {"files": files}).fetchall()}
+    later = "".join(f", {v} AS {k}" for k, v in _LATER_COLUMNS.items() if k not in names)
+    return _REASONED.replace("{later}", later)
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> list[tuple]:
@@ -208,11 +246,13 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
         "files": files, "benchmarks": list(q.benchmarks),
         "since": since and since.isoformat(), "until": until and until.isoformat(),
         "include_skipped": q.include_skipped, "statuses": list(statuses),
-        "min_reward": q.min_reward, "max_reward": q.max_reward,
+        "min_reward": q.min_reward, "max_reward": q.max_reward, "repaired": q.repaired,
     }
     with connect([runs_dir]) as con:
+        con.create_function("rwr_weight", _rwr_weight, ["DOUBLE", "DOUBLE"], "DOUBLE")
         try:
-            con.execute(_REASONED, params)
+            reasoned = _reasoned_sql(con, files)
+            con.execute(reasoned, params)
         except duckdb.Error as e:
             raise W4SError(f"`runs_dir`: cannot read the trajectory rows: "
                            f"{str(e).splitlines()[0]}") from e
@@ -232,6 +272,8 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
             SELECT run_id, any_value(benchmark), any_value(meta_model),
                    any_value(config_hash), count(*)
             FROM reasoned WHERE excluded IS NULL GROUP BY 1 ORDER BY 1""")
+        repaired = _rows(con, "SELECT count(*) FROM reasoned WHERE excluded IS NULL "
+                             "AND repairs > 0")[0][0]
         sample_params = {"sft": q.sft, "tau": float(q.tau)}
         wmin, wmax = _rows(con, f"SELECT min(weight), max(weight) FROM ({_SAMPLES})",
                           sample_params)[0]
@@ -254,9 +296,12 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
         "query": {**asdict(q), "runs": list(q.runs), "benchmarks": list(q.benchmarks),
                   "runs_dir": str(runs_dir), "statuses": list(statuses),
                   "since": params["since"], "until": params["until"]},
-        "sql": " ".join((_REASONED + ";" + _SAMPLES).split()),
+        "sql": " ".join((reasoned + ";" + _SAMPLES).split()),
         "tau": q.tau, "sft": q.sft,
-        "weight": "1.0 (sft)" if q.sft else f"exp(reward / {q.tau:g})",
+        "weight": "1.0 (sft)" if q.sft else f"w4s.reward.rwr_weight: exp(reward / {q.tau:g})",
+        "repaired": {"option": q.repaired, "included": repaired,
+                     "prompt": {"conversation": "the conversation the reply was sampled from",
+                                "drop": "left out", "state": "the original state"}[q.repaired]},
         "episode": "the run id: one optimization run is one episode",
         "window": window and {"nights": window["nights"],
                               "collections": window["collections"]},

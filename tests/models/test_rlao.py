@@ -77,32 +77,57 @@ def samples_of(tokenizer, rows=ROWS, max_seq_len=512):
 # --------------------------------------------------------------------------- tokenization
 
 
-def test_labels_mask_exactly_the_prompt(model_tok):
+def test_labels_mask_the_prompt_and_the_template_glue(model_tok):
+    """The completion ends at <|im_end|>, the token that was sampled; the template's "\n"
+    after it is masked (before issue 15 it was trained)."""
     _, tok = model_tok
     r = ROWS[0]
     s = rlao.tokenize_sample(tok, r["prompt"], r["completion"], 2.0, 512)
     prompt_text = tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
     n_prompt = len(tok(prompt_text, add_special_tokens=False)["input_ids"])
+    full = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=False)
+    assert s.input_ids == tok(full, add_special_tokens=False)["input_ids"]  # nothing cut
     assert s.labels[:n_prompt] == [rlao.IGNORE] * n_prompt
-    assert s.labels[n_prompt:] == s.input_ids[n_prompt:]
-    assert tok.decode(s.input_ids[n_prompt:]).startswith("The answer is 5.")
+    trained = [t for t in s.labels if t != rlao.IGNORE]
+    assert tok.decode(trained) == "The answer is 5.<|im_end|>"
+    end = s.labels.index(tok.convert_tokens_to_ids("<|im_end|>"))
+    assert s.labels[n_prompt : end + 1] == s.input_ids[n_prompt : end + 1]
+    glue = s.input_ids[end + 1 :]
+    assert tok.decode(glue) == "\n" and s.labels[end + 1 :] == [rlao.IGNORE] * len(glue)
 
 
-def test_truncation_cuts_the_prompt_from_the_left_and_drops_long_completions(model_tok):
+def test_long_samples_are_dropped_and_counted_never_cut(model_tok):
     _, tok = model_tok
     full = rlao.tokenize_sample(tok, ROWS[0]["prompt"], ROWS[0]["completion"], 1.0, 512)
-    n_completion = full.completion_tokens
+    n = len(full.input_ids)
     stats = rlao.TokenizeStats()
-    cut = rlao.tokenize_sample(
-        tok, ROWS[0]["prompt"], ROWS[0]["completion"], 1.0, n_completion + 3, stats
-    )
-    assert len(cut.input_ids) == n_completion + 3 and stats.truncated == 1
-    assert cut.input_ids == full.input_ids[-(n_completion + 3) :]
-    assert cut.completion_tokens == n_completion
+    kept = rlao.tokenize_sample(tok, ROWS[0]["prompt"], ROWS[0]["completion"], 1.0, n, stats)
+    assert kept.input_ids == full.input_ids and stats.dropped_too_long == 0
     dropped = rlao.tokenize_sample(
-        tok, ROWS[0]["prompt"], ROWS[0]["completion"], 1.0, n_completion, stats
+        tok, ROWS[0]["prompt"], ROWS[0]["completion"], 1.0, n - 1, stats
     )
-    assert dropped is None and stats.dropped_too_long == 1
+    assert dropped is None and stats.dropped_too_long == 1 and stats.longest_dropped == n
+
+
+def test_the_default_max_seq_len_is_the_model_context_and_drops_are_reported(
+    tiny, tmp_path, caplog
+):
+    from flows.report import fit_report
+
+    long_row = row("What is 2+3? " * 200, "The answer is 5.", 1.0)  # over the 512 context
+    data = write_dataset(tmp_path / "d.parquet", [*ROWS, long_row])
+    with caplog.at_level("WARNING", logger="models.rlao"):
+        result = fit_adapter(data, str(tiny), tmp_path / "out", max_steps=1, register=False,
+                             **FAST)
+    m = result.metrics
+    assert m["max_seq_len"] == 512 and m["hyperparameters"]["max_seq_len"] == 512
+    assert m["samples"] == 3 and m["samples_dropped"] == 1 and m["longest_dropped_tokens"] > 512
+    warnings = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(warnings) == 1 and "1 of 4 samples dropped" in warnings[0]
+    report = fit_report(tmp_path / "out").markdown
+    assert "1 dropped: longer than max_seq_len 512 tokens, none cut" in report
+    assert "estimator: `self_normalized`; max_grad_norm 1.0" in report
+    assert m["estimator"] == "self_normalized" and m["gradient_checkpointing"] is False
 
 
 # --------------------------------------------------------------------------- the loss
@@ -123,7 +148,7 @@ def test_weighted_loss_equals_a_hand_computation(model_tok):
                 if s.labels[t] != rlao.IGNORE
             ]
             hand += s.weight * sum(ces) / len(ces)
-        hand /= len(samples)  # divided by the count of samples, not the sum of weights
+        hand /= sum(s.weight for s in samples)  # self-normalised: by the sum of weights
     assert loss.item() == pytest.approx(hand, rel=1e-5)
 
 
@@ -160,7 +185,7 @@ def test_training_on_prompt_labels_would_change_the_loss(model_tok):
 
 def _lora_grads(model, batch) -> torch.Tensor:
     model.zero_grad(set_to_none=True)
-    rlao.forward_loss(model, batch, n_samples=2).backward()
+    rlao.forward_loss(model, batch, 2.0).backward()
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
 
 
@@ -465,13 +490,101 @@ def test_packed_rows_in_one_batch_equal_the_padded_loss(model_tok):
         )
 
 
-def test_schedule_groups_rows_into_micro_batches_and_steps():
-    samples = [rlao.Sample([1] * n, [rlao.IGNORE] + [1] * (n - 1), 1.0) for n in (5, 5, 5, 5)]
-    config = rlao.RLAOConfig(batch_tokens=20, row_tokens=10, grad_accum=1, epochs=2)
+def test_schedule_steps_count_samples_not_rows():
+    samples = [rlao.Sample([1] * n, [rlao.IGNORE] + [1] * (n - 1), 1.0) for n in [5] * 40]
+    config = rlao.RLAOConfig(batch_tokens=20, row_tokens=10, epochs=2)
     plan = rlao.schedule(samples, config)
-    assert len(plan) == 2  # one step per epoch: two rows of two samples in one micro-batch
-    assert all(len(step[0]) == 2 and all(len(r) == 2 for r in step[0]) for step in plan)
-    assert (
-        len(rlao.schedule(samples, rlao.RLAOConfig(batch_tokens=20, row_tokens=10, max_steps=5)))
-        == 5
-    )
+    sizes = [sum(len(r) for rows in step for r in rows) for step in plan]
+    assert sizes == [16, 16, 16, 16, 16]  # 80 samples; a step spans micro-batches of 2 rows
+    assert all(len(rows) <= 2 and all(len(r) <= 2 for r in rows) for rows in plan[0])
+    first = [i for rows in plan[0] for r in rows for i in r]
+    assert first != sorted(first) and len(set(first)) == 16  # shuffled, no repeats
+    few = rlao.schedule(samples[:3], rlao.RLAOConfig(max_steps=5))
+    assert len(few) == 5 and all(sorted(i for rows in s for r in rows for i in r) == [0, 1, 2]
+                                 for s in few)
+
+
+# --------------------------------------------------------------------------- issue 15
+
+
+def _heavy_light_fit(tiny, tmp_path, name, weights) -> float:
+    """Fit the heavy (a) and light (b) completions of one prompt with the default clipping;
+    each sample fills a micro-batch of its own, as a 7B-scale state does."""
+    prompt = [SYSTEM, {"role": "user", "content": "What is 2+3?"}]
+    a, b = "The answer is 5.", "the lazy dog 0123"
+    rows = [
+        {"prompt": prompt, "completion": [{"role": "assistant", "content": text}], "weight": w}
+        for text, w in zip((a, b), weights, strict=True)
+    ]
+    data = write_dataset(tmp_path / f"{name}.parquet", rows)
+    fit_adapter(data, str(tiny), tmp_path / name, max_steps=8, lr=1e-2, lora_r=4,
+                register=False, lora_dropout=0.0, checkpoint_every=0, batch_tokens=24)
+    return _margin(tmp_path / name, tiny, prompt, a, b)
+
+
+def test_the_weighting_survives_clipping(tiny, tmp_path):
+    """Clipping at its default: weights 12.18 / 0.78 move the margin (heavy minus light)
+    much further than equal weights. Before, each sample was a step of its own, clipped,
+    and RWR came out as SFT."""
+    prompt = [SYSTEM, {"role": "user", "content": "What is 2+3?"}]
+    base = _margin(None, tiny, prompt, "The answer is 5.", "the lazy dog 0123")
+    weighted = _heavy_light_fit(tiny, tmp_path, "rwr", (12.18, 0.78)) - base
+    equal = _heavy_light_fit(tiny, tmp_path, "sft", (1.0, 1.0)) - base
+    # before issue 15 (one sample per step, each clipped): 0.117 against 0.052; now about
+    # 0.21 against 0.01
+    assert weighted > equal + 0.1 and weighted > 4 * equal, (weighted, equal)
+
+
+def test_the_fit_options_of_flows_and_nightly_reach_the_trainer():
+    """Every FitOptions field (the fit flow's and the nightly's `fit:`) is a fit_adapter
+    parameter and an RLAOConfig default, so `max_grad_norm` etc. are really passed on."""
+    import inspect
+
+    from flows.nightly import NightlyConfig
+    from flows.stage_flows import FitOptions
+
+    params = inspect.signature(fit_adapter).parameters
+    options = FitOptions(max_grad_norm=0.5, estimator="mean", step_samples=32)
+    for name in options.model_dump():
+        if name != "base":
+            assert name in params, name
+            if name != "target_modules":
+                assert params[name].default == FitOptions.model_fields[name].default, name
+    assert options.model_dump()["max_grad_norm"] == 0.5
+    nightly = NightlyConfig.model_fields["fit"].annotation
+    assert nightly is FitOptions
+    with pytest.raises(ValueError, match="estimator"):
+        FitOptions(estimator="sum")
+
+
+def test_gradient_checkpointing_recomputes_layers_with_equal_gradients(tiny, tmp_path):
+    """On by default on a GPU; on, each decoder layer runs again in the backward pass of the
+    trainer's own forward path, and the LoRA gradients are unchanged."""
+    assert rlao.use_gradient_checkpointing(rlao.RLAOConfig(), "cuda")
+    assert not rlao.use_gradient_checkpointing(rlao.RLAOConfig(), "cpu")
+    assert rlao.use_gradient_checkpointing(rlao.RLAOConfig(gradient_checkpointing=True), "cpu")
+
+    def grads_and_layer_calls(checkpointing: bool) -> tuple[torch.Tensor, int]:
+        base, tok = rlao.load_base(tiny)
+        model = rlao.add_lora(base, rlao.RLAOConfig(lora_dropout=0.0))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+        if checkpointing:
+            rlao.enable_gradient_checkpointing(model)
+        calls = []
+        # transformers checkpoints a layer's forward: its submodules run again in backward
+        model.get_decoder().layers[0].self_attn.register_forward_hook(lambda *a: calls.append(1))
+        model.train()
+        rlao.forward_loss(model, rlao.collate_packed(samples_of(tok))).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        return grads, len(calls)
+
+    plain, plain_calls = grads_and_layer_calls(False)
+    ckpt, ckpt_calls = grads_and_layer_calls(True)
+    assert (plain_calls, ckpt_calls) == (1, 2)
+    assert torch.allclose(plain, ckpt, atol=1e-6, rtol=1e-4) and plain.abs().sum() > 0
+    result = fit_adapter(write_dataset(tmp_path / "d.parquet", ROWS), str(tiny), tmp_path / "o",
+                         max_steps=1, register=False, gradient_checkpointing=True, **FAST)
+    assert result.metrics["gradient_checkpointing"] is True

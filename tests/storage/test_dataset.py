@@ -231,3 +231,70 @@ def test_a_prompt_that_is_not_a_message_list_is_excluded(tmp_path):
     res = build_dataset(tmp_path / "runs", tmp_path / "d.parquet")
     assert _keys(res.path) == [("r1", 1, 0)]
     assert res.card["counts"]["excluded"] == {"bad_text": 1}
+
+
+# ------------------------------------------------------------------ issue 15
+
+
+def _repaired_run(runs_dir):
+    """r3: one candidate ok at once, one ok after two repairs (its conversation holds the
+    failed attempts, their errors and the repair requests)."""
+    from w4s.prompts import repair_messages
+
+    plain = _cand("r3", 1, 0, reward=0.5)
+    fixed = _cand("r3", 1, 1, reward=1.0)
+    talk = repair_messages(fixed.prompt, "attempt 1", "NameError: x")
+    fixed.conversation = repair_messages(talk, "attempt 2", "ZeroDivisionError")
+    fixed.repairs = 2
+    _write_run(runs_dir, "r3", {1: [plain, fixed]})
+    return plain, fixed
+
+
+def test_a_repaired_sample_carries_the_conversation_it_was_sampled_from(tmp_path):
+    plain, fixed = _repaired_run(tmp_path / "runs")
+    res = build_dataset(tmp_path / "runs", tmp_path / "d.parquet")
+    rows = {r["candidate"]: r for r in pq.read_table(res.path).to_pylist()}
+    assert rows[0]["prompt"] == plain.prompt
+    assert rows[1]["prompt"] == fixed.conversation  # not the original state
+    assert [m["role"] for m in rows[1]["prompt"]] == [
+        "system", "user", "assistant", "user", "assistant", "user"]
+    assert "ZeroDivisionError" in rows[1]["prompt"][-1]["content"]
+    assert rows[1]["completion"] == [{"role": "assistant", "content": fixed.reply}]
+    assert res.card["repaired"]["option"] == "conversation"
+    assert res.card["repaired"]["included"] == 1
+
+
+def test_repaired_samples_can_be_dropped_or_paired_with_the_state(tmp_path):
+    plain, fixed = _repaired_run(tmp_path / "runs")
+    from flows.stage_flows import DatasetOptions
+    from tasks.dataset import build
+
+    assert _cli(["dataset", "--runs-dir", str(tmp_path / "runs"), "--out",
+                 str(tmp_path / "a.parquet"), "--repaired", "drop"]) == 0
+    assert _keys(tmp_path / "a.parquet") == [("r3", 1, 0)]
+    card = json.loads(card_path_for(tmp_path / "a.parquet").read_text())
+    assert card["counts"]["excluded"] == {"repaired": 1}
+    state = build(str(tmp_path / "runs"), str(tmp_path / "b.parquet"), [],
+                  DatasetOptions(repaired="state").model_dump())  # the nightly's option
+    assert pq.read_table(state["path"]).to_pylist()[1]["prompt"] == fixed.prompt
+    with pytest.raises(W4SError, match="`repaired` 'keep' is unknown"):
+        build_dataset(tmp_path / "runs", tmp_path / "c.parquet", DatasetQuery(repaired="keep"))
+
+
+def test_a_repaired_row_without_its_conversation_is_never_paired_with_the_state(tmp_path):
+    """A trajectory file written before `conversation_json` existed."""
+    _repaired_run(tmp_path / "runs")
+    path = next((tmp_path / "runs" / "r3" / "trajectories").glob("iter-*.parquet"))
+    pq.write_table(pq.read_table(path).drop_columns(["conversation_json"]), path)
+    res = build_dataset(tmp_path / "runs", tmp_path / "d.parquet")
+    assert _keys(res.path) == [("r3", 1, 0)]
+    assert res.card["counts"]["excluded"]["no_conversation"] == 1
+
+
+def test_the_weight_formula_has_one_source(runs, tmp_path, monkeypatch):
+    """The dataset's weights are w4s.reward.rwr_weight's, not a copy of its formula."""
+    import w4s.reward
+
+    monkeypatch.setattr(w4s.reward, "rwr_weight", lambda r, tau: 100.0 + r + tau)
+    rows = pq.read_table(build_dataset(runs, tmp_path / "d.parquet").path).to_pylist()
+    assert [r["weight"] for r in rows] == pytest.approx([100.4 + r["reward"] for r in rows])

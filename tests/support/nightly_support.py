@@ -38,7 +38,7 @@ def nightly_data(tmp_path: Path, base: Path, **extra: Any) -> dict[str, Any]:
         "collect": {**common, "episodes": 1, "iterations": 1, "candidates": 2,
                     "meta_agent": {"kind": "scripted", "replies": [GOOD, NO_CODE]}},
         "dataset": {"include_skipped": True},
-        "fit": {"base": str(base), "max_steps": 1, "max_seq_len": 256, "batch_tokens": 512,
+        "fit": {"base": str(base), "max_steps": 1, "batch_tokens": 512,
                 "checkpoint_every": 0},
         "optimize": {**common, "iterations": 1, "candidates": 1,
                      "meta_agent": {"kind": "transformers", "model": str(base),
