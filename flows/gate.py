@@ -27,7 +27,7 @@ from storage import adapters
 from storage.files import atomic_write
 from w4s.config import BackendConfig, CollectConfig
 from w4s.errors import InfrastructureError
-from w4s.gate import PROMOTED, GateRule, decide, margin, paired_reward
+from w4s.gate import PROMOTED, GateRule, decide, paired_margin, paired_reward
 from w4s.paths import is_url, location
 
 log = logging.getLogger("w4s")
@@ -56,8 +56,6 @@ class GateOptions(BaseModel):
     margin_tolerance: float = Field(0.05, ge=0, description="and the margin difference "
                                     "(nats per token) is >= -this, when measured")
     margin: bool = Field(True, description="measure the offline log-likelihood margin")
-    max_seq_len: int = Field(32768, ge=16, description="longer candidates are not scored "
-                                                       "by the margin (never cut)")
 
     @property
     def rule(self) -> GateRule:
@@ -107,38 +105,48 @@ def default_policy(env: CollectConfig) -> PolicyFn:
     return lambda adapter: env.meta_agent.model_copy(update={"adapter": adapter})
 
 
-def default_logliks(base: str, max_seq_len: int) -> LoglikFn:
+def default_logliks(base: str) -> LoglikFn:
+    """Each policy's mean token log-probability of each completion, one policy loaded at a
+    time (`models.policy_eval`: the reply through its end-of-turn token, the prompt's
+    forward pass shared by the candidates of a state)."""
     def score(policies: dict[str, str | None], rows: list[dict]) -> dict[str, list]:
-        from flows.fit import resolve_base
-        from models.gate_margin import completion_logliks
+        import gc
 
-        folder, _ = resolve_base(base)
-        logliks, _ = completion_logliks(folder, policies, rows, max_seq_len=max_seq_len)
-        return logliks
+        from models import policy_eval
+
+        out = {}
+        for name, adapter in policies.items():
+            model, tokenizer = policy_eval.load_policy(base, adapter)
+            out[name] = policy_eval.completion_logprobs(
+                model, tokenizer, [r["prompt"] for r in rows],
+                [r["completion"][0]["content"] for r in rows])
+            del model
+            gc.collect()
+        return out
     return score
 
 
 def _margin_measures(champion: str | None, challenger: str, rows: list[dict],
                      logliks: LoglikFn | None) -> dict[str, Any]:
-    """The offline margin of each policy on the pooled, rewarded candidates."""
+    """The offline margin of each policy on the pooled, rewarded candidates of the states
+    that hold both a positive and a non-positive one (the only ones scored)."""
     pool = [r for r in rows if r["reward"] is not None and r["reply"] and r["conversation"]]
-    positives = sum(r["reward"] > 0 for r in pool)
-    out: dict[str, Any] = {"margin_candidates": len(pool), "margin_positive": positives,
-                           "champion_margin": None, "challenger_margin": None,
-                           "margin_diff": None}
-    if logliks is None or not pool or positives in (0, len(pool)):
+    kinds: dict[str, set[bool]] = {}
+    for r in pool:
+        kinds.setdefault(r["state"], set()).add(r["reward"] > 0)
+    scored_pool = [r for r in pool if len(kinds[r["state"]]) == 2]
+    out: dict[str, Any] = {"margin_candidates": len(pool),
+                           "margin_positive": sum(r["reward"] > 0 for r in pool),
+                           **paired_margin([], [], [], [])}
+    if logliks is None or not scored_pool:
         return out
     samples = [{"prompt": json.loads(r["conversation"]),
-                "completion": [{"role": "assistant", "content": r["reply"]}]} for r in pool]
+                "completion": [{"role": "assistant", "content": r["reply"]}]}
+               for r in scored_pool]
     scored = logliks({"champion": champion, "challenger": challenger}, samples)
-    keep = [i for i in range(len(pool)) if all(scored[p][i] is not None for p in scored)]
-    rewards = [pool[i]["reward"] for i in keep]
-    for p in ("champion", "challenger"):
-        m = margin([scored[p][i] for i in keep], rewards)
-        out[f"{p}_margin"] = None if m is None else round(m, 4)
-    if out["champion_margin"] is not None and out["challenger_margin"] is not None:
-        out["margin_diff"] = round(out["challenger_margin"] - out["champion_margin"], 4)
-    return out
+    return out | paired_margin(scored["champion"], scored["challenger"],
+                               [r["reward"] for r in scored_pool],
+                               [r["state"] for r in scored_pool])
 
 
 def run_gate(challenger: adapters.AdapterRecord, env: CollectConfig, options: GateOptions,
@@ -256,7 +264,7 @@ def gate(challenger: str, environment: CollectConfig, options: GateOptions | Non
         runs_dir = str(location(adapters.adapters_dir()).parent / "gates")
     with gpu_slot(pick_device()[0] != "cpu"):
         doc = run_gate(record, environment, options, runs_dir,
-                       logliks=default_logliks(base, options.max_seq_len))
+                       logliks=default_logliks(base))
     logger.info("gate %s vs %s: %s (%s)", doc["challenger"], doc["champion"], doc["verdict"],
                 "; ".join(doc["reasons"]))
     if in_prefect_run():

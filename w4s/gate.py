@@ -3,14 +3,16 @@
 Two measures, both paired (the same fresh states, the same candidates):
 
 - on-policy reward: each policy samples m candidates from each of k states through the real
-  environment (self-check, validation, reward). Per state, the mean reward of its rewarded
-  candidates (an invalid one gets the reward the environment gives it); the measure is the
-  mean over states of (challenger - champion). Candidates lost to infrastructure are never
-  counted; a state where either policy has none rewarded is left out of the pairing.
-- offline margin: over the pooled candidates of both samples, a policy's mean per-token
-  log-likelihood of the positive (reward > 0) completions minus that of the non-positive
-  ones, each given the state it was sampled from. The measure is challenger - champion.
-  Undefined (None) when the pool lacks a positive or a non-positive candidate.
+  environment (self-check, validation, reward). The measure is the mean reward per sampled
+  candidate (an invalid one gets the reward the environment gives it), challenger minus
+  champion, over the states where both policies have rewarded candidates, with a 95%
+  cluster-bootstrap interval over states (`w4s.stats.paired_difference`). Candidates lost to
+  infrastructure or the budget are never counted.
+- offline margin: on the pooled candidates of both samples, per state, a policy's mean token
+  log-likelihood of the positive (reward > 0) completions minus that of the others, each
+  given the conversation it was sampled from, averaged over the states that have both kinds
+  (`w4s.stats.grouped_margin`, the learning-signal experiment's measure). The measure is
+  challenger minus champion, paired by state. Undefined (None) when no state has both.
 
 Not worse, precisely: `reward_diff >= -reward_tolerance` and, when the margin is defined,
 `margin_diff >= -margin_tolerance`. A tie counts as not worse, so a challenger that changes
@@ -21,11 +23,11 @@ much measured loss one accepts as noise in a small sample.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from w4s import stats
 
 PROMOTED = "promoted"
 KEPT = "kept_champion"
@@ -46,64 +48,59 @@ class GateRule:
                 raise ValueError(f"`{name}` must be a finite number >= 0, but received {value!r}")
 
 
-def state_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """state -> mean reward of its rewarded candidates (reward None: lost, not counted)."""
-    by_state: dict[str, list[float]] = {}
+def _by_state(rows: Sequence[Mapping[str, Any]], value: Any) -> dict[Hashable, list[float]]:
+    out: dict[Hashable, list[float]] = {}
     for r in rows:
         if r.get("reward") is not None:
-            by_state.setdefault(str(r["state"]), []).append(float(r["reward"]))
-    return {s: float(np.mean(v)) for s, v in sorted(by_state.items())}
-
-
-def cluster_bootstrap_mean(values: Sequence[float], *, resamples: int = 2000,
-                           seed: int = 0) -> list[float] | None:
-    """95% percentile interval of the mean of per-state values (the state is the unit)."""
-    x = np.asarray(values, dtype=float)
-    if x.size < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return [round(float(lo), 4), round(float(hi), 4)]
+            out.setdefault(r["state"], []).append(float(value(r)))
+    return out
 
 
 def paired_reward(champion: Sequence[Mapping[str, Any]],
                   challenger: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The on-policy measure: per-policy means, the paired difference and its interval."""
-    a, b = state_means(champion), state_means(challenger)
-    paired = sorted(set(a) & set(b))
-    diffs = [b[s] - a[s] for s in paired]
-
-    def lost(rows: Sequence[Mapping[str, Any]]) -> int:
-        return sum(r.get("reward") is None for r in rows)
+    """The on-policy measure from each policy's candidate rows (`state`, `reward`: None when
+    lost, `status`): means, the paired difference and its interval, and what was lost."""
+    a = _by_state(champion, lambda r: r["reward"])
+    b = _by_state(challenger, lambda r: r["reward"])
+    common = {s for s in a if s in b}
+    out: dict[str, Any] = {"states_paired": len(common), "champion_mean_reward": None,
+                           "challenger_mean_reward": None, "reward_diff": None,
+                           "reward_diff_ci95": None}
+    if common:
+        d = stats.paired_difference(b, a)
+        out |= {"champion_mean_reward": _pooled(a, common),
+                "challenger_mean_reward": _pooled(b, common),
+                "reward_diff": d["diff"], "reward_diff_ci95": d["ci95"]}
 
     def share(rows: Sequence[Mapping[str, Any]], test: Any) -> float | None:
-        rewarded = [r for r in rows if r.get("reward") is not None]
-        return _round(np.mean([bool(test(r)) for r in rewarded])) if rewarded else None
+        rewarded = [bool(test(r)) for r in rows if r.get("reward") is not None]
+        return round(sum(rewarded) / len(rewarded), 4) if rewarded else None
 
-    return {
-        "states_paired": len(paired),
-        "champion_mean_reward": _round(np.mean([a[s] for s in paired])) if paired else None,
-        "challenger_mean_reward": _round(np.mean([b[s] for s in paired])) if paired else None,
-        "reward_diff": _round(np.mean(diffs)) if diffs else None,
-        "reward_diff_ci95": cluster_bootstrap_mean(diffs),
-        "champion_candidates": len(champion), "challenger_candidates": len(challenger),
-        "champion_lost": lost(champion), "challenger_lost": lost(challenger),
-        # reported, not decided on: valid (self-check passed) and positive shares
-        "champion_valid_rate": share(champion, lambda r: r.get("status") == "ok"),
-        "challenger_valid_rate": share(challenger, lambda r: r.get("status") == "ok"),
-        "champion_positive_share": share(champion, lambda r: r["reward"] > 0),
-        "challenger_positive_share": share(challenger, lambda r: r["reward"] > 0),
-    }
+    for name, rows in (("champion", champion), ("challenger", challenger)):
+        out |= {f"{name}_candidates": len(rows),
+                f"{name}_lost": sum(r.get("reward") is None for r in rows),
+                # reported, not decided on: valid (self-check passed) and positive shares
+                f"{name}_valid_rate": share(rows, lambda r: r.get("status") == "ok"),
+                f"{name}_positive_share": share(rows, lambda r: r["reward"] > 0)}
+    return out
 
 
-def margin(logliks: Sequence[float], rewards: Sequence[float]) -> float | None:
-    """Mean log-likelihood of positive completions minus that of non-positive ones."""
-    pos = [x for x, r in zip(logliks, rewards, strict=True) if r > 0]
-    neg = [x for x, r in zip(logliks, rewards, strict=True) if r <= 0]
-    if not pos or not neg:
-        return None
-    return float(np.mean(pos) - np.mean(neg))
+def paired_margin(champion: Sequence[float], challenger: Sequence[float],
+                  rewards: Sequence[float], states: Sequence[Hashable]) -> dict[str, Any]:
+    """The offline measure from each policy's log-likelihoods of the same candidates."""
+    positive = [r > 0 for r in rewards]
+    a = stats.state_margins(champion, positive, states)
+    b = stats.state_margins(challenger, positive, states)
+    out: dict[str, Any] = {"margin_states": len(a), "champion_margin": None,
+                           "challenger_margin": None, "margin_diff": None,
+                           "margin_diff_ci95": None}
+    if a:
+        d = stats.paired_difference({s: [v] for s, v in b.items()},
+                                    {s: [v] for s, v in a.items()})
+        out |= {"champion_margin": round(sum(a.values()) / len(a), 4),
+                "challenger_margin": round(sum(b.values()) / len(b), 4),
+                "margin_diff": d["diff"], "margin_diff_ci95": d["ci95"]}
+    return out
 
 
 def decide(measures: Mapping[str, Any], rule: GateRule) -> tuple[str, list[str]]:
@@ -120,8 +117,8 @@ def decide(measures: Mapping[str, Any], rule: GateRule) -> tuple[str, list[str]]
         reasons.append(f"reward diff {d:+.4f} < -{rule.reward_tolerance:g} (worse)")
     m = measures.get("margin_diff")
     if m is None:
-        reasons.append("margin not measured (the sample holds no positive or no "
-                       "non-positive candidate)")
+        reasons.append("margin not measured (no state of the sample has both a "
+                       "positive and a non-positive candidate)")
     elif m >= -rule.margin_tolerance:
         reasons.append(f"margin diff {m:+.4f} >= -{rule.margin_tolerance:g}")
     else:
@@ -130,5 +127,6 @@ def decide(measures: Mapping[str, Any], rule: GateRule) -> tuple[str, list[str]]
     return (PROMOTED if ok else KEPT), reasons
 
 
-def _round(x: Any) -> float:
-    return round(float(x), 4)
+def _pooled(clusters: Mapping[Hashable, Sequence[float]], keys: set) -> float:
+    values = [v for k in keys for v in clusters[k]]
+    return round(sum(values) / len(values), 4)

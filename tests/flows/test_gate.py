@@ -149,7 +149,7 @@ def test_the_real_margin_scores_both_policies_with_the_base_model(tmp_path, tmp_
     challenger = adapters.resolve(fitted.adapter_id)
     doc = run_gate(challenger, _env(tmp_path), OPTIONS, str(tmp_path / "gates"),
                    policy=_scripted({None: "bad", "real": "good"}),
-                   logliks=default_logliks(str(base), 4096))
+                   logliks=default_logliks(str(base)))
     m = doc["measures"]
     assert m["margin_candidates"] == 8 and m["margin_positive"] == 4
     assert isinstance(m["champion_margin"], float) and isinstance(m["challenger_margin"], float)

@@ -12,10 +12,10 @@ import pytest
 
 from flows import fit
 from flows.fit import fit_adapter
-from models.gate_margin import completion_logliks
+from flows.gate import default_logliks
 from storage import adapters
 from w4s.errors import NothingToLearn
-from w4s.gate import margin
+from w4s.gate import paired_margin
 
 MESSAGE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 USER = [{"role": "user", "content": "What is 2+3?"}]
@@ -60,18 +60,16 @@ def test_force_fits_anyway_and_the_cli_says_skipped(tiny_model_dir, tmp_path, ca
     assert len(adapters.list_adapters()) == 1
 
 
-def test_the_margin_rises_for_an_adapter_fitted_on_the_positive_completion(tiny_model_dir,
-                                                                          tmp_path):
+def test_the_gate_margin_rises_for_an_adapter_fitted_on_the_positive_completion(
+        tiny_model_dir, tmp_path):
     data = _dataset(tmp_path / "d.parquet", [1.0])
     fit_adapter(data, str(tiny_model_dir), tmp_path / "good", max_steps=30, lr=2e-2,
                 batch_tokens=128, register=False)
     rows = [{"prompt": USER, "completion": [{"role": "assistant", "content": reply}]}
             for reply in (GOOD_REPLY, BAD_REPLY)]
-    scored, skipped = completion_logliks(
-        tiny_model_dir, {"base": None, "fitted": str(tmp_path / "good")}, rows)
-    assert skipped == 0 and all(x is not None for xs in scored.values() for x in xs)
-    rewards = [1.0, -0.1]
-    assert margin(scored["fitted"], rewards) > margin(scored["base"], rewards) + 0.3
-    # the base policy scores the same with the adapter loaded (disabled) as without it
-    alone, _ = completion_logliks(tiny_model_dir, {"base": None}, rows)
-    assert alone["base"] == pytest.approx(scored["base"], abs=1e-5)
+    scored = default_logliks(str(tiny_model_dir))(
+        {"champion": None, "challenger": str(tmp_path / "good")}, rows)
+    m = paired_margin(scored["champion"], scored["challenger"], [1.0, -0.1], ["s", "s"])
+    assert m["margin_states"] == 1 and m["margin_diff"] > 0.3, m
+    assert m["margin_diff"] == pytest.approx(m["challenger_margin"] - m["champion_margin"],
+                                             abs=1e-3)
