@@ -194,6 +194,9 @@ def run_gate(challenger: adapters.AdapterRecord, env: CollectConfig, options: Ga
                                  rows["champion"] + rows["challenger"],
                                  logliks if options.margin else None)
     verdict, reasons = decide(measures, options.rule)
+    if not options.margin:
+        reasons = [r if not r.startswith("margin not measured") else
+                   "margin not measured (gate.margin is off)" for r in reasons]
     doc = {"verdict": verdict, "champion": champion_id, "challenger": challenger.id,
            "measures": measures, "states": options.states,
            "candidates": options.candidates, "reasons": reasons,

@@ -170,6 +170,7 @@ def test_with_a_remote_registry_the_verdict_lands_beside_the_registrys_copy(tmp_
     doc = run_gate(record, _env(tmp_path), OPTIONS, str(tmp_path / "gates"),
                    policy=_scripted({None: "bad", record.id: "good"}), logliks=None)
     assert doc["verdict"] == "promoted" and doc["measures"]["margin_diff"] is None
+    assert any("margin not measured" in r for r in doc["reasons"])
     stored = json.loads((location(record.path) / GATE_FILE).read_text())
     assert stored == doc == json.loads((tmp_path / "fitted" / GATE_FILE).read_text())
     assert adapters.champion().id == record.id  # the registry at the URL records it
