@@ -1,51 +1,87 @@
-"""Does RLAO learn anything here? Collect, fit (RWR and SFT), compare with the base policy.
+"""Does RLAO learn anything here? Headroom, collection, RWR and SFT fits, paired evaluation.
 
 On the CPU, with the embedded SmolLM2-135M-Instruct as meta-agent and executor (both on
-llama.cpp), on the synthetic arithmetic benchmark, where a workflow that computes with
-`agent.execute_code` scores far above one that asks for the number:
+llama.cpp), on the synthetic arithmetic benchmark:
 
-1. collect: episodes of one turn from the paper's kind of initial state, the seeds in view
-   with their validation accuracies: the `code` seed beside the current `direct` one, so the
-   better action, adapting `code`, is one the base model can sample (with all four seeds in
-   view, the prompt is longer and none of 11 sampled candidates passed its self-check);
-   each episode has its own split;
-2. dataset: reward-weighted (exp(r / 0.4)) and the SFT variant (every weight 1), same rows;
-3. fit: one LoRA adapter on each;
-4. evaluate: the base, RWR and SFT meta-agents, each from the same fresh states over fresh
-   items (another item seed, other splits), one turn of m candidates per state.
+1. headroom: the executor's accuracy under each seed workflow and under EXTRACT (a workflow
+   that pulls the expression out of the question and runs it with `agent.execute_code`), on
+   the first `--headroom-items` items; then direct, code and EXTRACT on every item of the
+   collection pool (item seed 0) and of the evaluation pool (item seed 1);
+2. states: the paper's initial state (the `code` seed with its accuracy beside the current
+   `direct` workflow). A state is kept only when a better workflow is within reach: `code`,
+   in view, scores above the current `direct` on that state's validation items (so copying
+   or adapting it earns a positive reward), and EXTRACT scores above both. Collection states
+   come from the item-seed-0 pool, evaluation states from the item-seed-1 pool (fresh items
+   and splits, never in a collection); every kept state is written to `states.json` once;
+3. collection (round 1): `--states` x m candidates from the base policy, 0 repairs, the
+   executor at temperature 0 through the shared call cache (the seeds call it at 0);
+4. fits: RWR (exp(r / 0.4)) and SFT (weight 1) on the same rows, identical steps, two seeds;
+5. evaluation: base, SFT and RWR each sample m candidates from every evaluation state (a
+   two-seed policy: m/2 from each seed's adapter), states in chunks so that a run stopped by
+   `--deadline` still holds paired results;
+6. round 2: collect again with the RWR adapters, refit RWR on both rounds' rows, evaluate.
 
-Measures per policy, each with n and a 95% bootstrap interval: the valid-action rate (parsed
-and self-check passed, repairs allowed), the share of valid candidates whose workflow calls
-`execute_code`, their mean validation accuracy, and the mean reward of all rewarded ones.
-Everything lives under `--work`; a rerun with the same folder resumes (collections by id,
-fits whose adapter is complete are kept).
+PRIMARY metric (named here, before any run): mean reward per sampled candidate over all
+candidates of a policy on the evaluation states; an invalid candidate (unparsed, or failing
+its self-check) gets the reward the environment gives it (-0.1). Secondary: the valid-action
+rate, the share of all candidates whose valid workflow calls `execute_code`, the mean
+validation accuracy over all candidates (0 for invalid ones), the positive-reward share.
+Offline: the held-out log-likelihood margin of positive over non-positive candidates (the
+base policy's candidates on the evaluation states), forward passes only
+(`models/policy_eval.py`). Intervals: 95% cluster bootstrap over states; RWR - base,
+SFT - base and RWR - SFT are paired differences on the same states (`w4s/stats.py`).
+Candidates lost to infrastructure (reward None) are never measured; they are counted.
 
-    .venv/bin/python benchmarks/learning_signal.py [--work DIR] [--json out.json]
+Everything lives under `--work`; a rerun with the same folder resumes (finished states,
+datasets and complete adapters are kept). Results are rewritten after every stage, so a
+stopped run leaves what finished in `--json`.
+
+    .venv/bin/python benchmarks/learning_signal.py --work DIR --json out.json [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from w4s import stats  # noqa: E402
 
 LLAMACPP = {"kind": "llamacpp", "model": "smollm2-135m-instruct"}
 START = time.monotonic()
+PRIMARY = "reward"
+PRIMARY_TEXT = ("mean reward per sampled candidate, every candidate counted (invalid ones "
+                "get the environment's reward, -0.1)")
+SECONDARY = ("valid", "execute_code", "val_accuracy", "positive")
+
+EXTRACT = '''\
+import re
+
+
+def solver(agent, task: str) -> dict:
+    expr = re.search(r"\\d[\\d+*\\- ]*\\d", task).group(0)
+    return {"answer": agent.execute_code("print(" + expr + ")")}
+'''
 
 
 def say(msg: str) -> None:
-    print(f"[learning-signal {time.monotonic() - START:7.1f}s] {msg}", file=sys.stderr, flush=True)
+    print(f"[learning-signal {time.monotonic() - START:7.1f}s] {msg}", file=sys.stderr,
+          flush=True)
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def calls_execute_code(code: str | None) -> bool:
@@ -58,115 +94,470 @@ def calls_execute_code(code: str | None) -> bool:
                and n.func.attr == "execute_code" for n in ast.walk(tree))
 
 
-def bootstrap(values: Sequence[float], *, resamples: int = 2000, seed: int = 0) -> dict:
-    """Mean with a 95% percentile-bootstrap interval; n = 0 gives None everywhere."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return {"n": 0, "mean": None, "ci95": None}
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"n": int(x.size), "mean": round(float(x.mean()), 4),
-            "ci95": [round(float(lo), 4), round(float(hi), 4)]}
+# ------------------------------------------------------------------------- measures
 
 
-def measures(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The experiment's measures over one policy's candidate rows (turn >= 1)."""
-    rewarded = [r for r in rows if r["reward"] is not None]
-    valid = [r for r in rewarded if r["status"] == "ok"]
-    scored = [r for r in valid if r["accuracy"] is not None]
+def candidate_values(row: dict[str, Any]) -> dict[str, float]:
+    """One candidate's values of every measure; the row must have a reward (not lost)."""
+    valid = row["status"] == "ok"
     return {
-        "candidates": len(rows),
-        "valid_rate": bootstrap([r["status"] == "ok" for r in rewarded]),
-        "valid_first_try_rate": bootstrap([r["status"] == "ok" and r["repairs"] == 0
-                                           for r in rewarded]),
-        "execute_code_share": bootstrap([calls_execute_code(r["code"]) for r in valid]),
-        "val_accuracy": bootstrap([r["accuracy"] for r in scored]),
-        "reward": bootstrap([r["reward"] for r in rewarded]),
-        "positive_share": bootstrap([r["reward"] > 0 for r in rewarded]),
-        "lost": len(rows) - len(rewarded),  # budget or infrastructure: never measured
+        "reward": float(row["reward"]),
+        "valid": float(valid),
+        "execute_code": float(valid and calls_execute_code(row["code"])),
+        "val_accuracy": float(row["accuracy"] or 0.0) if valid else 0.0,
+        "positive": float(row["reward"] > 0),
     }
 
 
-def action_rows(runs_dir: Path) -> list[dict[str, Any]]:
-    from storage.query import query
+def by_state(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """measure -> state -> the values of that state's rewarded candidates."""
+    out: dict[str, dict[str, list[float]]] = {k: {} for k in (PRIMARY, *SECONDARY)}
+    for r in rows:
+        if r["reward"] is None:
+            continue
+        for k, v in candidate_values(r).items():
+            out[k].setdefault(r["state"], []).append(v)
+    return out
 
-    files = sorted(str(p) for p in runs_dir.glob("*/trajectories/*.parquet"))
-    if not files:
-        return []
-    cols, rows = query("SELECT status, code, val_accuracy AS accuracy, reward, repairs "
-                       "FROM read_parquet(?, union_by_name = true) WHERE kind = 'action'",
-                       [files])
-    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+def measures(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every measure over one policy's candidates, 95% cluster-bootstrap intervals."""
+    clusters = by_state(rows)
+    return {"candidates": len(rows), "lost": sum(r["reward"] is None for r in rows),
+            **{k: stats.cluster_bootstrap(v) for k, v in clusters.items()}}
 
 
-def collect_config(args: argparse.Namespace, runs_dir: Path, *, item_seed: int,
-                   split_seed: int, episodes: int, temperatures: tuple[float, float],
-                   adapter: str | None = None) -> Any:
-    from w4s.config import CollectConfig
+def paired(a_rows: Sequence[dict], b_rows: Sequence[dict]) -> dict[str, Any]:
+    """a - b for every measure, paired on the states both sampled from."""
+    a, b = by_state(a_rows), by_state(b_rows)
+    out = {}
+    for k in a:
+        try:
+            out[k] = stats.paired_difference(a[k], b[k])
+        except ValueError as e:
+            out[k] = {"error": str(e)}
+    return out
 
-    return CollectConfig.model_validate({
-        "benchmark": "arithmetic", "benchmark_options": {"seed": item_seed},
+
+# ------------------------------------------------------------------------- environment
+
+
+def make_config(args: argparse.Namespace, root: Path, *, item_seed: int, split_seed: int,
+                temperature: float, candidates: int, adapter: str | None = None) -> Any:
+    from w4s.config import OptimizeConfig
+
+    return OptimizeConfig.model_validate({
+        "benchmark": "arithmetic",
+        "benchmark_options": {"seed": item_seed, "size": args.pool},
         "seeds": ["direct", "code"], "seed_workflow": "direct", "initial_state": "all_seeds",
-        "iterations": 1, "candidates": args.candidates, "episodes": episodes,
-        "split_per_episode": True, "split_seed": split_seed,
+        "iterations": 1, "candidates": candidates, "meta_temperature": temperature,
         "val_size": args.val_size, "test_size": 1, "max_repairs": args.max_repairs,
-        "min_temperature": temperatures[0], "max_temperature": temperatures[1],
         "meta_agent": {**LLAMACPP, "max_new_tokens": args.meta_tokens, "adapter": adapter},
         "executor": {**LLAMACPP, "max_new_tokens": 64},
-        "runs_dir": str(runs_dir),
+        "runs_dir": str(root),
     })
 
 
-def run_collection(name: str, cfg: Any) -> dict[str, Any]:
-    from flows.collect import collect
+def score_pool(args: argparse.Namespace, work: Path, item_seed: int,
+               workflows: dict[str, str], items_limit: int | None = None) -> dict[str, Any]:
+    """Per workflow: accuracy and the ids of the items it gets right (cached on disk)."""
+    from tasks import runtime
 
+    cache = work / f"scores-{item_seed}-{items_limit or args.pool}-{len(workflows)}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    cfg = make_config(args, work / "scratch", item_seed=item_seed, split_seed=0,
+                      temperature=0.7, candidates=1)
+    bench = runtime.benchmark(cfg)
+    items = bench.load()[: items_limit or args.pool]
     t0 = time.monotonic()
-    summary = collect(cfg, collection_id=name)
-    say(f"collection {name}: {summary['rows']} candidates, rewards "
-        f"{summary['reward_histogram']}, {time.monotonic() - t0:.0f}s")
-    return {**summary, "seconds": round(time.monotonic() - t0, 1)}
+    results = runtime.harness(cfg).evaluate_many(list(workflows.values()), items, bench)
+    out = {}
+    for name, res in zip(workflows, results, strict=True):
+        if res.infra_errors:
+            raise RuntimeError(f"{name}: {res.infra_errors} item(s) lost to infrastructure; "
+                               "rerun to resume")
+        out[name] = {"accuracy": round(res.accuracy, 4), "items": len(items),
+                     "correct": [o.item_id for o in res.outcomes if o.score >= 1]}
+    say(f"item seed {item_seed}: {len(items)} items x {len(workflows)} workflows in "
+        f"{time.monotonic() - t0:.0f}s: " + ", ".join(f"{k} {v['accuracy']:.2f}"
+                                                       for k, v in out.items()))
+    cache.write_text(json.dumps(out))
+    return out
 
 
-def fit(dataset: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def pick_states(args: argparse.Namespace, scores: dict[str, Any], item_seed: int, n: int,
+                first_split: int) -> list[dict[str, Any]]:
+    """The first n split seeds from `first_split` on whose validation items `code` beats
+    `direct` and EXTRACT beats both: a better workflow is in view, a better one still exists."""
+    from w4s.benchmarks import get_benchmark
+    from w4s.benchmarks.base import split_items
+
+    items = get_benchmark("arithmetic", seed=item_seed, size=args.pool).load()
+    right = {k: set(v["correct"]) for k, v in scores.items()}
+    states, seen = [], set()
+    for split_seed in range(first_split, first_split + 100_000):
+        val = split_items(items, seed=split_seed, val_size=args.val_size,
+                          test_size=1).validation
+        ids = tuple(sorted(i.id for i in val))
+        acc = {k: sum(i in right[k] for i in ids) / len(ids) for k in right}
+        if acc["code"] > acc["direct"] and acc["extract"] > acc["code"] and ids not in seen:
+            seen.add(ids)
+            states.append({"split_seed": split_seed, "item_seed": item_seed,
+                           "validation": list(ids), "accuracy": acc})
+            if len(states) == n:
+                return states
+    raise RuntimeError(f"only {len(states)} of {n} states with headroom in item seed "
+                       f"{item_seed}'s pool: raise --pool")
+
+
+def run_states(name: str, root: Path, configs: Sequence[tuple[str, Any]],
+               workers: int = 2) -> dict[str, str]:
+    """Run each state's one turn (seed, generate, self-check, validate, reward, log) through
+    the stage functions the collect flow runs; finished work is skipped. Returns the
+    states that failed, with the reason (infrastructure: rerun to resume)."""
+    from tasks import stages
+
+    def one(run_id: str, cfg: Any) -> None:
+        run_dir = stages.prepare_run(cfg, root, run_id)
+        stages.seed(run_dir)
+        stages.log_trajectory(run_dir, 0)
+        for j in stages.generate(run_dir, 1):
+            stages.self_check(run_dir, 1, j)
+        stages.execute(run_dir, 1)
+        stages.reward(run_dir, 1)
+        stages.log_trajectory(run_dir, 1)
+
+    failed: dict[str, str] = {}
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(one, rid, cfg): rid for rid, cfg in configs}
+        for done, fut in enumerate(futures, 1):
+            rid = futures[fut]
+            try:
+                fut.result()
+            except Exception as e:  # noqa: BLE001 - one state's loss is reported, not fatal
+                failed[rid] = f"{type(e).__name__}: {str(e)[:300]}"
+            say(f"{name}: {done}/{len(configs)} states, {time.monotonic() - t0:.0f}s"
+                + (f" ({rid} failed: {failed[rid]})" if rid in failed else ""))
+    return failed
+
+
+def action_rows(root: Path, prefix: str = "") -> list[dict[str, Any]]:
+    """Candidate rows (turn 1) of the runs under root whose id starts with prefix; `state`
+    is the state id (the run id's last part), shared by every policy."""
+    from storage.query import query
+
+    files = sorted(str(p) for p in root.glob(f"{prefix}*/trajectories/*.parquet"))
+    if not files:
+        return []
+    cols, rows = query(
+        "SELECT run_id, status, code, val_accuracy AS accuracy, reward, prompt_json, reply "
+        "FROM read_parquet(?, union_by_name = true) WHERE kind = 'action' ORDER BY run_id, "
+        "candidate", [files])
+    out = [dict(zip(cols, r, strict=True)) for r in rows]
+    for r in out:
+        r["state"] = r["run_id"].rsplit("-", 1)[1]
+    return out
+
+
+def prompt_hashes(rows: Sequence[dict[str, Any]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for r in rows:
+        out.setdefault(r["state"], set()).add(hashlib.sha256(
+            r["prompt_json"].encode()).hexdigest()[:16])
+    return out
+
+
+# ------------------------------------------------------------------------- fits
+
+
+def build(runs_dir: Path, out: Path, runs: Sequence[str], sft: bool) -> dict[str, Any]:
+    from storage.dataset import DatasetQuery, build_dataset
+
+    data = build_dataset(runs_dir, out, DatasetQuery(runs=tuple(runs), sft=sft))
+    say(f"dataset {out.name}: {data.summary_line()}")
+    return {"path": str(data.path), "rows": data.rows, "weights": data.card["weights"],
+            "reward_histogram": data.card.get("reward_histogram")}
+
+
+def fit(dataset: str, out: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from flows.fit import fit_adapter
 
     if (out / "metrics.json").is_file() and (out / "adapter_config.json").is_file():
         say(f"fit {out.name}: kept from an earlier run")
-        return json.loads((out / "metrics.json").read_text())
-    t0 = time.monotonic()
-    last = [0.0]
+        m = json.loads((out / "metrics.json").read_text())
+    else:
+        t0 = time.monotonic()
+        last = [0.0]
 
-    def progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:
-        if time.monotonic() - last[0] > 20 or step == total:
-            last[0] = time.monotonic()
-            say(f"fit {out.name}: step {step}/{total}, loss {loss:.4f}, {tokens_per_s:.0f} tok/s")
+        def progress(step: int, total: int, loss: float, tokens_per_s: float) -> None:
+            if time.monotonic() - last[0] > 30 or step == total:
+                last[0] = time.monotonic()
+                say(f"fit {out.name}: step {step}/{total}, loss {loss:.4f}, "
+                    f"{tokens_per_s:.0f} tok/s")
 
-    result = fit_adapter(dataset, "embedded", out, epochs=args.epochs, lr=args.lr,
-                         lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=0,
-                         register=False, on_step=progress)
-    say(f"fit {out.name}: {time.monotonic() - t0:.0f}s")
-    return result.metrics
+        m = fit_adapter(dataset, "embedded", out, epochs=args.epochs, max_steps=args.max_steps,
+                        lr=args.lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=seed,
+                        register=False, on_step=progress).metrics
+        say(f"fit {out.name}: {time.monotonic() - t0:.0f}s")
+    curve = m.get("loss_curve") or []
+    keep = ("samples", "tokens_total", "steps", "seconds", "tokens_per_s", "estimator",
+            "max_grad_norm", "dropped_too_long")
+    return {**{k: m.get(k) for k in keep if k in m},
+            "first_loss": curve[0]["loss"] if curve else None,
+            "final_loss": curve[-1]["loss"] if curve else None}
+
+
+# ------------------------------------------------------------------------- main
+
+
+class Experiment:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args, self.work = args, work
+        self.deadline = (time.time() + args.deadline_min * 60) if args.deadline_min else None
+        self.out: dict[str, Any] = {
+            "primary_metric": PRIMARY_TEXT,
+            "settings": {k: v for k, v in vars(args).items() if k != "json"},
+            "load_start": load(), "finished": [], "stopped": None,
+        }
+
+    def save(self) -> None:
+        self.out["seconds"] = round(time.monotonic() - START, 1)
+        self.out["load_now"] = load()
+        text = json.dumps(self.out, indent=1, default=sorted)
+        (self.work / "results.json").write_text(text + "\n")
+        if self.args.json:
+            Path(self.args.json).write_text(text + "\n")
+
+    def time_left(self, stage: str) -> bool:
+        if self.deadline is not None and time.time() > self.deadline:
+            if self.out["stopped"] is None:
+                self.out["stopped"] = f"deadline reached before {stage}"
+                say(f"deadline reached: {stage} and later stages not started")
+            return False
+        return True
+
+    def done(self, stage: str, t0: float) -> None:
+        self.out["finished"].append({"stage": stage, "seconds": round(time.monotonic() - t0, 1),
+                                     "load": load()})
+        self.save()
+
+    # -- stages
+
+    def headroom(self) -> None:
+        from tasks import runtime
+
+        t0 = time.monotonic()
+        a = self.args
+        cfg = make_config(a, self.work / "scratch", item_seed=0, split_seed=0, temperature=0.7,
+                          candidates=1)
+        seeds = runtime.benchmark(cfg).seed_workflows()
+        head = score_pool(a, self.work, 0, {**seeds, "extract": EXTRACT}, a.headroom_items)
+        self.out["headroom"] = {"items": a.headroom_items,
+                                **{k: v["accuracy"] for k, v in head.items()}}
+        say("headroom on " + f"{a.headroom_items} items: " +
+            ", ".join(f"{k} {v:.2f}" for k, v in self.out["headroom"].items() if k != "items"))
+        three = {"direct": seeds["direct"], "code": seeds["code"], "extract": EXTRACT}
+        self.pools = {s: score_pool(a, self.work, s, three) for s in (0, 1)}
+        self.out["pools"] = {s: {k: v["accuracy"] for k, v in p.items()}
+                             for s, p in self.pools.items()}
+        states_file = self.work / "states.json"
+        if states_file.is_file():
+            self.states = json.loads(states_file.read_text())
+        else:
+            self.states = {
+                "collect": pick_states(a, self.pools[0], 0, a.states, 0),
+                "collect2": pick_states(a, self.pools[0], 0, a.states, 50_000),
+                "eval": pick_states(a, self.pools[1], 1, a.eval_states, 0),
+            }
+            states_file.write_text(json.dumps(self.states, indent=1))
+        self.out["states"] = {k: {"n": len(v), "mean_accuracy": {
+            w: round(sum(s["accuracy"][w] for s in v) / len(v), 4)
+            for w in ("direct", "code", "extract")}} for k, v in self.states.items()}
+        say("states (mean accuracy of direct / code / extract on their validation items): "
+            + "; ".join(f"{k} {v['n']}: " + " / ".join(f"{x:.2f}" for x in v['mean_accuracy']
+                                                          .values())
+                        for k, v in self.out["states"].items()))
+        self.done("headroom", t0)
+
+    def collect(self, name: str, states_key: str, policy: dict[str, str | None]) -> None:
+        """m candidates per state from `policy` (adapters split m between them)."""
+        t0 = time.monotonic()
+        a = self.args
+        temps = a.collect_temperatures
+        configs = []
+        share = a.candidates // len(policy)
+        for k, st in enumerate(self.states[states_key]):
+            for tag, adapter in policy.items():
+                configs.append((f"{name}{tag}-{k:03d}", make_config(
+                    a, self.work / "train", item_seed=0, split_seed=st["split_seed"],
+                    temperature=temps[k % len(temps)], candidates=share, adapter=adapter)))
+        failed = run_states(name, self.work / "train", configs)
+        rows = action_rows(self.work / "train", name)
+        m = measures(rows)
+        self.out.setdefault("collections", {})[name] = {
+            "states": len(self.states[states_key]), "failed": failed, **m,
+            "reward_histogram": histogram(rows)}
+        say(f"collection {name}: {len(rows)} candidates, positive share "
+            f"{m['positive']['mean']}, rewards {histogram(rows)}")
+        self.done(f"collect {name}", t0)
+
+    def fits(self, tag: str, runs_prefixes: Sequence[str], variants: Sequence[str]) -> None:
+        t0 = time.monotonic()
+        root = self.work / "train"
+        runs = sorted(p.name for p in root.iterdir() if p.is_dir()
+                      and any(p.name.startswith(x) for x in runs_prefixes))
+        self.out.setdefault("datasets", {})
+        self.out.setdefault("fits", {})
+        for variant in variants:
+            ds = build(root, self.work / f"{variant}{tag}.parquet", runs, sft=variant == "sft")
+            self.out["datasets"][f"{variant}{tag}"] = {k: v for k, v in ds.items() if k != "path"}
+            for seed in range(self.args.fit_seeds):
+                if not self.time_left(f"fit {variant}{tag} seed {seed}"):
+                    return
+                name = f"{variant}{tag}-s{seed}"
+                self.out["fits"][name] = fit(ds["path"], self.work / "adapters" / name,
+                                             self.args, seed)
+                self.save()
+        self.done(f"fits {tag or 'round 1'}", t0)
+
+    def adapters(self, variant: str) -> dict[str, str | None]:
+        folder = self.work / "adapters"
+        return {f"-s{s}": str(folder / f"{variant}-s{s}") for s in range(self.args.fit_seeds)
+                if (folder / f"{variant}-s{s}" / "adapter_config.json").is_file()}
+
+    def evaluate(self, policies: Sequence[str]) -> None:
+        """Every policy on every evaluation state, state chunk by chunk."""
+        t0 = time.monotonic()
+        a = self.args
+        states = self.states["eval"]
+        for lo in range(0, len(states), a.chunk):
+            for policy in policies:
+                if not self.time_left(f"evaluation of {policy}, states {lo}+"):
+                    self.summarise(policies)
+                    return
+                tags = {"": None} if policy == "base" else self.adapters(policy)
+                if not tags:
+                    continue
+                share = a.candidates // len(tags)
+                configs = [(f"eval-{policy}{tag}-{k:03d}", make_config(
+                    a, self.work / "eval", item_seed=1, split_seed=st["split_seed"],
+                    temperature=a.eval_temperature, candidates=share, adapter=adapter))
+                    for k, st in enumerate(states[lo: lo + a.chunk], lo)
+                    for tag, adapter in tags.items()]
+                run_states(f"eval {policy} states {lo}-{lo + len(configs) // len(tags) - 1}",
+                           self.work / "eval", configs)
+            self.summarise(policies)
+        self.done(f"evaluate {', '.join(policies)}", t0)
+
+    def summarise(self, policies: Sequence[str]) -> None:
+        rows = {p: action_rows(self.work / "eval", f"eval-{p}-") for p in policies}
+        rows = {p: r for p, r in rows.items() if r}
+        ev = self.out["evaluation"] = {p: measures(r) for p, r in rows.items()}
+        for p, r in rows.items():
+            seeds = sorted({x["run_id"].rsplit("-", 2)[1] for x in r}) if p != "base" else []
+            if len(seeds) > 1:
+                ev[p]["per_seed"] = {s: measures([x for x in r if f"-{s}-" in x["run_id"]])
+                                     for s in seeds}
+        hashes: dict[str, set[str]] = {}
+        for r in rows.values():
+            for k, v in prompt_hashes(r).items():
+                hashes.setdefault(k, set()).update(v)
+        self.out["eval_states_identical_across_policies"] = all(len(v) == 1
+                                                                for v in hashes.values())
+        pairs = [("rwr", "base"), ("sft", "base"), ("rwr", "sft"), ("rwr2", "base"),
+                 ("rwr2", "rwr")]
+        self.out["paired"] = {f"{x} - {y}": paired(rows[x], rows[y]) for x, y in pairs
+                              if x in rows and y in rows}
+        self.save()
+
+    def margins(self, policies: Sequence[str]) -> None:
+        """Offline margin of every fitted policy on the base policy's evaluation candidates
+        of the states that hold both positive and other candidates."""
+        import gc
+
+        from models.policy_eval import Candidate, compare_margins, load_policy, offline_margin
+
+        t0 = time.monotonic()
+        base_rows = [r for r in action_rows(self.work / "eval", "eval-base-")
+                     if r["reward"] is not None and r["reply"]]
+        kinds: dict[str, set[bool]] = {}
+        for r in base_rows:
+            kinds.setdefault(r["state"], set()).add(r["reward"] > 0)
+        cands = [Candidate(json.loads(r["prompt_json"]), r["reply"], r["reward"] > 0,
+                           r["state"]) for r in base_rows if len(kinds[r["state"]]) == 2]
+        out = self.out["offline_margin"] = {"candidates": len(cands), "policies": {}}
+        if not cands:
+            say("offline margin: no evaluation state has both positive and other candidates")
+            self.done("margins", t0)
+            return
+        results = {}
+        names = ["base"] + [f"{p}-s{s}" for p in policies if p != "base"
+                            for s in range(self.args.fit_seeds)]
+        for name in names:
+            if not self.time_left(f"offline margin of {name}"):
+                break
+            adapter = None if name == "base" else self.work / "adapters" / name
+            if adapter is not None and not (adapter / "adapter_config.json").is_file():
+                continue
+            model, tok = load_policy("embedded", adapter)
+            results[name] = offline_margin(model, tok, cands)
+            del model
+            gc.collect()
+            out["policies"][name] = {k: v for k, v in results[name].items()
+                                     if k in ("states", "margin", "ci95")}
+            if name != "base":
+                out["policies"][name]["minus_base"] = compare_margins(results[name],
+                                                                      results["base"])
+            say(f"offline margin {name}: {out['policies'][name]}")
+            self.save()
+        self.done("margins", t0)
+
+
+def histogram(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    h: dict[str, int] = {}
+    for r in rows:
+        key = "lost" if r["reward"] is None else f"{r['reward']:g}"
+        h[key] = h.get(key, 0) + 1
+    return dict(sorted(h.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", help="working folder (default: a new temporary one); reuse "
-                   "it to resume")
-    p.add_argument("--episodes", type=int, default=6, help="training episodes (states)")
-    p.add_argument("--eval-episodes", type=int, default=4, help="fresh states per policy")
-    p.add_argument("--candidates", type=int, default=5, help="m per state")
-    p.add_argument("--val-size", type=int, default=6)
-    p.add_argument("--meta-tokens", type=int, default=384, help="meta-agent max new tokens")
-    p.add_argument("--max-repairs", type=int, default=1,
-                   help="self-check repairs per candidate (the paper: 3; each costs a "
-                   "meta-agent generation)")
+    p.add_argument("--work", help="working folder (default: a new temporary one); reuse it "
+                   "to resume")
+    p.add_argument("--json", help="write the figures to this file (after every stage)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: every stage runs once")
+    p.add_argument("--states", type=int, default=20, help="collection states per round")
+    p.add_argument("--eval-states", type=int, default=16, help="fresh evaluation states")
+    p.add_argument("--candidates", type=int, default=8, help="m per state and policy")
+    p.add_argument("--pool", type=int, default=40, help="items per pool (item seed 0, 1)")
+    p.add_argument("--headroom-items", type=int, default=20)
+    p.add_argument("--val-size", type=int, default=5)
+    p.add_argument("--meta-tokens", type=int, default=256, help="meta-agent reply cap")
+    p.add_argument("--max-repairs", type=int, default=0)
+    p.add_argument("--collect-temperatures", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     p.add_argument("--eval-temperature", type=float, default=0.7)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--json", help="write the figures to this file")
+    p.add_argument("--fit-seeds", type=int, default=2)
+    p.add_argument("--chunk", type=int, default=4, help="evaluation states per chunk")
+    p.add_argument("--rounds", type=int, choices=(1, 2), default=2)
+    p.add_argument("--only", choices=("collect", "all"), default="all",
+                   help="`collect`: stop after round 1's collection and the base evaluation "
+                   "(no fit)")
+    p.add_argument("--deadline-min", type=float, default=None,
+                   help="start no stage after this many minutes; results so far are kept")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.states, args.eval_states, args.candidates, args.pool = 2, 2, 2, 12
+        args.headroom_items, args.fit_seeds, args.max_steps, args.chunk = 4, 1, 1, 2
+        args.val_size = 3
+    if args.candidates % 2:
+        p.error(f"--candidates must be even (two adapters share a state), got {args.candidates}")
 
     work = Path(args.work or tempfile.mkdtemp(prefix="w4s-learning-signal-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -174,55 +565,32 @@ def main(argv: list[str] | None = None) -> int:
     from flows.prefect_setup import set_environment_defaults
 
     set_environment_defaults()
-    say(f"working folder {work}")
-    out: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k != "json"},
-                           "work": str(work)}
-    train_dir = work / "train"
-    out["collection"] = run_collection("train", collect_config(
-        args, train_dir, item_seed=0, split_seed=0, episodes=args.episodes,
-        temperatures=(0.5, 1.0)))
-    out["behaviour"] = measures(action_rows(train_dir))
-
-    from storage.dataset import DatasetQuery, build_dataset
-    from w4s.errors import W4SError
-
-    adapters, fits = {}, {}
-    out["datasets"] = {}
-    for variant, sft in (("rwr", False), ("sft", True)):
-        try:
-            data = build_dataset(train_dir, work / f"{variant}.parquet", DatasetQuery(sft=sft))
-        except W4SError as e:  # e.g. no candidate passed its self-check: nothing to fit
-            say(f"dataset {variant}: {e}")
-            out["datasets"][variant] = {"rows": 0, "error": str(e)}
-            continue
-        say(f"dataset {variant}: {data.summary_line()}")
-        out["datasets"][variant] = {"rows": data.rows, "weights": data.card["weights"],
-                                    "reward_histogram": data.card.get("reward_histogram")}
-        fits[variant] = fit(data.path, work / "adapters" / variant, args)
-        adapters[variant] = str(work / "adapters" / variant)
-    out["fits"] = {v: {**{k: m.get(k) for k in ("samples", "tokens_total", "steps",
-                                                "seconds", "tokens_per_s")},
-                       "first_loss": m["loss_curve"][0]["loss"] if m["loss_curve"] else None,
-                       "final_loss": m["loss_curve"][-1]["loss"] if m["loss_curve"] else None}
-                   for v, m in fits.items()}
-
-    t = (args.eval_temperature, args.eval_temperature)
-    policies: dict[str, Callable[[], Any]] = {
-        name: (lambda a=adapter, n=name: collect_config(
-            args, work / f"eval-{n}", item_seed=1, split_seed=100,
-            episodes=args.eval_episodes, temperatures=t, adapter=a))
-        for name, adapter in (("base", None), *adapters.items())
-    }
-    out["evaluation"] = {}
-    for name, make in policies.items():
-        summary = run_collection(f"eval-{name}", make())
-        out["evaluation"][name] = {**measures(action_rows(work / f"eval-{name}")),
-                                   "seconds": summary["seconds"]}
-    out["seconds"] = round(time.monotonic() - START, 1)
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    say(f"working folder {work}; load {load()}")
+    say(f"PRIMARY metric: {PRIMARY_TEXT}")
+    ex = Experiment(args, work)
+    ex.save()
+    ex.headroom()
+    base = {"": None}
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("collect r1", lambda: ex.collect("r1", "collect", base)),
+        ("evaluate base", lambda: ex.evaluate(["base"])),
+    ]
+    if args.only == "all":
+        steps += [("fits r1", lambda: ex.fits("", ["r1"], ["rwr", "sft"])),
+                  ("evaluate", lambda: ex.evaluate(["base", "rwr", "sft"]))]
+        if args.rounds == 2:
+            steps += [("collect r2", lambda: ex.collect("r2", "collect2", ex.adapters("rwr"))),
+                      ("fits r2", lambda: ex.fits("2", ["r1", "r2"], ["rwr"])),
+                      ("evaluate r2", lambda: ex.evaluate(["base", "rwr", "sft", "rwr2"]))]
+        steps += [("margins", lambda: ex.margins(
+            ["rwr", "sft"] + (["rwr2"] if args.rounds == 2 else [])))]
+    for stage, run in steps:
+        if not ex.time_left(stage):
+            break
+        run()
+    ex.out["load_end"] = load()
+    ex.save()
+    print(json.dumps(ex.out, indent=1, default=sorted))
     return 0
 
 

@@ -315,15 +315,18 @@ def _until_interrupted(run: Any, resume_flag: str) -> Any:
 
 
 def with_resolved_adapter(cfg: Any) -> Any:
-    """`meta_agent.adapter: latest|ID|PATH` -> the adapter's folder, checked against the
-    meta-agent's base, so the run's config records the adapter it really used."""
+    """`meta_agent.adapter: latest|champion|ID|PATH` -> the adapter's folder, checked against
+    the meta-agent's base, so the run's config records the adapter it really used.
+    `champion` with none promoted serves the base model (adapter None)."""
     spec = cfg.meta_agent.adapter
     if spec is None:
         return cfg
-    from storage.adapters import check_base, local_folder, resolve
+    from storage.adapters import check_base, local_folder, resolve_spec
 
-    record = resolve(spec)
+    record = resolve_spec(spec)
     meta = cfg.meta_agent
+    if record is None:
+        return cfg.model_copy(update={"meta_agent": meta.model_copy(update={"adapter": None})})
     base = (str(Path(meta.model).expanduser().resolve()) if meta.kind == "transformers"
             else meta.model or "smollm2-135m-instruct")
     if meta.kind in ("embedded", "llamacpp", "transformers", "vllm"):
@@ -455,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "merged into the --config file's blocks key by key.")
     p.add_argument("--config", help="YAML or TOML file of OptimizeConfig fields")
     p.add_argument("--run-id", help="resume this run: finished stages are skipped")
-    p.add_argument("--adapter", help="the meta-agent's LoRA adapter: latest, an id from "
+    p.add_argument("--adapter", help="the meta-agent's LoRA adapter: latest, champion (the "
+                                     "last promoted; base if none), an id from "
                                      "`w4s adapters`, or a folder")
     p.add_argument("--task-runner", help="where submitted tasks run: threads[:N] (default), "
                                          "dask[:N] or dask:tcp://HOST:PORT (w4s[dask])")
@@ -471,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "side by side; nested fields through --set a.b=VALUE.")
     p.add_argument("--config", help="YAML or TOML file of CollectConfig fields")
     p.add_argument("--collection-id", help="resume this collection: finished stages are skipped")
-    p.add_argument("--adapter", help="the meta-agent's LoRA adapter: latest, an id from "
+    p.add_argument("--adapter", help="the meta-agent's LoRA adapter: latest, champion (the "
+                                     "last promoted; base if none), an id from "
                                      "`w4s adapters`, or a folder (iterated RLAO)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="any config field, e.g. --set meta_agent.kind=llamacpp")

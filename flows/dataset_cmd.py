@@ -18,6 +18,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", required=True, help="the dataset file, e.g. data/rlao.parquet")
     p.add_argument("--run", action="append", default=[], metavar="RUN_ID",
                    help="only this run (repeatable; default: every run)")
+    p.add_argument("--last-nights", type=int, metavar="N",
+                   help="only the runs of the last N nights' nightly collections (the card "
+                        "lists them); not with --run")
     p.add_argument("--benchmark", action="append", default=[],
                    help="only this benchmark, as stored, with or without ' (synthetic)' "
                         "(repeatable)")
@@ -42,16 +45,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def cmd_dataset(args: argparse.Namespace) -> int:
     """Build the dataset; print one summary line and the card's path. Errors: W4SError."""
+    from storage.collections import last_nights
     from storage.dataset import DatasetQuery, build_dataset
+    from w4s.errors import ConfigError
     from w4s.paths import runs_dir
 
+    root, window, runs = runs_dir(args.runs_dir), None, tuple(args.run)
+    if args.last_nights is not None:
+        if runs:
+            raise ConfigError("`--last-nights` and `--run` both choose the runs; give one")
+        if args.last_nights < 1:
+            raise ConfigError(f"`--last-nights` must be >= 1, but received {args.last_nights}")
+        window = last_nights(root, args.last_nights)
+        runs = tuple(window["runs"])
     query = DatasetQuery(
-        runs=tuple(args.run), benchmarks=tuple(args.benchmark), since=args.since,
+        runs=runs, benchmarks=tuple(args.benchmark), since=args.since,
         until=args.until, min_reward=args.min_reward, max_reward=args.max_reward,
         statuses=tuple(args.status), include_skipped=args.include_skipped,
         tau=args.tau, sft=args.sft, repaired=args.repaired,
     )
-    result = build_dataset(runs_dir(args.runs_dir), args.out, query)
+    result = build_dataset(root, args.out, query, window=window)
+    if window is not None:
+        print(f"window: {len(window['collections'])} collection(s) of the last "
+              f"{window['nights']} night(s): "
+              f"{', '.join(c['collection_id'] for c in window['collections'])}")
     print(result.summary_line())
     print(f"card: {result.card_path}")
     return 0

@@ -81,11 +81,13 @@ def fit_adapter(
     seed: int = 0,
     checkpoint_every: int = 50,
     register: bool = True,
+    force: bool = False,
     on_step: Callable[[int, int, float, float], None] | None = None,
 ) -> FitResult:
     """Fit, write `out` (a PEFT adapter folder + metrics.json), register it; rerunning with the
     same `out` resumes from its last checkpoint. `max_seq_len` None is the base model's
-    context; `gradient_checkpointing` None is on on a GPU (see models/rlao.py)."""
+    context; `gradient_checkpointing` None is on on a GPU (see models/rlao.py). A dataset
+    without a positive reward raises NothingToLearn (before any model loads) unless `force`."""
     from models import rlao
     from w4s.errors import ConfigError
 
@@ -110,6 +112,8 @@ def fit_adapter(
     )
     dataset = Path(dataset)
     rows = rlao.read_dataset(dataset)  # every dataset check, before the model loads
+    if not force:
+        require_positive_reward(dataset)
     folder, base_id = resolve_base(base)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -210,6 +214,26 @@ def fit_adapter(
     return FitResult(out=out, metrics=metrics, adapter_id=adapter_id)
 
 
+def require_positive_reward(dataset: Path) -> None:
+    """NothingToLearn when no row's reward is > 0. A dataset without a `reward` column
+    (written by other tools) is not judged: its weights are all there is."""
+    import pyarrow.parquet as pq
+
+    from w4s.errors import NothingToLearn
+
+    if "reward" not in pq.read_schema(dataset).names:
+        return
+    rewards = [r for r in pq.read_table(dataset, columns=["reward"])["reward"].to_pylist()
+               if r is not None]
+    if any(r > 0 for r in rewards):
+        return
+    top = f", the highest {max(rewards):g}" if rewards else ""
+    raise NothingToLearn(
+        f"fit skipped: dataset {dataset.name!r} has no row with a positive reward "
+        f"({len(rewards)} rows{top}), so a reward-weighted fit would only imitate actions "
+        "that earned nothing; --force (force: true) fits anyway")
+
+
 def save_adapter(model: Any, out: Path) -> None:
     """The final adapter into `out`, whole: saved in a temp folder inside `out`, then each
     file renamed in, the weights before `adapter_config.json`. A fit killed here leaves no
@@ -240,7 +264,26 @@ def _stderr_progress(step: int, total: int, loss: float, tokens_per_s: float) ->
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    result = fit_adapter(
+    from w4s.errors import NothingToLearn
+
+    try:
+        result = _fit_from_args(args)
+    except NothingToLearn as e:
+        print(f"w4s fit: {e}")
+        return 0
+    m = result.metrics
+    last = m["loss_curve"][-1]["loss"] if m["loss_curve"] else float("nan")
+    print(
+        f"fitted {result.adapter_id or result.out}: {m['steps']} steps, {m['samples']} samples "
+        f"({m['samples_dropped']} dropped: over {m['max_seq_len']} tokens), estimator "
+        f"{m['estimator']}, {m['tokens_total']} tokens, final loss {last:.4f}, "
+        f"{m['tokens_per_s'] or 0:,.0f} tok/s, {m['seconds']:.1f}s -> {result.out}"
+    )
+    return 0
+
+
+def _fit_from_args(args: argparse.Namespace) -> FitResult:
+    return fit_adapter(
         args.dataset,
         args.base,
         args.out,
@@ -260,22 +303,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
+        force=args.force,
         on_step=_stderr_progress,
     )
-    m = result.metrics
-    last = m["loss_curve"][-1]["loss"] if m["loss_curve"] else float("nan")
-    print(
-        f"fitted {result.adapter_id or result.out}: {m['steps']} steps, {m['samples']} samples "
-        f"({m['samples_dropped']} dropped: over {m['max_seq_len']} tokens), estimator "
-        f"{m['estimator']}, {m['tokens_total']} tokens, final loss {last:.4f}, "
-        f"{m['tokens_per_s'] or 0:,.0f} tok/s, {m['seconds']:.1f}s -> {result.out}"
-    )
-    return 0
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    from storage.adapters import list_adapters
+    from storage.adapters import champion, list_adapters, promote, resolve
 
+    if args.promote:  # by hand: a rollback, or an adapter fitted outside the nightly
+        record, previous = resolve(args.promote), champion()
+        promote(record, previous=previous.id if previous else None,
+                gate={"verdict": "promoted", "by": "w4s adapters --promote"})
+        print(f"champion: {record.id} (was {previous.id if previous else 'base'})")
+        return 0
     records = list_adapters()
     if args.json:
         print(json.dumps([asdict(r) for r in records], indent=2))
@@ -283,12 +324,17 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     if not records:
         print("no adapters registered; fit one with `w4s fit`")
         return 0
+    best = champion()
     for r in records:
         loss = r.metrics.get("final_loss")
+        mark = "*" if best is not None and r.id == best.id else " "
         print(
-            f"{r.id}  {r.created_at[:19]}  base={r.base_model}  steps={r.metrics.get('steps')}  "
+            f"{mark}{r.id}  {r.created_at[:19]}  base={r.base_model}  "
+            f"steps={r.metrics.get('steps')}  "
             f"loss={loss if loss is None else f'{loss:.4f}'}  {r.path}"
         )
+    print("* champion (`--adapter champion`)" if best else
+          "champion: the base model (no adapter promoted)")
     return 0
 
 
@@ -368,8 +414,12 @@ def add_parser(subparsers: Any) -> None:
         help=f"optimizer steps, default {d.checkpoint_every}; 0 = none",
     )
     p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    p.add_argument("--force", action="store_true",
+                   help="fit even when no row has a positive reward (skipped otherwise)")
     p.set_defaults(func=cmd_fit)
 
-    p = subparsers.add_parser("adapters", help="list the fitted adapters")
+    p = subparsers.add_parser("adapters", help="list the fitted adapters (* the champion)")
     p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.add_argument("--promote", metavar="ID", help="make this adapter the champion by hand "
+                   "(the nightly's gate promotes only what is not worse)")
     p.set_defaults(func=cmd_adapters)

@@ -1,5 +1,10 @@
 """The nightly RLAO chain as one Prefect parent flow:
-collect -> dataset -> fit -> optimize (the meta-agent with the new adapter) -> evaluate.
+collect -> dataset -> fit -> gate -> optimize (the meta-agent with the champion) -> evaluate.
+
+The fit skips when the dataset (tonight's collection, or the last `dataset.window_nights`
+nights') holds no positive reward; the gate promotes the new adapter only when it is not
+worse than the champion (flows/gate.py); optimize then runs with the champion, which is the
+base model until an adapter has been promoted.
 
 Stages hand each other paths and ids only (a collection id, a dataset file, an adapter
 folder, a run folder, a workflow file), so each can run on another host. `routing: local`
@@ -27,6 +32,7 @@ from prefect.cache_policies import INPUTS
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows.collect import collect
+from flows.gate import GATE_FILE, GateOptions, gate
 from flows.optimize import optimize
 from flows.prefect_setup import route_w4s_logs
 from flows.stage_flows import (
@@ -45,8 +51,8 @@ from w4s.config import CollectConfig, OptimizeConfig, hash_json
 from w4s.errors import W4SError
 from w4s.paths import runs_dir as default_runs_dir
 
-Stage = Literal["collect", "dataset", "fit", "optimize", "evaluate"]
-STAGES: tuple[str, ...] = ("collect", "dataset", "fit", "optimize", "evaluate")
+Stage = Literal["collect", "dataset", "fit", "gate", "optimize", "evaluate"]
+STAGES: tuple[str, ...] = ("collect", "dataset", "fit", "gate", "optimize", "evaluate")
 
 
 class NightlyConfig(BaseModel):
@@ -57,6 +63,8 @@ class NightlyConfig(BaseModel):
     collect: CollectConfig = Field(..., description="RLAO collection (episodes)")
     dataset: DatasetOptions = Field(default_factory=DatasetOptions)
     fit: FitOptions = Field(default_factory=FitOptions)
+    gate: GateOptions = Field(default_factory=GateOptions,
+                              description="the new adapter is promoted only if not worse")
     optimize: OptimizeConfig = Field(
         ..., description="the optimization run; its meta-agent gets the new adapter")
     evaluate: EvaluateOptions | None = Field(
@@ -139,19 +147,21 @@ def default_nightly_id(config: NightlyConfig) -> str:
 
 @task(name="resolve_adapter", task_run_name="resolve adapter {spec}", cache_policy=INPUTS,
       persist_result=True)
-def resolve_adapter(spec: str, nightly_id: str) -> str:
-    """`latest` (or an id) -> the adapter folder, fixed once per night: a rerun after this
-    night's fit registered a newer adapter still collects with the same one."""
-    from storage.adapters import resolve
+def resolve_adapter(spec: str, nightly_id: str) -> str | None:
+    """`latest`, `champion` (or an id) -> the adapter folder, fixed once per night: a rerun
+    after this night's fit registered a newer adapter still collects with the same one.
+    None: the champion is the base model."""
+    from storage.adapters import resolve_spec
 
-    return resolve(spec).path
+    record = resolve_spec(spec)
+    return None if record is None else record.path
 
 
 # ----------------------------------------------------------------------------- routing
 
 
 def _pool(stage: str, config: NightlyConfig) -> str:
-    if stage == "fit":
+    if stage in ("fit", "gate"):  # the gate scores completions with the base model too
         return "gpu"
     if stage in ("collect", "optimize"):
         cfg = config.collect if stage == "collect" else config.optimize
@@ -224,8 +234,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _fit_read_back(out: Path) -> dict[str, Any]:
+    from flows.stage_flows import SKIPPED_FILE
     from storage.adapters import resolve
 
+    if not (out / "metrics.json").is_file() and (out / SKIPPED_FILE).is_file():
+        return _read_json(out / SKIPPED_FILE)
     metrics = _read_json(out / "metrics.json")
     curve = metrics["loss_curve"]
     return {"adapter_id": resolve(str(out)).id, "path": str(out.resolve()),
@@ -252,7 +265,8 @@ def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, A
     collect_cfg = config.collect
     if collect_cfg.meta_agent.adapter is not None:  # iterated RLAO: last night's adapter
         path = resolve_adapter(collect_cfg.meta_agent.adapter, nid)
-        collect_cfg = with_resolved_adapter(collect_cfg.model_copy(update={
+        collect_cfg = collect_cfg if path is None else with_resolved_adapter(
+            collect_cfg.model_copy(update={
             "meta_agent": collect_cfg.meta_agent.model_copy(update={"adapter": path})}))
     cid = f"{nid}-collect"
     collected = _stage("collect", collect, {"config": collect_cfg, "collection_id": cid},
@@ -260,19 +274,23 @@ def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, A
     if not collected["rows"]:
         raise W4SError(f"collection {cid} produced no trajectory rows; nothing to fit")
 
+    from storage.collections import last_nights
+
+    window = last_nights(root, config.dataset.window_nights, through=cid)
     data = _stage("dataset", dataset, {
         "runs_dir": str(root), "out": str(root.parent / "datasets" / f"{nid}.parquet"),
-        "runs": list(collected["completed"]), "options": config.dataset,
+        "runs": window["runs"], "options": config.dataset, "window": window,
     }, config, nid, None)
 
     out = adapters / nid
     adapter = _stage("fit", fit, {"dataset": data["path"], "out": str(out),
                                   "options": config.fit},
                      config, nid, lambda: _fit_read_back(out))
-
+    verdict = _gate_stage(config, nid, root, adapter, out)
+    use = _optimize_adapter(adapter, verdict)
+    logger.info("optimize with %s", use or "the base model (no adapter)")
     opt_cfg = with_resolved_adapter(config.optimize.model_copy(update={
-        "meta_agent": config.optimize.meta_agent.model_copy(
-            update={"adapter": adapter["path"]})}))
+        "meta_agent": config.optimize.meta_agent.model_copy(update={"adapter": use})}))
     run_id = f"{nid}-optimize"
     summary = _stage("optimize", optimize, {"config": opt_cfg, "run_id": run_id}, config, nid,
                      lambda: _read_json(root / run_id / "summary.json"))
@@ -290,6 +308,8 @@ def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, A
         "dataset": data["path"], "dataset_rows": data["rows"],
         "adapter_id": adapter["adapter_id"], "adapter": adapter["path"],
         "fit_steps": adapter["steps"], "final_loss": adapter["final_loss"],
+        "fit_skipped": adapter.get("skipped"), "gate": verdict,
+        "optimize_adapter": use, "dataset_collections": data.get("collections"),
         "run_id": run_id, "best_workflow": summary["best_workflow"],
         "best_val_accuracy": summary["best_val_accuracy"],
         "test_accuracy": summary["test_accuracy"],
@@ -301,6 +321,36 @@ def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, A
                 result["adapter_id"], result["best_workflow"], scored["benchmark"],
                 scored["split"], scored["accuracy"])
     return result
+
+
+def _gate_stage(config: NightlyConfig, nid: str, root: Path, adapter: dict[str, Any],
+                out: Path) -> dict[str, Any] | None:
+    """The gate on tonight's adapter (None: no adapter, or the gate is off). Its sample
+    runs in `<storage>/gates/`, apart from the runs a dataset reads."""
+    if adapter.get("skipped") or not config.gate.enabled:
+        return None
+    env = CollectConfig.model_validate({
+        **config.collect.model_dump(mode="json"),
+        "meta_agent": config.optimize.meta_agent.model_dump(mode="json")})
+    return _stage("gate", gate, {"challenger": adapter["adapter_id"], "environment": env,
+                                 "options": config.gate, "runs_dir": str(root.parent / "gates"),
+                                 "base": config.fit.base},
+                  config, nid, lambda: _read_json(out / GATE_FILE))
+
+
+def _optimize_adapter(adapter: dict[str, Any], verdict: dict[str, Any] | None) -> str | None:
+    """The adapter optimize runs with: the champion after the gate (the challenger when
+    promoted), tonight's adapter when the gate is off, the champion when nothing was fitted."""
+    from storage.adapters import BASE, resolve
+
+    if verdict is None and not adapter.get("skipped"):
+        return adapter["path"]
+    if verdict is None:
+        from flows.gate import champion_folder
+
+        return champion_folder()
+    keep = verdict["challenger"] if verdict["verdict"] == "promoted" else verdict["champion"]
+    return None if keep == BASE else resolve(keep).path
 
 
 def _evaluated(report: str, workflow: str) -> dict[str, Any]:

@@ -47,6 +47,8 @@ class DatasetOptions(_Options):
     repaired: Literal["conversation", "drop", "state"] = Field(
         "conversation", description="a repaired candidate's prompt: the conversation its "
         "reply was sampled from, left out, or the original state")
+    window_nights: int = Field(1, ge=1, description="the nightly: learn from the last N "
+                               "nights' collections (tonight's included)")
 
 
 class FitOptions(_Options):
@@ -72,6 +74,8 @@ class FitOptions(_Options):
     gradient_checkpointing: bool | None = Field(None, description="default: on on a GPU")
     seed: int = 0
     checkpoint_every: int = Field(50, ge=0)
+    force: bool = Field(False, description="fit even when no row has a positive reward "
+                                           "(the stage skips otherwise)")
 
 
 class EvaluateOptions(_Options):
@@ -118,11 +122,12 @@ def gpu_slot(needed: bool, limit: str = GPU_LIMIT) -> Iterator[None]:
 
 
 @flow(name="dataset", log_prints=True)
-def dataset(runs_dir: str, out: str, runs: list[str],
-            options: DatasetOptions | None = None) -> dict[str, Any]:
-    """Trajectory rows of `runs` (ids under `runs_dir`) -> an RLAO dataset at `out`."""
+def dataset(runs_dir: str, out: str, runs: list[str], options: DatasetOptions | None = None,
+            window: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Trajectory rows of `runs` (ids under `runs_dir`) -> an RLAO dataset at `out`;
+    `window`: the collections they came from, for the card."""
     route_w4s_logs()
-    return dataset_task(runs_dir, out, runs, (options or DatasetOptions()).model_dump())
+    return dataset_task(runs_dir, out, runs, (options or DatasetOptions()).model_dump(), window)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -139,6 +144,7 @@ def _fit_outputs(inputs: dict[str, Any]) -> list[str]:
             str(Path(inputs["out"]) / "metrics.json")]
 
 
+SKIPPED_FILE = "skipped.json"
 FIT_STAGE = RealInputs(extra=_fit_inputs, outputs=_fit_outputs)
 
 
@@ -146,8 +152,12 @@ FIT_STAGE = RealInputs(extra=_fit_inputs, outputs=_fit_outputs)
       retry_condition_fn=retry_unless_final, cache_policy=FIT_STAGE, persist_result=True,
       timeout_seconds=stage_timeout("fit"))
 def fit_task(dataset: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Fit and register a LoRA adapter; a rerun with the same `out` resumes its checkpoint."""
+    """Fit and register a LoRA adapter; a rerun with the same `out` resumes its checkpoint.
+    Nothing to learn (no positive reward, not forced): {"skipped": why}, also in
+    `<out>/skipped.json` for a parent that reads the stage's files."""
     from flows.fit import fit_adapter
+    from storage.files import atomic_write
+    from w4s.errors import NothingToLearn
 
     logger = get_run_logger()
 
@@ -156,7 +166,14 @@ def fit_task(dataset: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
 
     opts = dict(options)
     base = opts.pop("base", "embedded")
-    result = fit_adapter(dataset, base, out, on_step=on_step, **opts)
+    try:
+        result = fit_adapter(dataset, base, out, on_step=on_step, **opts)
+    except NothingToLearn as e:
+        logger.warning("%s", e)
+        skipped = {"skipped": str(e), "adapter_id": None, "path": None, "steps": 0,
+                   "final_loss": None}
+        atomic_write(Path(out) / SKIPPED_FILE, json.dumps(skipped))
+        return skipped
     curve = result.metrics["loss_curve"]
     return {"adapter_id": result.adapter_id, "path": str(Path(result.out).resolve()),
             "steps": result.metrics["steps"], "final_loss": curve[-1]["loss"] if curve else None,
@@ -172,6 +189,8 @@ def fit(dataset: str, out: str, options: FitOptions | None = None) -> dict[str, 
 
     with gpu_slot(pick_device()[0] != "cpu"):
         result = fit_task(dataset, out, (options or FitOptions()).model_dump())
+    if result.get("skipped"):
+        return result
     get_run_logger().info("adapter %s: %s steps, final loss %s -> %s", result["adapter_id"],
                           result["steps"], result["final_loss"], result["path"])
     return result

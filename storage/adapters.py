@@ -2,7 +2,12 @@
 
 A file per adapter (written whole: `storage.files.atomic_write`) means concurrent fits never
 rewrite a shared index, and a listing is a directory scan. Configs name an adapter as
-`latest`, an id, or a path; `resolve` turns each into a record or a one-line error.
+`latest`, an id, a path, or `champion`; `resolve` turns each into a record or a one-line
+error.
+
+The champion is the adapter the gate (flows/gate.py) last promoted: each promotion is one
+more file under `adapters/champion/` (never a rewrite of a shared file), and the newest one
+names the champion. With none promoted, the champion is the base model itself.
 
 The storage root is local, or an fsspec URL for several hosts (`w4s.paths.storage_root`).
 There, `register` uploads the adapter folder beside its record (the record is written last,
@@ -44,6 +49,10 @@ class AdapterRecord:
     created_at: str = ""  # ISO 8601, UTC
     dataset: str | None = None
     source: str | None = None  # the local folder it was fitted into, when `path` is a URL
+
+
+CHAMPION = "champion"
+BASE = "base"  # the champion's id while no adapter has been promoted
 
 
 def adapters_dir() -> Any:
@@ -111,6 +120,56 @@ def list_adapters() -> list[AdapterRecord]:
     return sorted(records, key=lambda r: (r.created_at, r.id))
 
 
+def promote(record: AdapterRecord, *, previous: str | None = None,
+            gate: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Make `record` the champion: one new file under `adapters/champion/` (the record of
+    the promotion: when, which adapter, which champion it replaced, the gate's measures)."""
+    now = datetime.now(timezone.utc)
+    event = {"adapter_id": record.id, "path": record.path, "base_model": record.base_model,
+             "promoted_at": now.isoformat(timespec="microseconds"),
+             "previous": previous or BASE, "gate": gate or {}}
+    name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{record.id}.json"
+    atomic_write(adapters_dir() / CHAMPION / name, json.dumps(event, indent=2, sort_keys=True))
+    return event
+
+
+def promotions() -> list[dict[str, Any]]:
+    """Every promotion, oldest first; unreadable files are skipped."""
+    events = []
+    folder = adapters_dir() / CHAMPION
+    for file in folder.glob("*.json") if folder.exists() else ():
+        try:
+            event = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(event, dict) and isinstance(event.get("adapter_id"), str):
+            events.append(event)
+    return sorted(events, key=lambda e: (str(e.get("promoted_at")), e["adapter_id"]))
+
+
+def champion() -> AdapterRecord | None:
+    """The last promoted adapter's record; None while the base model is the champion.
+    A promoted adapter whose record is gone is an error, not a silent fall back to base."""
+    events = promotions()
+    if not events:
+        return None
+    last = events[-1]["adapter_id"]
+    for r in list_adapters():
+        if r.id == last:
+            return r
+    raise AdapterError(f"the champion {last!r} (last promoted) has no record in "
+                       f"{adapters_dir()}; promote another with `w4s adapters --promote ID`")
+
+
+def resolve_spec(spec: str | Path | None) -> AdapterRecord | None:
+    """Like `resolve`, but `champion` with none promoted (and None) is the base model: None."""
+    if spec is None:
+        return None
+    if str(spec).strip() == CHAMPION:
+        return champion()
+    return resolve(spec)
+
+
 def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.startswith((".", "~"))
 
@@ -146,9 +205,16 @@ def local_folder(record: AdapterRecord) -> Path:
 
 
 def resolve(spec: str | Path) -> AdapterRecord:
-    """`latest`, a registered id, or a PEFT adapter folder -> its record. A folder that was
-    never registered gets a record read from its adapter_config.json."""
+    """`latest`, `champion`, a registered id, or a PEFT adapter folder -> its record. A
+    folder that was never registered gets a record read from its adapter_config.json.
+    `champion` with none promoted is an error here (see `resolve_spec`)."""
     text = str(spec).strip()
+    if text == CHAMPION:
+        record = champion()
+        if record is None:
+            raise AdapterError("`adapter: champion`: no adapter has been promoted yet, so the "
+                               "champion is the base model (no adapter)")
+        return record
     records = list_adapters()
     if text == "latest":
         if not records:

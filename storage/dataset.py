@@ -228,13 +228,15 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) 
 
 
 def build_dataset(runs_dir: str | Path, out: str | Path,
-                  query: DatasetQuery | None = None) -> DatasetResult:
+                  query: DatasetQuery | None = None, *,
+                  window: dict[str, Any] | None = None) -> DatasetResult:
     """Select trajectory rows by `query`, write them as one RLAO Parquet file plus its card.
 
     Every input error is one W4SError raised before anything is written. The Parquet file
     and the card (`<name>.card.json` beside it) are each written whole: a rerun replaces
     both, a crash leaves the old pair or a new file whose hash the old card does not match.
-    `runs_dir` and `out` are local paths or fsspec URLs.
+    `runs_dir` and `out` are local paths or fsspec URLs. `window`: the collections the runs
+    came from (`storage.collections.last_nights`), recorded in the card.
     """
     q = query or DatasetQuery()
     since, until, statuses = _check(q)
@@ -301,6 +303,8 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
                      "prompt": {"conversation": "the conversation the reply was sampled from",
                                 "drop": "left out", "state": "the original state"}[q.repaired]},
         "episode": "the run id: one optimization run is one episode",
+        "window": window and {"nights": window["nights"],
+                              "collections": window["collections"]},
         "source_runs": [{"run_id": r, "benchmark": b, "meta_model": m, "config_hash": h,
                          "rows": n} for r, b, m, h, n in sources],
         "counts": {"considered": considered, "included": included, "excluded": excluded},

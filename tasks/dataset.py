@@ -29,21 +29,28 @@ def _snapshot(inputs: dict[str, Any]) -> dict[str, Any] | None:
 DATASET_STAGE = RealInputs(extra=_snapshot, outputs=lambda inputs: [inputs["out"]])
 
 
-def build(runs_dir: str, out: str, runs: list[str], options: dict[str, Any]) -> dict[str, Any]:
-    """Build the dataset; returns its path, card, row count and sha256 (plain values)."""
+def build(runs_dir: str, out: str, runs: list[str], options: dict[str, Any],
+          window: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the dataset; returns its path, card, row count and sha256 (plain values).
+    `window` (the collections `runs` came from) goes into the card."""
     from storage.dataset import DatasetQuery, build_dataset
 
     query = DatasetQuery(runs=tuple(runs), **{
-        k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
-    result = build_dataset(runs_dir, out, query)
+        k: tuple(v) if isinstance(v, list) else v for k, v in options.items()
+        if k != "window_nights"})  # the window is chosen by the caller: `runs`, `window`
+    result = build_dataset(runs_dir, out, query, window=window)
+    positive = sum(n for r, n in result.card["reward_histogram"].items() if float(r) > 0)
     return {"path": str(result.path), "card": str(result.card_path), "rows": result.rows,
+            "positive_rows": positive,
+            "collections": [c["collection_id"] for c in (window or {}).get("collections", [])],
             "sha256": file_digest(result.path), "summary": result.summary_line()}
 
 
 @task(name="dataset", task_run_name="dataset {out}", retries=1, retry_delay_seconds=backoff(5),
       retry_condition_fn=retry_unless_final, cache_policy=DATASET_STAGE, persist_result=True)
-def dataset(runs_dir: str, out: str, runs: list[str], options: dict[str, Any]) -> dict[str, Any]:
+def dataset(runs_dir: str, out: str, runs: list[str], options: dict[str, Any],
+            window: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trajectory rows of `runs` -> a reward-weighted Parquet dataset at `out`."""
-    result = build(runs_dir, out, runs, options)
+    result = build(runs_dir, out, runs, options, window)
     get_run_logger().info("dataset: %s", result["summary"])
     return result

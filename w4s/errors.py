@@ -39,6 +39,11 @@ class InfrastructureError(W4SError):
     the same work may succeed."""
 
 
+class NothingToLearn(W4SError):
+    """The dataset holds no positive reward: a reward-weighted fit would only imitate
+    actions that earned nothing, so the fit is skipped unless forced."""
+
+
 class BenchmarkError(W4SError, ValueError):
     """A benchmark name, file or field is wrong."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "learning_signal.py"
+CODE = "def solver(agent, task):\n    return {'answer': agent.execute_code('print(2)')}"
 
 
 @pytest.fixture(scope="module")
@@ -21,39 +23,61 @@ def ls():
     sys.modules.pop(spec.name, None)
 
 
+def row(state, status, reward, accuracy=None, code=CODE):
+    return {"state": state, "status": status, "reward": reward, "accuracy": accuracy,
+            "code": code}
+
+
 def test_execute_code_means_a_call_not_a_mention(ls):
-    assert ls.calls_execute_code("def solver(agent, task):\n"
-                                 "    return {'answer': agent.execute_code('print(1)')}")
+    assert ls.calls_execute_code(CODE)
     assert not ls.calls_execute_code("def solver(agent, task):\n"
                                      "    return {'answer': 'agent.execute_code'}")
     assert not ls.calls_execute_code("def solver(:")
     assert not ls.calls_execute_code(None)
 
 
-def test_bootstrap_interval_brackets_the_mean_and_narrows_with_n(ls):
-    small = ls.bootstrap([0, 1] * 5)
-    large = ls.bootstrap([0, 1] * 200)
-    assert small["n"] == 10 and small["mean"] == 0.5 == large["mean"]
-    assert small["ci95"][0] <= 0.5 <= small["ci95"][1]
-    assert large["ci95"][1] - large["ci95"][0] < small["ci95"][1] - small["ci95"][0]
-    assert ls.bootstrap([]) == {"n": 0, "mean": None, "ci95": None}
-    assert ls.bootstrap([1, 1, 1])["ci95"] == [1.0, 1.0]
-
-
-def test_measures_count_valid_code_calls_and_leave_lost_rows_out(ls):
-    code = "def solver(agent, task):\n    return {'answer': agent.execute_code('print(2)')}"
+def test_measures_count_every_candidate_and_leave_lost_ones_out(ls):
     rows = [
-        {"status": "ok", "code": code, "accuracy": 0.5, "reward": 0.5, "repairs": 0},
-        {"status": "ok", "code": "def solver(agent, task):\n    return {}", "accuracy": 0.0,
-         "reward": -0.1, "repairs": 1},
-        {"status": "skipped", "code": None, "accuracy": None, "reward": -0.1, "repairs": 1},
-        {"status": "infra_error", "code": code, "accuracy": None, "reward": None, "repairs": 0},
+        row("000", "ok", 0.4, 0.2),
+        row("000", "ok", -0.1, 0.0, code="def solver(agent, task):\n    return {}"),
+        row("000", "skipped", -0.1, code=CODE),  # invalid: its call never ran
+        row("000", "infra_error", None, code=CODE),  # lost: never measured
+        row("001", "ok", 0.5, 0.6),
+        row("001", "skipped", -0.1, code=None),
     ]
     m = ls.measures(rows)
-    assert m["candidates"] == 4 and m["lost"] == 1
-    assert m["valid_rate"]["n"] == 3 and m["valid_rate"]["mean"] == pytest.approx(2 / 3, 1e-3)
-    assert m["valid_first_try_rate"]["mean"] == pytest.approx(1 / 3, 1e-3)
-    assert m["execute_code_share"] == {**m["execute_code_share"], "n": 2, "mean": 0.5}
-    assert m["val_accuracy"]["mean"] == 0.25
-    assert m["reward"]["mean"] == pytest.approx(0.1, 1e-3)
-    assert m["positive_share"]["mean"] == pytest.approx(1 / 3, 1e-3)
+    assert m["candidates"] == 6 and m["lost"] == 1
+    assert m["reward"]["n"] == 5 and m["reward"]["clusters"] == 2
+    assert m["reward"]["mean"] == pytest.approx((0.4 - 0.1 - 0.1 + 0.5 - 0.1) / 5, abs=1e-4)
+    assert m["valid"]["mean"] == pytest.approx(3 / 5, abs=1e-4)
+    # the share of ALL candidates whose valid workflow calls execute_code
+    assert m["execute_code"]["mean"] == pytest.approx(2 / 5, abs=1e-4)
+    # validation accuracy over all candidates, invalid ones at 0
+    assert m["val_accuracy"]["mean"] == pytest.approx(0.8 / 5, abs=1e-4)
+    assert m["positive"]["mean"] == pytest.approx(2 / 5, abs=1e-4)
+
+
+def test_paired_compares_policies_on_their_common_states(ls):
+    base = [row(s, "skipped", -0.1) for s in ("000", "001") for _ in range(4)]
+    better = [row("000", "ok", 0.5, 0.6)] * 4 + [row("001", "skipped", -0.1)] * 4
+    d = ls.paired(better, base)
+    assert d["reward"]["clusters"] == 2
+    assert d["reward"]["diff"] == pytest.approx(0.3, abs=1e-4)
+    assert d["reward"]["ci95"] == [0.0, 0.6]  # two states: the gain is in one of them
+    assert ls.paired(better, [row("009", "ok", 0.5, 0.5)])["reward"] == {
+        "error": "paired_difference: the two policies share no state with values"}
+
+
+def test_states_have_a_better_workflow_in_view_and_one_beyond(ls):
+    args = argparse.Namespace(pool=12, val_size=3)
+    ids = [f"arith-0-{i}" for i in range(12)]
+    scores = {"direct": {"correct": ids[:1]}, "code": {"correct": ids[:4]},
+              "extract": {"correct": ids}}
+    states = ls.pick_states(args, scores, 0, 5, 0)
+    assert len(states) == 5 and len({tuple(s["validation"]) for s in states}) == 5
+    for s in states:
+        acc = s["accuracy"]
+        assert acc["direct"] < acc["code"] < acc["extract"] == 1.0
+    none = {**scores, "code": {"correct": ids[:1]}}
+    with pytest.raises(RuntimeError, match="0 of 2 states with headroom"):
+        ls.pick_states(args, none, 0, 2, 0)

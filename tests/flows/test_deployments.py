@@ -39,7 +39,7 @@ def test_every_deployment_resolves_to_a_flow_with_valid_parameters():
         for schedule in dep.get("schedules", []):
             assert len(schedule["cron"].split()) == 5
     assert flows == {"nightly": {"cpu"}, "collect": {"cpu", "gpu"}, "fit": {"gpu"},
-                     "optimize": {"cpu", "gpu"}, "evaluate": {"cpu", "gpu"}}
+                     "gate": {"gpu"}, "optimize": {"cpu", "gpu"}, "evaluate": {"cpu", "gpu"}}
     # the parent routes `<flow>/<pool>`: every such name exists (optimize-demo aside)
     for dep in spec["deployments"]:
         if dep["name"] not in ("nightly", "optimize-demo"):

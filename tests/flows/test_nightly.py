@@ -194,9 +194,10 @@ def test_routed_to_deployments_each_stage_runs_as_flow_slash_pool(tmp_path, tiny
     from prefect.states import Completed
 
     from flows.collect import collect
+    from flows.gate import gate
     from flows.optimize import optimize
 
-    flows = {"collect": collect, "fit": stage_flows.fit, "optimize": optimize,
+    flows = {"collect": collect, "fit": stage_flows.fit, "gate": gate, "optimize": optimize,
              "evaluate": stage_flows.evaluate}
     calls = []
 
@@ -210,10 +211,11 @@ def test_routed_to_deployments_each_stage_runs_as_flow_slash_pool(tmp_path, tiny
     cfg = nightly_config(tmp_path, tiny_base, routing="deployments", timeouts={"fit": 600})
     result = nightly(cfg, nightly_id="r1")
     assert [(n, r) for n, r, _ in calls] == [
-        ("collect/cpu", "collect r1"), ("fit/gpu", "fit r1"), ("optimize/cpu", "optimize r1"),
-        ("evaluate/cpu", "evaluate r1")]
+        ("collect/cpu", "collect r1"), ("fit/gpu", "fit r1"), ("gate/gpu", "gate r1"),
+        ("optimize/cpu", "optimize r1"), ("evaluate/cpu", "evaluate r1")]
     assert dict((n, t) for n, _, t in calls)["fit/gpu"] == 600
     assert result["fit_steps"] == 1 and result["adapter_id"]
+    assert result["gate"]["challenger"] == result["adapter_id"]  # read back from gate.json
     assert result["evaluation"]["items"] == 2
     assert Path(result["best_workflow"]).is_file()
 

@@ -29,7 +29,7 @@ def write_dataset(path: Path, rows: list[dict], drop: str | None = None) -> Path
         "prompt": pa.array([r["prompt"] for r in rows], type=MESSAGE),
         "completion": pa.array([r["completion"] for r in rows], type=MESSAGE),
         "weight": pa.array([float(r["weight"]) for r in rows], type=pa.float64()),
-        "reward": pa.array([float(r.get("reward", 0.0)) for r in rows], type=pa.float64()),
+        "reward": pa.array([float(r.get("reward", 1.0)) for r in rows], type=pa.float64()),
         "run_id": pa.array(["run"] * n),
         "episode": pa.array(list(range(n)), type=pa.int64()),
         "turn": pa.array([0] * n, type=pa.int64()),
