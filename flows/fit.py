@@ -121,6 +121,7 @@ def fit_adapter(
     sha = file_sha256(dataset)
     device, dtype = rlao.pick_device()
     model, tokenizer = rlao.load_base(folder, device=device, dtype=dtype)
+    rlao.use_flex_attention(model, config, device)
     if config.max_seq_len is None:
         config = replace(config, max_seq_len=rlao.model_context(model, tokenizer))
     samples, stats = rlao.tokenize_rows(tokenizer, rows, config.max_seq_len)
@@ -174,6 +175,7 @@ def fit_adapter(
         "glue_tokens_masked": stats.glue_masked,
         "no_end_of_turn": stats.no_end_of_turn,
         "gradient_checkpointing": checkpointing,
+        "attention": getattr(model.config, "_attn_implementation", None),
         "tokens_total": stats.tokens,
         "tokens_completion": stats.completion_tokens,
         "tokens_trained": state.tokens,
