@@ -10,7 +10,8 @@ If the weighting survives, the weighted fit moves the margin much further than S
 Settings: `before` is the trainer before issue 15 as a 7B-scale state met it (the paper's
 loss, sum w*loss / n, and one sample per optimizer step because one state filled a
 micro-batch); `after` is the default now (self-normalised weights, steps of up to 16
-samples). The ratio weighted/equal is the figure; the JSON goes to stdout or --out.
+samples). The figure is `weighted_minus_equal`, how much further the weighted fit moved
+the margin toward the heavy completion; the JSON goes to stdout or --out.
 
     .venv/bin/python benchmarks/fit_weighting.py [--base embedded|PATH] [--visits 8]
 """
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} {kind}: margin moved {moved[kind]:+.4f}, clipped "
                   f"{moved[f'{kind}_clipped_steps']} steps, {time.perf_counter() - t0:.0f}s",
                   file=sys.stderr, flush=True)
-        moved["ratio"] = moved["weighted"] / moved["equal"] if moved["equal"] else None
+        moved["weighted_minus_equal"] = moved["weighted"] - moved["equal"]
         result["settings"][name] = {**setting, **moved}
     text = json.dumps(result, indent=1)
     print(text)

@@ -540,6 +540,7 @@ def test_the_weighting_survives_clipping(tiny, tmp_path):
     base = _margin(None, tiny, prompt, "The answer is 5.", "the lazy dog 0123")
     weighted = _heavy_light_fit(tiny, tmp_path, "rwr", (12.18, 0.78)) - base
     equal = _heavy_light_fit(tiny, tmp_path, "sft", (1.0, 1.0)) - base
+    print(f"margin moved: weighted {weighted:.3f}, equal {equal:.3f}")  # docs/rlao.md
     # before issue 15 (one sample per step, each clipped): 0.117 against 0.052; now about
     # 0.21 against 0.01
     assert weighted > equal + 0.1 and weighted > 4 * equal, (weighted, equal)
