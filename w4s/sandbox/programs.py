@@ -1,15 +1,33 @@
-"""Standalone programs (e.g. a HumanEval completion plus its tests) run on the shared pool."""
+"""Standalone programs, and code tests (an answer against its official tests), run on the
+shared pool.
+
+A code test runs in two processes that share nothing but a socket: the answer alone in a
+jailed solution process (S) forked by a worker's zygote, the official tests in a test
+process (T) forked by a test server this module starts (it never runs an answer). Values
+cross as plain data, and only T's verdict, on a pipe S never holds, decides a pass; see
+`worker.solution`, `worker.tester` and docs/sandbox.md ("Scoring integrity").
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import math
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
 from w4s.sandbox import worker as _w
-from w4s.sandbox.pool import WorkerDied, shared_pool
+from w4s.sandbox.pool import WORKER_MAIN, WorkerDied, shared_pool, worker_env
 from w4s.sandbox.types import ProgramResult, SandboxSettings
 
 _GRACE_S = 10.0  # the zygote enforces the timeout; this only guards against a stuck zygote
@@ -48,6 +66,199 @@ def run_programs(
     futures = [_dispatcher().submit(_run_batch, b, timeout_s=timeout_s, settings=settings)
                for b in batches]
     return [r for f in futures for r in f.result()]
+
+
+@dataclass(frozen=True)
+class CodeTest:
+    """An answer and the official tests that judge it.
+
+    solution: the answer's code, the only text S runs (HumanEval: prompt + completion).
+    setup: trusted text T runs first (HumanEval: the prompt, for helpers such as `poly`;
+    MBPP: test imports and setup code). test: trusted text defining `check`, called as
+    `check(candidate)` (check_arg) or `check()`; the entry point and any other name the
+    test uses that only the solution defines are proxies to S.
+    """
+
+    solution: str
+    test: str
+    entry_point: str
+    setup: str = ""
+    check_arg: bool = True
+
+
+def run_tests(
+    tests: Sequence[CodeTest], *, timeout_s: float = 5.0, settings: SandboxSettings | None = None
+) -> list[ProgramResult]:
+    """Judge answers against their tests in parallel on the warm pool; results in order.
+
+    ok: the official `check` ran to its end on values the solution computed. A timeout
+    bounds each answer's calls (from when its code has run), and the whole batch.
+    """
+    if not tests:
+        return []
+    size = max(1, min(_MAX_BATCH, math.ceil(len(tests) / (4 * shared_pool().size))))
+    batches = [list(tests[i: i + size]) for i in range(0, len(tests), size)]
+    if len(batches) == 1:
+        return _test_batch(batches[0], timeout_s=timeout_s, settings=settings)
+    futures = [_dispatcher().submit(_test_batch, b, timeout_s=timeout_s, settings=settings)
+               for b in batches]
+    return [r for f in futures for r in f.result()]
+
+
+class _TestServer:
+    """The process that forks T: trusted code only, started here, outside every jail."""
+
+    def __init__(self) -> None:
+        mine, theirs = socket.socketpair()
+        cfg = json.dumps({"role": "tester", "fd": theirs.fileno()})
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-s", "-B", WORKER_MAIN, cfg], pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=worker_env(), cwd="/", start_new_session=True)
+        finally:
+            theirs.close()
+        self.sock = mine
+        self.lock = threading.Lock()
+
+    def start(self, request: dict, fds: list[int]) -> int:
+        """Fork a T for `request` holding `fds` (S's peer, the verdict pipe); its pid."""
+        with self.lock:
+            _w.send_frame(self.sock, request)
+            socket.send_fds(self.sock, [b"F"], fds)
+            reply = _w.recv_frame(self.sock, deadline=time.monotonic() + 30.0)
+        if "pid" not in reply:
+            raise OSError(f"test server: {reply.get('error', 'no pid')}")
+        return int(reply["pid"])
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+
+_server: _TestServer | None = None
+_server_lock = threading.Lock()
+
+
+def _test_server() -> _TestServer:
+    global _server
+    with _server_lock:
+        if _server is None or _server.proc.poll() is not None:
+            if _server is not None:
+                _server.close()
+            else:
+                atexit.register(lambda: _server and _server.close())
+            _server = _TestServer()
+        return _server
+
+
+def _test_batch(
+    tests: list[CodeTest], *, timeout_s: float, settings: SandboxSettings | None
+) -> list[ProgramResult]:
+    settings = settings or SandboxSettings()
+    if not timeout_s > 0:
+        raise ValueError(f"`timeout_s` must be positive, but received {timeout_s!r}")
+    start = time.monotonic()
+    deadline_s = len(tests) * (timeout_s + 1.0) + _GRACE_S
+    for attempt in range(2):  # a worker that died between jobs is replaced once
+        try:
+            return _test_attempt(tests, timeout_s, settings, start + deadline_s, start)
+        except WorkerDied as e:
+            if attempt == 1:
+                failed = ProgramResult(False, f"sandbox worker failed: {e}", "",
+                                       time.monotonic() - start)
+                return [failed] * len(tests)
+    raise AssertionError("unreachable")
+
+
+def _test_attempt(tests: list[CodeTest], timeout_s: float, settings: SandboxSettings,
+                  deadline: float, start: float) -> list[ProgramResult]:
+    server = _test_server()
+    s_ends: list[socket.socket] = []
+    verdicts: list[int] = []
+    pids: list[int] = []
+    try:
+        for test in tests:
+            s_end, t_end = socket.socketpair()
+            r, w = os.pipe()
+            s_ends.append(s_end)
+            verdicts.append(r)
+            try:
+                pids.append(server.start(
+                    {"spec": asdict(test), "timeout_s": timeout_s, "memory_mb": settings.memory_mb,
+                     "ready_s": max(0.0, deadline - time.monotonic())},
+                    [t_end.fileno(), w]))
+            finally:
+                t_end.close()
+                os.close(w)
+        with shared_pool().worker() as wk:
+            try:
+                _w.send_frame(wk.ctrl, {
+                    "op": "solutions", "job": 0, "sources": [t.solution for t in tests],
+                    "timeout_s": timeout_s, "memory_mb": settings.memory_mb,
+                    "limit": settings.max_output_chars})
+                socket.send_fds(wk.ctrl, [b"F"], [s.fileno() for s in s_ends])
+                for s in s_ends:  # the zygote holds them now: S sees EOF when T is done
+                    s.close()
+                reply = _w.recv_frame(wk.ctrl, deadline=deadline)
+                sides = reply["results"]
+                if not isinstance(sides, list) or len(sides) != len(tests):
+                    raise _w.ProtocolError("wrong number of solution results")
+            except (TimeoutError, EOFError, OSError, KeyError, _w.ProtocolError) as e:
+                wk.kill()
+                raise WorkerDied(f"{type(e).__name__} {e}".strip()) from e
+        raw = _read_verdicts(verdicts, deadline)
+    finally:
+        for s in s_ends:
+            s.close()
+        for r in verdicts:
+            os.close(r)
+        for pid in pids:  # a T past its own alarm (it should be gone by now)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    seconds = time.monotonic() - start
+    return [_verdict(text, side, timeout_s, seconds) for text, side in zip(raw, sides, strict=True)]
+
+
+def _read_verdicts(fds: list[int], deadline: float) -> list[bytes]:
+    """Each T's verdict (bytes until EOF), waiting no longer than `deadline`."""
+    got = {fd: b"" for fd in fds}
+    open_fds = set(fds)
+    while open_fds:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select(list(open_fds), [], [], left)
+        for fd in ready:
+            chunk = os.read(fd, 4096)
+            if chunk and len(got[fd]) < 8192:
+                got[fd] += chunk
+            else:
+                open_fds.discard(fd)
+    return [got[fd] for fd in fds]
+
+
+def _verdict(text: bytes, side: dict, timeout_s: float, seconds: float) -> ProgramResult:
+    try:
+        verdict = json.loads(text) if text else {}
+    except ValueError:
+        verdict = {}
+    if not isinstance(verdict, dict):
+        verdict = {}
+    if verdict.get("ok") is True:
+        return ProgramResult(True, None, "", seconds)
+    if isinstance(side, dict) and side.get("timed_out"):
+        error = f"timeout after {timeout_s:g}s"
+    elif "error" in verdict:
+        error = str(verdict["error"])
+    elif not text:
+        error = f"tests did not finish within {timeout_s:g}s"
+    else:
+        error = "tests failed"
+    return ProgramResult(False, error, "", seconds)
 
 
 def _run_batch(

@@ -1,5 +1,6 @@
-"""Standalone programs (a HumanEval completion with its tests, `agent.execute_code`), each
-run as __main__ in its own fork with a timeout, its output captured to a capped file.
+"""Standalone programs (`run_programs`, `agent.execute_code`), each run as __main__ in its
+own fork with a timeout, its output captured to a capped unnamed file; and the solution
+side (S) of a code test, see `solution` and `tester`.
 """
 
 from __future__ import annotations
@@ -9,17 +10,17 @@ import json
 import linecache
 import os
 import resource
-import shutil
+import socket
 import sys
+import tempfile
 import time
 
 from .jail import Jail, redirect_stdio
-from .reap import describe_exit, jail_cleanup, wait_child
+from .reap import describe_exit, jail_cleanup, remove_dir, wait_child
+from .solution import serve_solution
 from .text import clip, error_text, one_line_error
 
 PROGRAM_FILE = "<program>"
-RESULT_NAME = ".w4s_result.json"
-STDOUT_NAME = ".w4s_stdout.txt"
 
 
 def seed_random(*parts: str) -> None:
@@ -60,51 +61,56 @@ def run_forked_program(
 
     Used by the zygote for `run_programs` and, nested, by a workflow's `execute_code`
     (jail=None there: the item child is already jailed and the grandchild inherits it).
+    Output and result go to unnamed files opened here before the fork: afterwards nothing
+    is opened by path, so a job that swaps a name for a symlink or a FIFO changes nothing.
     """
     own_dir = workdir is None
     if own_dir:
         workdir = jail.make_dir() if jail else _nested_dir()
-    out_path = os.path.join(workdir, STDOUT_NAME)
-    res_path = os.path.join(workdir, RESULT_NAME)
+    private = jail.tmp_root if jail else workdir
+    out_fd, res_fd = _unnamed_file(private), _unnamed_file(private)
     start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 1
-        try:
-            for fd in close_fds:
-                os.close(fd)
-            if jail is not None:
-                jail.enter(workdir, cpu_s=timeout_s, memory_mb=memory_mb, fsize_mb=16)
-            else:
-                os.setpgid(0, 0)
-                cpu = max(1, int(timeout_s + 1))
-                resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-                os.chdir(workdir)
-            redirect_stdio(out_path)
-            record = exec_program(source, PROGRAM_FILE, want_solution, limit)
-            if record.get("result") is not None:
-                record["result"] = clip(record["result"], limit)
-            sys.stdout.flush()
-            fd = os.open(res_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.write(fd, json.dumps(record).encode())
-            os.close(fd)
-            code = 0
-        finally:
-            os._exit(code)
-    status, timed_out = wait_child(pid, timeout_s)
-    seconds = time.monotonic() - start
-    if jail is not None:
-        jail_cleanup(jail.cgroup, pid, keep=keep)
-    stdout = _read_capped(out_path, limit)
-    record = None
-    if not timed_out:
-        try:
-            with open(res_path) as f:
-                record = json.loads(f.read(4 * limit + 4096))
-        except (OSError, ValueError):
-            record = None
+    try:
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                for fd in close_fds:
+                    os.close(fd)
+                if jail is not None:
+                    jail.enter(workdir, cpu_s=timeout_s, memory_mb=memory_mb, fsize_mb=16)
+                else:
+                    os.setpgid(0, 0)
+                    cpu = max(1, int(timeout_s + 1))
+                    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+                    os.chdir(workdir)
+                redirect_stdio(None)
+                os.dup2(out_fd, 1)
+                record = exec_program(source, PROGRAM_FILE, want_solution, limit)
+                if record.get("result") is not None:
+                    record["result"] = clip(record["result"], limit)
+                sys.stdout.flush()
+                os.pwrite(res_fd, json.dumps(record).encode(), 0)
+                code = 0
+            finally:
+                os._exit(code)
+        status, timed_out = wait_child(pid, timeout_s)
+        seconds = time.monotonic() - start
+        if jail is not None:
+            jail_cleanup(jail.cgroup, pid, keep=keep)
+        stdout = clip(_read_head(out_fd, limit * 4 + 1).decode("utf-8", errors="replace"),
+                      limit)
+        record = None
+        if not timed_out:
+            try:
+                record = json.loads(_read_head(res_fd, 4 * limit + 4096))
+            except ValueError:
+                record = None
+    finally:
+        os.close(out_fd)
+        os.close(res_fd)
     if own_dir:
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_dir(workdir)
     if timed_out:
         msg = f"timeout after {timeout_s:g}s"
         return {"ok": False, "error": msg, "line": f"Error: TimeoutError: {msg}",
@@ -119,13 +125,56 @@ def run_forked_program(
     return record
 
 
-def _read_capped(path: str, limit: int) -> str:
+def run_forked_solution(
+    jail: Jail, source: str, conn_fd: int, *, timeout_s: float, memory_mb: int, limit: int,
+    close_fds: tuple[int, ...] = (), keep: int | None = None,
+) -> dict:
+    """S for one code test: a jailed fork that runs only `source` and answers the test
+    process on `conn_fd` (see `solution`); it holds no other descriptor of ours."""
+    workdir = jail.make_dir()
+    start = time.monotonic()
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit * 4 + 1)
+        pid = os.fork()
+        if pid == 0:  # child
+            try:
+                for fd in close_fds:
+                    os.close(fd)
+                jail.enter(workdir, cpu_s=timeout_s, memory_mb=memory_mb, fsize_mb=16)
+                redirect_stdio(None)  # its output is nobody's business
+                if conn_fd != 3:
+                    os.dup2(conn_fd, 3)
+                os.closerange(4, 1 << 16)
+                serve_solution(socket.socket(fileno=3), source, limit)
+            finally:
+                os._exit(0)
+    finally:
+        os.close(conn_fd)
+    status, timed_out = wait_child(pid, timeout_s)
+    seconds = time.monotonic() - start
+    jail_cleanup(jail.cgroup, pid, keep=keep)
+    remove_dir(workdir)
+    return {"timed_out": timed_out, "seconds": seconds,
+            "exit": None if status is None else describe_exit(status).replace("worker",
+                                                                             "solution")}
+
+
+def _unnamed_file(folder: str) -> int:
+    """A file without a name (O_TMPFILE), or one unlinked at once where that is missing."""
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            return os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(dir=folder)
+    os.unlink(path)
+    return fd
+
+
+def _read_head(fd: int, size: int) -> bytes:
+    try:
+        return os.pread(fd, size, 0)
     except OSError:
-        return ""
-    return clip(data.decode("utf-8", errors="replace"), limit)
+        return b""
 
 
 _nested_seq = itertools.count()
