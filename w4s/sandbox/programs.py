@@ -121,13 +121,13 @@ class _TestServer:
         self.sock = mine
         self.lock = threading.Lock()
 
-    def start(self, request: dict, fds: list[int]) -> int:
-        """Fork a T for `request` holding `fds` (S's peer, the verdict pipe); its pid."""
+    def start(self, batch: dict, fds: list[int]) -> int:
+        """Fork the T of a batch holding `fds` (S's peer per test, the verdict pipe)."""
         with self.lock:
-            _w.send_frame(self.sock, request)
+            _w.send_frame(self.sock, batch)
             socket.send_fds(self.sock, [b"F"], fds)
             reply = _w.recv_frame(self.sock, deadline=time.monotonic() + 30.0)
-        if "pid" not in reply:
+        if not reply.get("pid"):
             raise OSError(f"test server: {reply.get('error', 'no pid')}")
         return int(reply["pid"])
 
@@ -177,32 +177,31 @@ def _test_batch(
 def _test_attempt(tests: list[CodeTest], timeout_s: float, settings: SandboxSettings,
                   deadline: float, start: float) -> list[ProgramResult]:
     server = _test_server()
-    s_ends: list[socket.socket] = []
-    verdicts: list[int] = []
-    pids: list[int] = []
+    pairs = [socket.socketpair() for _ in tests]
+    verdict_r, verdict_w = os.pipe()
+    pid = 0
     try:
-        for test in tests:
-            s_end, t_end = socket.socketpair()
-            r, w = os.pipe()
-            s_ends.append(s_end)
-            verdicts.append(r)
-            try:
-                pids.append(server.start(
-                    {"spec": asdict(test), "timeout_s": timeout_s, "memory_mb": settings.memory_mb,
-                     "ready_s": max(0.0, deadline - time.monotonic())},
-                    [t_end.fileno(), w]))
-            finally:
-                t_end.close()
-                os.close(w)
         with shared_pool().worker() as wk:
-            try:
+            try:  # the S's first: their code runs while the test server forks T
                 _w.send_frame(wk.ctrl, {
                     "op": "solutions", "job": 0, "sources": [t.solution for t in tests],
-                    "timeout_s": timeout_s, "memory_mb": settings.memory_mb,
-                    "limit": settings.max_output_chars})
-                socket.send_fds(wk.ctrl, [b"F"], [s.fileno() for s in s_ends])
-                for s in s_ends:  # the zygote holds them now: S sees EOF when T is done
-                    s.close()
+                    "timeout_s": timeout_s, "wall_s": max(0.0, deadline - time.monotonic()),
+                    "memory_mb": settings.memory_mb, "limit": settings.max_output_chars})
+                socket.send_fds(wk.ctrl, [b"F"], [s.fileno() for s, _ in pairs])
+            except OSError as e:
+                wk.kill()
+                raise WorkerDied(f"{type(e).__name__} {e}".strip()) from e
+            for s_end, _ in pairs:
+                s_end.close()  # the zygote holds them now: S sees EOF once T is done
+            batch = {"tests": [asdict(t) for t in tests], "timeout_s": timeout_s,
+                     "ready_s": max(0.0, deadline - time.monotonic()),
+                     "memory_mb": settings.memory_mb}
+            pid = server.start(batch, [t.fileno() for _, t in pairs] + [verdict_w])
+            for _, t_end in pairs:
+                t_end.close()
+            os.close(verdict_w)
+            verdict_w = -1
+            try:
                 reply = _w.recv_frame(wk.ctrl, deadline=deadline)
                 sides = reply["results"]
                 if not isinstance(sides, list) or len(sides) != len(tests):
@@ -210,54 +209,54 @@ def _test_attempt(tests: list[CodeTest], timeout_s: float, settings: SandboxSett
             except (TimeoutError, EOFError, OSError, KeyError, _w.ProtocolError) as e:
                 wk.kill()
                 raise WorkerDied(f"{type(e).__name__} {e}".strip()) from e
-        raw = _read_verdicts(verdicts, deadline)
+        verdicts = _read_verdicts(verdict_r, len(tests), deadline)
     finally:
-        for s in s_ends:
-            s.close()
-        for r in verdicts:
-            os.close(r)
-        for pid in pids:  # a T past its own alarm (it should be gone by now)
+        for s_end, t_end in pairs:
+            s_end.close()
+            t_end.close()
+        os.close(verdict_r)
+        if verdict_w >= 0:
+            os.close(verdict_w)
+        if pid:  # T past its own alarm (it should be gone by now)
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
     seconds = time.monotonic() - start
-    return [_verdict(text, side, timeout_s, seconds) for text, side in zip(raw, sides, strict=True)]
+    return [_verdict(verdicts.get(i), side, timeout_s, seconds)
+            for i, side in enumerate(sides)]
 
 
-def _read_verdicts(fds: list[int], deadline: float) -> list[bytes]:
-    """Each T's verdict (bytes until EOF), waiting no longer than `deadline`."""
-    got = {fd: b"" for fd in fds}
-    open_fds = set(fds)
-    while open_fds:
+def _read_verdicts(fd: int, n: int, deadline: float) -> dict[int, dict]:
+    """T's verdict lines by test index, read until EOF, n lines or `deadline`."""
+    data = b""
+    while data.count(b"\n") < n and len(data) < n * 8192:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
             break
-        ready, _, _ = select.select(list(open_fds), [], [], left)
-        for fd in ready:
-            chunk = os.read(fd, 4096)
-            if chunk and len(got[fd]) < 8192:
-                got[fd] += chunk
-            else:
-                open_fds.discard(fd)
-    return [got[fd] for fd in fds]
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    out: dict[int, dict] = {}
+    for line in data.splitlines():
+        try:
+            verdict = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(verdict, dict) and isinstance(verdict.get("i"), int):
+            out.setdefault(verdict["i"], verdict)
+    return out
 
 
-def _verdict(text: bytes, side: dict, timeout_s: float, seconds: float) -> ProgramResult:
-    try:
-        verdict = json.loads(text) if text else {}
-    except ValueError:
-        verdict = {}
-    if not isinstance(verdict, dict):
-        verdict = {}
-    if verdict.get("ok") is True:
+def _verdict(verdict: dict | None, side: dict, timeout_s: float,
+             seconds: float) -> ProgramResult:
+    if verdict is not None and verdict.get("ok") is True:
         return ProgramResult(True, None, "", seconds)
-    if isinstance(side, dict) and side.get("timed_out"):
-        error = f"timeout after {timeout_s:g}s"
-    elif "error" in verdict:
+    if verdict is not None and "error" in verdict:
         error = str(verdict["error"])
-    elif not text:
-        error = f"tests did not finish within {timeout_s:g}s"
+    elif isinstance(side, dict) and side.get("timed_out"):
+        error = f"timeout after {timeout_s:g}s"
     else:
-        error = "tests failed"
+        error = "the tests did not finish"
     return ProgramResult(False, error, "", seconds)
 
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from .jail import Jail, redirect_stdio
-from .reap import describe_exit, jail_cleanup, remove_dir, wait_child
+from .reap import describe_exit, jail_cleanup, kill_group, remove_dir, wait_child
 from .solution import serve_solution
 from .text import clip, error_text, one_line_error
 
@@ -125,37 +125,45 @@ def run_forked_program(
     return record
 
 
-def run_forked_solution(
-    jail: Jail, source: str, conn_fd: int, *, timeout_s: float, memory_mb: int, limit: int,
-    close_fds: tuple[int, ...] = (), keep: int | None = None,
-) -> dict:
-    """S for one code test: a jailed fork that runs only `source` and answers the test
-    process on `conn_fd` (see `solution`); it holds no other descriptor of ours."""
-    workdir = jail.make_dir()
-    start = time.monotonic()
-    try:
-        pid = os.fork()
-        if pid == 0:  # child
-            try:
-                for fd in close_fds:
-                    os.close(fd)
-                jail.enter(workdir, cpu_s=timeout_s, memory_mb=memory_mb, fsize_mb=16)
-                redirect_stdio(None)  # its output is nobody's business
-                if conn_fd != 3:
-                    os.dup2(conn_fd, 3)
-                os.closerange(4, 1 << 16)
-                serve_solution(socket.socket(fileno=3), source, limit)
-            finally:
-                os._exit(0)
-    finally:
-        os.close(conn_fd)
-    status, timed_out = wait_child(pid, timeout_s)
-    seconds = time.monotonic() - start
-    jail_cleanup(jail.cgroup, pid, keep=keep)
-    remove_dir(workdir)
-    return {"timed_out": timed_out, "seconds": seconds,
-            "exit": None if status is None else describe_exit(status).replace("worker",
-                                                                             "solution")}
+def run_forked_solutions(
+    jail: Jail, sources: list[str], conn_fds: list[int], *, cpu_s: float, wall_s: float,
+    memory_mb: int, limit: int, close_fds: tuple[int, ...] = (), keep: int | None = None,
+) -> list[dict]:
+    """S for each code test of a batch, forked at once: jailed processes that run only
+    their `source`, then wait for their test process to call (it times each test from
+    then on), on their own `conn_fd` (see `solution`), holding nothing else of ours.
+    `cpu_s` bounds each one's CPU, `wall_s` the batch; leftovers die when all are done."""
+    started = []
+    for source, conn_fd in zip(sources, conn_fds, strict=True):
+        workdir = jail.make_dir()
+        try:
+            pid = os.fork()
+            if pid == 0:  # child
+                try:
+                    for fd in close_fds:
+                        os.close(fd)
+                    jail.enter(workdir, cpu_s=cpu_s, memory_mb=memory_mb, fsize_mb=16)
+                    redirect_stdio(None)  # its output is nobody's business
+                    if conn_fd != 3:
+                        os.dup2(conn_fd, 3)
+                    os.closerange(4, 1 << 16)  # other tests' sockets among them
+                    serve_solution(socket.socket(fileno=3), source, limit)
+                finally:
+                    os._exit(0)
+        finally:
+            os.close(conn_fd)
+        started.append((pid, workdir, time.monotonic()))
+    results = []
+    for pid, _, t0 in started:
+        status, timed_out = wait_child(pid, max(0.0, t0 + wall_s - time.monotonic()))
+        kill_group(pid)
+        results.append({"timed_out": timed_out, "seconds": time.monotonic() - t0,
+                        "exit": None if status is None else
+                        describe_exit(status).replace("worker", "solution")})
+    jail_cleanup(jail.cgroup, keep=keep)
+    for _, workdir, _ in started:
+        remove_dir(workdir)
+    return results
 
 
 def _unnamed_file(folder: str) -> int:

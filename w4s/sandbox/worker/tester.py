@@ -34,8 +34,9 @@ _SAFE_EXCEPTIONS = {name: obj for name, obj in vars(builtins).items()
                     if isinstance(obj, type) and issubclass(obj, Exception)}
 
 
-class SolutionError(Exception):
-    """The solution raised something that is not a builtin exception, or went away."""
+class SolutionError(BaseException):
+    """The solution went away, timed out or sent no plain value. A BaseException, so that a
+    test's `except Exception` cannot swallow it, as it could not swallow an exit."""
 
 
 class _Proxy:
@@ -52,24 +53,36 @@ class _Proxy:
 
 
 class _Conn:
-    def __init__(self, sock: socket.socket, max_frame: int) -> None:
-        self.sock, self.max_frame = sock, max_frame
+    """T's side of the socket to one S. Once broken (S gone, late, or not plain), it stays
+    broken and the test fails, whatever the test code does with the exception."""
+
+    def __init__(self, sock: socket.socket, max_frame: int, timeout_s: float) -> None:
+        self.sock, self.max_frame, self.timeout_s = sock, max_frame, timeout_s
+        self.deadline = 0.0
+        self.broken: str | None = None
+
+    def _fail(self, why: str) -> SolutionError:
+        self.broken = self.broken or why
+        return SolutionError(self.broken)
 
     def ready(self, deadline: float) -> list[str]:
         try:
             hello = recv_frame(self.sock, deadline=deadline, max_bytes=self.max_frame)
         except TimeoutError:
-            raise SolutionError("solution process did not start in time") from None
+            raise self._fail("solution process did not start in time") from None
         except (EOFError, OSError, ProtocolError) as e:
-            raise SolutionError(f"solution process ended before its code ran ({e})") from None
+            raise self._fail(f"solution process ended before its code ran ({e})") from None
         if hello.get("op") != "ready":
-            raise SolutionError("solution process sent no ready message")
+            raise self._fail("solution process sent no ready message")
         if "error" in hello:
-            raise SolutionError(f"the solution's code failed: {str(hello['error'])[-800:]}")
+            raise self._fail(f"the solution's code failed: {str(hello['error'])[-800:]}")
+        self.deadline = time.monotonic() + self.timeout_s  # the test's clock starts now
         names = hello.get("names")
         return [n for n in names if type(n) is str] if type(names) is list else []
 
     def call(self, name: str, args: tuple, kwargs: dict) -> Any:
+        if self.broken:
+            raise SolutionError(self.broken)
         try:
             req = {"name": name, "args": [encode(a) for a in args],
                    "kwargs": {str(k): encode(v) for k, v in kwargs.items()}}
@@ -77,21 +90,27 @@ class _Conn:
             raise TypeError(f"test argument cannot be sent to the solution: {e}") from None
         try:
             send_frame(self.sock, req)
-            reply = recv_frame(self.sock, max_bytes=self.max_frame)
+            reply = recv_frame(self.sock, deadline=self.deadline, max_bytes=self.max_frame)
+        except TimeoutError:
+            raise self._fail(f"timeout after {self.timeout_s:g}s") from None
         except (EOFError, OSError, ProtocolError) as e:
-            raise SolutionError(f"solution process ended during {name}() ({e})") from None
+            raise self._fail(f"solution process ended during {name}() ({e})") from None
         if "raise" in reply:
             kind = str(reply["raise"])
-            exc = _SAFE_EXCEPTIONS.get(kind, SolutionError)
-            raise exc(f"{kind} in solution: {str(reply.get('message', ''))[:500]}")
+            exc = _SAFE_EXCEPTIONS.get(kind)
+            message = f"{kind} in solution: {str(reply.get('message', ''))[:500]}"
+            if exc is None:  # SystemExit, KeyboardInterrupt, a class of its own...
+                raise self._fail(message)
+            raise exc(message)
         try:
             value = decode(reply["value"])
             after = reply.get("args") or []
-            for original, state in zip(args, after if type(after) is list else [], strict=False):
+            for original, state in zip(args, after if type(after) is list else [],
+                                       strict=False):
                 if state is not None and type(original) in (list, dict, set):
                     _update(original, decode(state))
         except (KeyError, NotPlain, RecursionError) as e:
-            raise SolutionError(f"{name}() returned no plain value: {e}") from None
+            raise self._fail(f"{name}() returned no plain value: {e}") from None
         return value
 
 
@@ -114,37 +133,39 @@ def _referenced_names(code: Any) -> set[str]:
     return names
 
 
-def run_checks(sock: socket.socket, spec: dict, *, timeout_s: float, ready_s: float,
+def run_checks(sock: socket.socket, spec: dict, *, timeout_s: float, ready_by: float,
                max_frame: int) -> dict:
-    """Exec the trusted setup and test, bind the solution's names to proxies, run `check`."""
-    conn = _Conn(sock, max_frame)
+    """Exec the trusted setup and test, bind the solution's names to proxies, run `check`.
+    A pass: `check` returned, and every call got a plain value in time."""
+    conn = _Conn(sock, max_frame, timeout_s)
     entry = str(spec["entry_point"])
     glb: dict = {"__name__": "__main__", "__builtins__": builtins}
     exec(compile(spec.get("setup") or "", "<setup>", "exec"), glb)  # noqa: S102 - trusted
     test_code = compile(spec["test"], "<tests>", "exec")
     try:
-        offered = conn.ready(time.monotonic() + ready_s)
-    except SolutionError as e:
-        return {"ok": False, "error": clip(str(e), VERDICT_LIMIT)}
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)  # SIGALRM's default action ends T
-    glb[entry] = _Proxy(conn, entry)
-    wanted = _referenced_names(test_code) - set(glb) - set(vars(builtins))
-    for name in wanted & set(offered):  # e.g. a class the tests build, as MBPP's `Pair`
-        glb[name] = _Proxy(conn, name)
-    exec(test_code, glb)  # noqa: S102 - trusted: defines `check`
-    try:
+        offered = conn.ready(ready_by)
+        glb[entry] = _Proxy(conn, entry)
+        wanted = _referenced_names(test_code) - set(glb) - set(vars(builtins))
+        for name in wanted & set(offered):  # e.g. a class the tests build, as MBPP's `Pair`
+            glb[name] = _Proxy(conn, name)
+        exec(test_code, glb)  # noqa: S102 - trusted: defines `check`
         if spec.get("check_arg", True):
             glb["check"](glb[entry])
         else:
             glb["check"]()
     except BaseException as e:  # noqa: BLE001 - a failed assert, or the solution's error
+        if conn.broken:
+            return {"ok": False, "error": clip(conn.broken, VERDICT_LIMIT)}
         line = f"{type(e).__name__}: {e}".rstrip(": ") if str(e) else type(e).__name__
         return {"ok": False, "error": clip(line, VERDICT_LIMIT)}
+    if conn.broken:
+        return {"ok": False, "error": clip(conn.broken, VERDICT_LIMIT)}
     return {"ok": True}
 
 
-def _child(conn_fd: int, verdict_fd: int, req: dict) -> None:
-    """T: limits, then the tests; the verdict goes to the parent's pipe, nowhere else."""
+def _child(conns: list[int], verdict_fd: int, batch: dict) -> None:
+    """T: one per batch; runs its tests one after another (each S waits, already forked),
+    writing one verdict line per test to the parent's pipe, nowhere else."""
     code = 1
     try:
         get_libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
@@ -152,48 +173,48 @@ def _child(conn_fd: int, verdict_fd: int, req: dict) -> None:
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        memory_mb = int(req.get("memory_mb") or 0)
+        memory_mb = int(batch.get("memory_mb") or 0)
         if memory_mb > 0:
             resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-        cpu = int(float(req["timeout_s"]) + float(req["ready_s"])) + 2
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        sock = socket.socket(fileno=conn_fd)
-        try:
-            verdict = run_checks(sock, req["spec"], timeout_s=float(req["timeout_s"]),
-                                 ready_s=float(req["ready_s"]),
-                                 max_frame=int(req.get("max_frame") or 8 << 20))
-        except BaseException as e:  # noqa: BLE001 - broken setup/test text: not a pass
-            verdict = {"ok": False, "error": clip(f"test harness: {type(e).__name__}: {e}",
-                                                  VERDICT_LIMIT)}
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        sock.close()  # S sees EOF and exits
-        os.write(verdict_fd, json.dumps(verdict).encode()[:4000])
+        timeout_s, ready_s = float(batch["timeout_s"]), float(batch["ready_s"])
+        signal.setitimer(signal.ITIMER_REAL, ready_s + 5.0)  # a backstop for the whole batch
+        ready_by = time.monotonic() + ready_s
+        for i, (fd, spec) in enumerate(zip(conns, batch["tests"], strict=True)):
+            sock = socket.socket(fileno=fd)
+            try:
+                verdict = run_checks(sock, spec, timeout_s=timeout_s, ready_by=ready_by,
+                                     max_frame=int(batch.get("max_frame") or 8 << 20))
+            except BaseException as e:  # noqa: BLE001 - broken setup/test text: no pass
+                verdict = {"ok": False, "error": clip(f"test harness: {type(e).__name__}: "
+                                                      f"{e}", VERDICT_LIMIT)}
+            sock.close()  # S sees EOF and exits
+            verdict["i"] = i
+            os.write(verdict_fd, json.dumps(verdict).encode()[:4000] + b"\n")
         code = 0
     finally:
         os._exit(code)
 
 
 def serve(sock: socket.socket) -> None:
-    """One request per test: a frame, then the two descriptors (S's peer, the verdict pipe)."""
+    """One request per batch: a frame with the tests, then a descriptor per test (S's peer)
+    and the verdict pipe's write end; the reply is T's pid."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     while True:
         try:
-            req = recv_frame(sock)
-            _, fds, _, _ = socket.recv_fds(sock, 1, 2)
-        except (EOFError, OSError, ProtocolError):
+            batch = recv_frame(sock)
+            n = len(batch["tests"])
+            _, fds, _, _ = socket.recv_fds(sock, 1, n + 1)
+        except (EOFError, OSError, KeyError, TypeError, ProtocolError):
             return
-        if len(fds) != 2:
-            for fd in fds:
-                os.close(fd)
-            send_frame(sock, {"error": "expected two descriptors"})
-            continue
-        pid = os.fork()
-        if pid == 0:
-            sock.close()
-            _child(fds[0], fds[1], req)
+        pid = 0
+        if len(fds) == n + 1:
+            pid = os.fork()
+            if pid == 0:
+                sock.close()
+                _child(fds[:n], fds[n], batch)
         for fd in fds:
             os.close(fd)
-        send_frame(sock, {"pid": pid})
+        send_frame(sock, {"pid": pid} if pid else {"error": "descriptors missing"})
 
 
 def main(cfg: dict) -> None:

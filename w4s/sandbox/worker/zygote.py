@@ -13,7 +13,7 @@ import sys
 
 from .framing import recv_frame, send_frame
 from .jail import Jail
-from .program import run_forked_program, run_forked_solution
+from .program import run_forked_program, run_forked_solutions
 from .reap import describe_exit, jail_cleanup, remove_dir, wait_child
 from .spare import SPARE_AFTER_S, Spare
 
@@ -61,13 +61,11 @@ def serve(ctrl: socket.socket, data: socket.socket, jail: Jail) -> None:
             send_frame(ctrl, {"op": "done", "job": job["job"], "results": results})
         elif op == "solutions":  # S of code tests; T runs in the parent's test server
             _, fds, _, _ = socket.recv_fds(ctrl, 1, len(job["sources"]))
-            results = [
-                run_forked_solution(jail, source, fd, timeout_s=float(job["timeout_s"]),
-                                    memory_mb=int(job["memory_mb"]), limit=int(job["limit"]),
-                                    close_fds=(ctrl.fileno(), data.fileno()),
-                                    keep=spare.pid if spare else None)
-                for source, fd in zip(job["sources"], fds, strict=False)
-            ]
+            results = run_forked_solutions(
+                jail, job["sources"][:len(fds)], fds, cpu_s=float(job["timeout_s"]),
+                wall_s=float(job["wall_s"]),
+                memory_mb=int(job["memory_mb"]), limit=int(job["limit"]),
+                close_fds=(ctrl.fileno(), data.fileno()), keep=spare.pid if spare else None)
             send_frame(ctrl, {"op": "done", "job": job["job"], "results": results})
         elif op == "ping":
             send_frame(ctrl, {"op": "pong", "job": job.get("job")})
