@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import linecache
 import socket
+import types
 from typing import Any
 
 from .framing import recv_frame, send_frame
@@ -32,7 +33,9 @@ def serve_solution(sock: socket.socket, source: str, limit: int) -> None:
         send_frame(sock, {"op": "ready", "error": error_text(e, limit)})
         return
     names = [k for k, v in list(glb.items()) if callable(v) and not k.startswith("__")]
-    send_frame(sock, {"op": "ready", "names": names})
+    modules = {k: v.__name__ for k, v in list(glb.items())
+               if isinstance(v, types.ModuleType) and isinstance(v.__name__, str)}
+    send_frame(sock, {"op": "ready", "names": names, "modules": modules})
     objects: dict[int, Any] = {}
 
     def ref(obj: Any) -> int:

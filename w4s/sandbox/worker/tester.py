@@ -15,11 +15,13 @@ Started as `python -s -B .../worker/__main__.py '{"role": "tester", "fd": N}'`.
 from __future__ import annotations
 
 import builtins
+import importlib
 import json
 import os
 import resource
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -65,7 +67,7 @@ class _Conn:
         self.broken = self.broken or why
         return SolutionError(self.broken)
 
-    def ready(self, deadline: float) -> list[str]:
+    def ready(self, deadline: float) -> tuple[list[str], dict[str, str]]:
         try:
             hello = recv_frame(self.sock, deadline=deadline, max_bytes=self.max_frame)
         except TimeoutError:
@@ -77,8 +79,11 @@ class _Conn:
         if "error" in hello:
             raise self._fail(f"the solution's code failed: {str(hello['error'])[-800:]}")
         self.deadline = time.monotonic() + self.timeout_s  # the test's clock starts now
-        names = hello.get("names")
-        return [n for n in names if type(n) is str] if type(names) is list else []
+        names, modules = hello.get("names"), hello.get("modules")
+        names = [n for n in names if type(n) is str] if type(names) is list else []
+        modules = {k: v for k, v in modules.items() if type(v) is str} if type(modules) is \
+            dict else {}
+        return names, modules
 
     def call(self, name: str, args: tuple, kwargs: dict) -> Any:
         if self.broken:
@@ -125,6 +130,17 @@ def _update(original: Any, state: Any) -> None:
         original.update(state)
 
 
+def _plain_stdlib(module: str) -> bool:
+    """A standard-library module T may import itself (MBPP tests use `sys`, `math`... that
+    only the solution imported); never one with side effects on import."""
+    top = module.partition(".")[0]
+    return top in getattr(sys, "stdlib_module_names", ()) and top not in _NOISY
+
+
+_NOISY = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "webbrowser",
+          "pydoc", "ensurepip", "venv", "__main__", "site"}
+
+
 def _referenced_names(code: Any) -> set[str]:
     names = set(code.co_names)
     for const in code.co_consts:
@@ -143,11 +159,14 @@ def run_checks(sock: socket.socket, spec: dict, *, timeout_s: float, ready_by: f
     exec(compile(spec.get("setup") or "", "<setup>", "exec"), glb)  # noqa: S102 - trusted
     test_code = compile(spec["test"], "<tests>", "exec")
     try:
-        offered = conn.ready(ready_by)
+        offered, modules = conn.ready(ready_by)
         glb[entry] = _Proxy(conn, entry)
         wanted = _referenced_names(test_code) - set(glb) - set(vars(builtins))
         for name in wanted & set(offered):  # e.g. a class the tests build, as MBPP's `Pair`
             glb[name] = _Proxy(conn, name)
+        for name in wanted & set(modules):  # a module the tests use but only S imported
+            if _plain_stdlib(modules[name]):
+                glb[name] = importlib.import_module(modules[name])
         exec(test_code, glb)  # noqa: S102 - trusted: defines `check`
         if spec.get("check_arg", True):
             glb["check"](glb[entry])
