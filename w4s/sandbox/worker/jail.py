@@ -25,7 +25,7 @@ from .libc import (
     PR_SET_PDEATHSIG,
     get_libc,
 )
-from .readable import interpreter_paths, readable_paths, within
+from .readable import interpreter_paths, read_policy, within
 
 
 def _import_dirs() -> set[str]:
@@ -85,11 +85,13 @@ class Jail:
         # writes confined to tmp_root (job dirs live there), reads to `readable` as well
         self.ruleset: int | None = None
         self.readable: list[str] | None = None
+        self.hidden: list[str] = []
         if self.landlock:
-            readable = readable_paths(own_proc=os.getpid() == 1)
+            policy = read_policy(own_proc=os.getpid() == 1)
             try:
-                self.ruleset = landlock_ruleset(self.landlock, self.tmp_root, readable)
-                self.readable = readable
+                self.ruleset = landlock_ruleset(self.landlock, self.tmp_root, policy.rules,
+                                                listable=policy.listable)
+                self.readable, self.hidden = policy.roots, policy.hidden
             except OSError:
                 self.landlock = 0
         self._seq = itertools.count()
@@ -160,6 +162,7 @@ class Jail:
             "landlock_abi": self.landlock,
             "reads_confined": self.readable is not None,
             "readable": self.readable or [],
+            "unreadable_packages": self.hidden,
             "private_tmp": self.private_tmp,
             "cgroup_pids": self.cgroup is not None,
             "uid": self.uid if self.uid is not None else os.getuid(),
