@@ -14,16 +14,16 @@ if not __package__:
     _here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
-    from worker import tester
+    from worker.tester import main as serve_tests
     from worker.zygote import main
 
     del sys.path[0]
 else:  # python -m w4s.sandbox.worker (imports w4s first: for debugging only)
-    from . import tester
+    from .tester import main as serve_tests
     from .zygote import main
 
 _cfg = json.loads(sys.argv[1])
 if _cfg.get("role") == "tester":
-    tester.main(_cfg)
+    serve_tests(_cfg)
 else:
     main()

@@ -10,6 +10,7 @@ import json
 import linecache
 import os
 import resource
+import select
 import socket
 import sys
 import tempfile
@@ -132,37 +133,68 @@ def run_forked_solutions(
     """S for each code test of a batch, forked at once: jailed processes that run only
     their `source`, then wait for their test process to call (it times each test from
     then on), on their own `conn_fd` (see `solution`), holding nothing else of ours.
-    `cpu_s` bounds each one's CPU, `wall_s` the batch; leftovers die when all are done."""
+
+    Each S is killed as soon as its test process hangs up (so one that spins after its
+    test cannot hold up the batch), or at `wall_s`; `cpu_s` bounds its CPU.
+    """
     started = []
     for source, conn_fd in zip(sources, conn_fds, strict=True):
         workdir = jail.make_dir()
         try:
             pid = os.fork()
-            if pid == 0:  # child
-                try:
-                    for fd in close_fds:
-                        os.close(fd)
-                    jail.enter(workdir, cpu_s=cpu_s, memory_mb=memory_mb, fsize_mb=16)
-                    redirect_stdio(None)  # its output is nobody's business
-                    if conn_fd != 3:
-                        os.dup2(conn_fd, 3)
-                    os.closerange(4, 1 << 16)  # other tests' sockets among them
-                    serve_solution(socket.socket(fileno=3), source, limit)
-                finally:
-                    os._exit(0)
-        finally:
+        except OSError:
             os.close(conn_fd)
-        started.append((pid, workdir, time.monotonic()))
-    results = []
-    for pid, _, t0 in started:
-        status, timed_out = wait_child(pid, max(0.0, t0 + wall_s - time.monotonic()))
-        kill_group(pid)
-        results.append({"timed_out": timed_out, "seconds": time.monotonic() - t0,
-                        "exit": None if status is None else
-                        describe_exit(status).replace("worker", "solution")})
+            raise
+        if pid == 0:  # child
+            try:
+                for fd in close_fds:
+                    os.close(fd)
+                jail.enter(workdir, cpu_s=cpu_s, memory_mb=memory_mb, fsize_mb=16)
+                redirect_stdio(None)  # its output is nobody's business
+                if conn_fd != 3:
+                    os.dup2(conn_fd, 3)
+                os.closerange(4, 1 << 16)  # other tests' sockets among them
+                serve_solution(socket.socket(fileno=3), source, limit)
+            finally:
+                os._exit(0)
+        started.append((pid, conn_fd, workdir, time.monotonic()))
+    results = _watch_solutions(started, time.monotonic() + wall_s)
     jail_cleanup(jail.cgroup, keep=keep)
-    for _, workdir, _ in started:
+    for _, _, workdir, _ in started:
         remove_dir(workdir)
+    return results
+
+
+def _watch_solutions(started: list[tuple[int, int, str, float]], deadline: float) -> list[dict]:
+    """Wait for each S: it ends by itself, or its peer (T) hangs up and it is killed, or
+    the deadline passes. Our copy of its socket (`conn_fd`) shows the hang-up."""
+    rdhup = getattr(select, "POLLRDHUP", 0x2000)
+    poller = select.poll()
+    for _, conn_fd, _, _ in started:
+        poller.register(conn_fd, rdhup)
+    pending = dict(enumerate(started))
+    by_fd = {conn_fd: i for i, (_, conn_fd, _, _) in pending.items()}
+    results: list[dict] = [{} for _ in started]
+    while pending:
+        left = deadline - time.monotonic()
+        timed_out = left <= 0
+        for fd, _ in [] if timed_out else poller.poll(min(left, 0.01) * 1000):
+            i = by_fd.get(fd)
+            if i in pending:  # T is done with it: nothing more to do
+                kill_group(pending[i][0])
+        for i, (pid, conn_fd, _, t0) in list(pending.items()):
+            if timed_out:
+                kill_group(pid)
+            done, status = os.waitpid(pid, 0 if timed_out else os.WNOHANG)
+            if not done:
+                continue
+            poller.unregister(conn_fd)
+            os.close(conn_fd)
+            del pending[i]
+            exit_ = None if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9 else \
+                describe_exit(status).replace("worker", "solution")
+            results[i] = {"timed_out": timed_out, "seconds": time.monotonic() - t0,
+                          "exit": exit_}
     return results
 
 

@@ -22,6 +22,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -183,8 +184,8 @@ def run_checks(sock: socket.socket, spec: dict, *, timeout_s: float, ready_by: f
 
 
 def _child(conns: list[int], verdict_fd: int, batch: dict) -> None:
-    """T: one per batch; runs its tests one after another (each S waits, already forked),
-    writing one verdict line per test to the parent's pipe, nowhere else."""
+    """T: one per batch, a thread per test (each S is forked already and waits), writing
+    one verdict line per test to the parent's pipe, nowhere else."""
     code = 1
     try:
         get_libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
@@ -198,17 +199,28 @@ def _child(conns: list[int], verdict_fd: int, batch: dict) -> None:
         timeout_s, ready_s = float(batch["timeout_s"]), float(batch["ready_s"])
         signal.setitimer(signal.ITIMER_REAL, ready_s + 5.0)  # a backstop for the whole batch
         ready_by = time.monotonic() + ready_s
-        for i, (fd, spec) in enumerate(zip(conns, batch["tests"], strict=True)):
+        max_frame = int(batch.get("max_frame") or 8 << 20)
+
+        def one(i: int, fd: int, spec: dict) -> None:
             sock = socket.socket(fileno=fd)
             try:
                 verdict = run_checks(sock, spec, timeout_s=timeout_s, ready_by=ready_by,
-                                     max_frame=int(batch.get("max_frame") or 8 << 20))
+                                     max_frame=max_frame)
             except BaseException as e:  # noqa: BLE001 - broken setup/test text: no pass
                 verdict = {"ok": False, "error": clip(f"test harness: {type(e).__name__}: "
                                                       f"{e}", VERDICT_LIMIT)}
-            sock.close()  # S sees EOF and exits
+            sock.close()  # S sees EOF and is done
             verdict["i"] = i
+            # one short line per write: atomic on a pipe, whatever the other threads do
             os.write(verdict_fd, json.dumps(verdict).encode()[:4000] + b"\n")
+
+        # the tests of a batch run side by side: each mostly waits on its own S
+        threads = [threading.Thread(target=one, args=(i, fd, spec), daemon=True)
+                   for i, (fd, spec) in enumerate(zip(conns, batch["tests"], strict=True))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         code = 0
     finally:
         os._exit(code)
