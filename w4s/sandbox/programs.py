@@ -32,6 +32,7 @@ from w4s.sandbox.types import ProgramResult, SandboxSettings
 
 _GRACE_S = 10.0  # the zygote enforces the timeout; this only guards against a stuck zygote
 _MAX_BATCH = 8
+_MAX_TEST_BATCH = 16  # one test process per batch runs its tests side by side
 _dispatch: ThreadPoolExecutor | None = None
 _dispatch_lock = threading.Lock()
 
@@ -96,7 +97,7 @@ def run_tests(
     """
     if not tests:
         return []
-    size = max(1, min(_MAX_BATCH, math.ceil(len(tests) / (4 * shared_pool().size))))
+    size = max(1, min(_MAX_TEST_BATCH, math.ceil(len(tests) / (4 * shared_pool().size))))
     batches = [list(tests[i: i + size]) for i in range(0, len(tests), size)]
     if len(batches) == 1:
         return _test_batch(batches[0], timeout_s=timeout_s, settings=settings)
