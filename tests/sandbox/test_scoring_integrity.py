@@ -300,3 +300,18 @@ def test_values_cross_as_their_exact_types(benches):
     near = ["    return [a, b]\n", "    return int(a == b)\n", "    return 0.0\n",
             "    return 0.3\n", "    return a + [b]\n"]
     assert bench.score_many(items[:5], near) == [0.0] * 5
+
+
+def test_a_dead_test_server_is_started_again():
+    import os
+    import signal
+
+    import w4s.sandbox.programs as programs
+    from w4s.sandbox import CodeTest, run_tests
+
+    test = CodeTest(solution="def f(x):\n    return x\n",
+                    test="def check(c):\n    assert c(1) == 1\n", entry_point="f")
+    assert [r.ok for r in run_tests([test, test])] == [True, True]
+    os.kill(programs._server.proc.pid, signal.SIGKILL)
+    programs._server.proc.wait()
+    assert [r.ok for r in run_tests([test, test])] == [True, True]

@@ -147,7 +147,7 @@ _server_lock = threading.Lock()
 def _test_server() -> _TestServer:
     global _server
     with _server_lock:
-        if _server is None or _server.proc.poll() is not None:
+        if _server is None or _server.proc.poll() is not None or _server.sock.fileno() < 0:
             if _server is not None:
                 _server.close()
             else:
@@ -180,7 +180,8 @@ def _test_attempt(tests: list[CodeTest], timeout_s: float, settings: SandboxSett
     server = _test_server()
     pairs = [socket.socketpair() for _ in tests]
     verdict_r, verdict_w = os.pipe()
-    pid = 0
+    pidfd = -1
+    verdicts: dict[int, dict] = {}
     try:
         with shared_pool().worker() as wk:
             try:  # the S's first: their code runs while the test server forks T
@@ -197,7 +198,14 @@ def _test_attempt(tests: list[CodeTest], timeout_s: float, settings: SandboxSett
             batch = {"tests": [asdict(t) for t in tests], "timeout_s": timeout_s,
                      "ready_s": max(0.0, deadline - time.monotonic()),
                      "memory_mb": settings.memory_mb}
-            pid = server.start(batch, [t.fileno() for _, t in pairs] + [verdict_w])
+            try:
+                pid = server.start(batch, [t.fileno() for _, t in pairs] + [verdict_w])
+            except (TimeoutError, EOFError, OSError, _w.ProtocolError) as e:
+                server.close()  # started afresh on the retry
+                wk.kill()  # its S's wait for a T that will never come
+                raise WorkerDied(f"test server: {type(e).__name__} {e}".strip()) from e
+            with contextlib.suppress(OSError, AttributeError):  # T is not our child
+                pidfd = os.pidfd_open(pid)  # signals then reach T, never a reused pid
             for _, t_end in pairs:
                 t_end.close()
             os.close(verdict_w)
@@ -218,9 +226,11 @@ def _test_attempt(tests: list[CodeTest], timeout_s: float, settings: SandboxSett
         os.close(verdict_r)
         if verdict_w >= 0:
             os.close(verdict_w)
-        if pid:  # T past its own alarm (it should be gone by now)
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        if pidfd >= 0:
+            if len(verdicts) < len(tests):  # T stuck: its own alarm would end it later
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
     seconds = time.monotonic() - start
     return [_verdict(verdicts.get(i), side, timeout_s, seconds)
             for i, side in enumerate(sides)]
