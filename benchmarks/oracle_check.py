@@ -4,7 +4,7 @@ scores 1.0 on every item, the canonical code solutions pass, and a wrong answer 
     python benchmarks/oracle_check.py [DATASETS_DIR] [--skip-code] [--limit N]
 
 DATASETS_DIR defaults to ../shared/datasets next to the repository root; when it is absent the
-check is skipped. Code files need the sandbox (`w4s.sandbox.run_programs`). Prints a table per
+check is skipped. Code files need the sandbox (`w4s.sandbox.run_tests`). Prints a table per
 file and the total time of the scoring pass; exits 1 when any oracle expectation fails.
 """
 
@@ -166,13 +166,13 @@ def _ids(check: Check, root: Path, limit: int | None) -> list[str]:
 
 def explain(bench_file: str, root: Path, item_id: str) -> str:
     """Why a canonical code solution fails: the sandbox's error for that item."""
-    from w4s.sandbox import run_programs
+    from w4s.sandbox import run_tests
 
     check = next(c for c in CHECKS if c.file == bench_file)
     bench = check.build(root)
     item = next(i for i in bench.load() if i.id == item_id)
-    result = run_programs([bench.program(item, item.gold)], timeout_s=bench.timeout_s)[0]
-    return (result.error or "no error, but the pass marker was not printed").splitlines()[-1]
+    result = run_tests([bench.code_test(item, item.gold)], timeout_s=bench.timeout_s)[0]
+    return (result.error or "no error: it passes").splitlines()[-1]
 
 
 def main(argv: list[str] | None = None) -> int:

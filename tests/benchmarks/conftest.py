@@ -1,14 +1,11 @@
-"""Shared fixtures: the real datasets folder (optional) and a subprocess stand-in for the
-sandbox, used only by these tests until/unless the real `w4s.sandbox.run_programs` is wanted."""
+"""Shared fixtures: the real datasets folder (optional) and rows in each benchmark's fields.
+Code scoring runs in the real sandbox (`w4s.sandbox.run_tests`)."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,44 +25,6 @@ def datasets() -> Path:
     if path is None:
         pytest.skip("shared datasets folder not found (set W4S_SHARED_DATASETS)")
     return path
-
-
-@dataclass
-class FakeResult:
-    ok: bool
-    error: str | None
-    stdout: str
-    seconds: float = 0.0
-
-
-def _run_subprocess(sources, *, timeout_s: float = 5.0):
-    results = []
-    for source in sources:
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", source], capture_output=True, text=True, timeout=timeout_s
-            )
-        except subprocess.TimeoutExpired:
-            results.append(FakeResult(False, "timeout", ""))
-            continue
-        error = None if proc.returncode == 0 else proc.stderr.strip()[-300:]
-        results.append(FakeResult(proc.returncode == 0, error, proc.stdout))
-    return results
-
-
-@pytest.fixture
-def subprocess_sandbox(monkeypatch):
-    """Replace `w4s.sandbox.run_programs` with plain subprocesses (tests only: trusted code)."""
-    import w4s.sandbox
-
-    calls: list[int] = []
-
-    def run_programs(sources, *, timeout_s: float = 5.0):
-        calls.append(len(sources))
-        return _run_subprocess(sources, timeout_s=timeout_s)
-
-    monkeypatch.setattr(w4s.sandbox, "run_programs", run_programs, raising=False)
-    return calls
 
 
 HE_ROW = {
@@ -110,8 +69,3 @@ def he_row() -> dict:
 def mbpp_row() -> dict:
     """A one-task MBPP row in the W4S fields."""
     return dict(MBPP_ROW)
-
-
-@pytest.fixture
-def run_subprocess():
-    return _run_subprocess

@@ -1,5 +1,6 @@
-"""Code scoring builds the right programs and runs them in one sandbox batch (a subprocess
-stand-in here); a stub, an early exit or a wrong answer fails."""
+"""Code scoring runs the answers against their official tests in one sandbox batch
+(`w4s.sandbox.run_tests`); a stub, an early exit or a wrong answer fails. The attacks on
+scoring are in tests/sandbox/test_scoring_integrity.py."""
 
 from __future__ import annotations
 
@@ -23,7 +24,23 @@ def mbpp(tmp_path, write_jsonl, mbpp_row):
     return bench, bench.load()[0]
 
 
-def test_humaneval_body_full_function_and_fenced_answers_pass(humaneval, subprocess_sandbox):
+@pytest.fixture
+def batches(monkeypatch):
+    """Counts the sandbox calls (each one batch of answers)."""
+    import w4s.sandbox
+
+    calls: list[int] = []
+    real = w4s.sandbox.run_tests
+
+    def run_tests(tests, **kw):
+        calls.append(len(tests))
+        return real(tests, **kw)
+
+    monkeypatch.setattr(w4s.sandbox, "run_tests", run_tests)
+    return calls
+
+
+def test_humaneval_body_full_function_and_fenced_answers_pass(humaneval, batches):
     bench, item = humaneval
     answers = [
         "    return a + b\n",
@@ -31,7 +48,7 @@ def test_humaneval_body_full_function_and_fenced_answers_pass(humaneval, subproc
         "Sure!\n```python\ndef add(a, b):\n    return b + a\n```\nDone.",
     ]
     assert bench.score_many([item] * 3, answers) == [1.0, 1.0, 1.0]
-    assert subprocess_sandbox == [3]  # one sandbox call for the whole batch
+    assert batches == [3]  # one sandbox call for the whole batch
 
 
 @pytest.mark.parametrize(
@@ -46,34 +63,24 @@ def test_humaneval_body_full_function_and_fenced_answers_pass(humaneval, subproc
         None,
     ],
 )
-def test_humaneval_wrong_answers_fail(humaneval, subprocess_sandbox, answer):
+def test_humaneval_wrong_answers_fail(humaneval, answer):
     bench, item = humaneval
     assert bench.score(item, answer) == 0.0
 
 
-def test_chatty_solution_cannot_hide_the_pass_marker(humaneval, monkeypatch, run_subprocess):
-    """A sandbox that keeps only the head of stdout must still see the marker."""
-    import w4s.sandbox
-
-    def capped(sources, *, timeout_s=5.0):
-        results = run_subprocess(sources, timeout_s=timeout_s)
-        for r in results:
-            r.stdout = r.stdout[:100]
-        return results
-
-    monkeypatch.setattr(w4s.sandbox, "run_programs", capped, raising=False)
+def test_a_chatty_solution_still_passes(humaneval):
     bench, item = humaneval
-    assert bench.score(item, "    print('x' * 10000)\n    return a + b\n") == 1.0
+    assert bench.score(item, "    print('x' * 100000)\n    return a + b\n") == 1.0
 
 
-def test_mbpp_full_function_and_body_pass(mbpp, subprocess_sandbox):
+def test_mbpp_full_function_and_body_pass(mbpp):
     bench, item = mbpp
     assert bench.score(item, item.gold) == 1.0
     assert bench.score(item, "    return a + b") == 1.0  # completes the prompt's signature
     assert bench.score(item, "def add(a, b):\n    return a * b") == 0.0
 
 
-def test_mbpp_test_imports_are_available(tmp_path, subprocess_sandbox, write_jsonl, mbpp_row):
+def test_mbpp_test_imports_are_available(tmp_path, write_jsonl, mbpp_row):
     row = dict(mbpp_row, test_imports=["import math"],
                test="def check():\n    assert add(math.floor(1.5), 2) == 3\n")
     bench = get_benchmark("mbpp", path=write_jsonl(tmp_path / "m.jsonl", [row]))
@@ -92,7 +99,7 @@ def test_mbpp_split_files_give_the_fixed_split(tmp_path, write_jsonl, mbpp_row):
 def test_missing_sandbox_is_a_one_line_error(humaneval, monkeypatch):
     import w4s.sandbox
 
-    monkeypatch.delattr(w4s.sandbox, "run_programs", raising=False)
+    monkeypatch.delattr(w4s.sandbox, "run_tests", raising=False)
     bench, item = humaneval
     with pytest.raises(BenchmarkError, match="sandbox"):
         bench.score(item, "    return a + b\n")
@@ -103,12 +110,10 @@ def test_item_metadata_is_json_serializable(humaneval, mbpp):
         json.dumps(item.metadata)
 
 
-def test_with_the_real_sandbox(humaneval):
-    """Integration: the real `w4s.sandbox.run_programs`, when it is importable here."""
-    try:
-        from w4s.sandbox import run_programs  # noqa: F401
-    except ImportError:
-        pytest.skip("w4s.sandbox.run_programs is not available")
-    bench, item = humaneval
-    answers = ["    return a + b\n", "import sys\nsys.exit(0)\n", "    return a - b\n"]
-    assert bench.score_many([item] * 3, answers) == [1.0, 0.0, 0.0]
+def test_mbpp_test_may_use_a_module_only_the_solution_imports(tmp_path, write_jsonl,
+                                                                mbpp_row):
+    """As MBPP 596: `sys.getsizeof` in the asserts, `import sys` only in the solution."""
+    row = dict(mbpp_row, code="import sys\ndef add(a, b):\n    return sys.getsizeof(a + b)",
+               test="def check():\n    assert add(1, 2) == sys.getsizeof(3)\n")
+    bench = get_benchmark("mbpp", path=write_jsonl(tmp_path / "m.jsonl", [row]))
+    assert bench.score(bench.load()[0], row["code"]) == 1.0

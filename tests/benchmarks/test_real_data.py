@@ -22,7 +22,7 @@ COUNTS = {
 
 
 @pytest.mark.parametrize("check", oracle_check.CHECKS, ids=lambda c: c.file)
-def test_small_oracle_pass(check, datasets, subprocess_sandbox):
+def test_small_oracle_pass(check, datasets):
     outcome = oracle_check.run_check(check, datasets, limit=3 if check.is_code else 40)
     assert outcome.failures == []
     assert outcome.right == 1.0 and outcome.wrong == 0.0

@@ -1,32 +1,30 @@
 """Code benchmarks: pass@1 by running the official tests on the answer in the sandbox.
 
-A program passes when it exits normally *and* prints a per-call random marker after the tests,
-so a solution that calls `sys.exit(0)` or `os._exit(0)` before the tests cannot pass. The
-answer's own output is discarded, so a chatty solution cannot push the marker past the
-sandbox's output cap.
+The answer and the tests never share a process (`w4s.sandbox.run_tests`): the answer runs
+alone, jailed; the tests run in a process the answer's code never ran in, calling it across
+a socket and comparing values rebuilt there as plain data. A pass means the official
+asserts ran to their end on values the answer computed; nothing the answer does (an
+always-equal object, an early exit, a trace function, reading the test program, a trailing
+decorator) can change the tests' text, their parse or their verdict.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from w4s.benchmarks.base import Item, Split
 from w4s.benchmarks.loading import DatasetBenchmark, Row, read_rows
 from w4s.benchmarks.seeds import CODE_SEEDS
 from w4s.errors import BenchmarkError
 
-_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+if TYPE_CHECKING:
+    from w4s.sandbox.programs import CodeTest
 
-_QUIET = (
-    "import os as _w4s_os, sys as _w4s_sys\n"
-    "_w4s_out, _w4s_sys.stdout = _w4s_sys.stdout, open(_w4s_os.devnull, 'w')"
-)
-_LOUD = "_w4s_sys.stdout = _w4s_out\n"
+_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 def defines(code: str, function: str) -> bool:
@@ -92,8 +90,8 @@ class CodeBenchmark(DatasetBenchmark):
         return Split(validation=validation[:val_size], test=test[:test_size])
 
     @abstractmethod
-    def program(self, item: Item, answer: Any) -> str:
-        """The source that runs the answer against the item's tests and raises on failure."""
+    def code_test(self, item: Item, answer: Any) -> CodeTest:
+        """The answer's code and the item's official tests, kept apart (see `run_tests`)."""
 
     def score(self, item: Item, answer: Any) -> float:
         return self.score_many([item], [answer])[0]
@@ -104,18 +102,15 @@ class CodeBenchmark(DatasetBenchmark):
         if not items:
             return []
         try:
-            from w4s.sandbox import run_programs
+            from w4s.sandbox import run_tests
         except ImportError as e:
             raise BenchmarkError(
-                f"`{self.name}`: scoring code needs the sandbox (w4s.sandbox.run_programs): {e}"
+                f"`{self.name}`: scoring code needs the sandbox (w4s.sandbox.run_tests): {e}"
             ) from e
-        marker = f"W4S-TESTS-PASSED-{secrets.token_hex(8)}"
-        sources = [
-            f"{_QUIET}\n{self.program(item, answer)}\n\n{_LOUD}print({marker!r})\n"
-            for item, answer in zip(items, answers, strict=True)
-        ]
-        results = run_programs(sources, timeout_s=self.timeout_s)
-        return [1.0 if r.ok and marker in (r.stdout or "") else 0.0 for r in results]
+        tests = [self.code_test(item, answer) for item, answer in zip(items, answers,
+                                                                       strict=True)]
+        results = run_tests(tests, timeout_s=self.timeout_s)
+        return [1.0 if r.ok else 0.0 for r in results]
 
     def seed_workflows(self) -> dict[str, str]:
         return dict(CODE_SEEDS)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from w4s.benchmarks.base import Item, register
 from w4s.benchmarks.code import CodeBenchmark, defines, extract_code
 from w4s.benchmarks.loading import Row
+
+if TYPE_CHECKING:
+    from w4s.sandbox.programs import CodeTest
 
 _DOCTEST = re.compile(r"^\s*>>>\s*(.+)\n\s*([^\s>].*)$", re.MULTILINE)
 
@@ -58,8 +61,14 @@ class HumanEval(CodeBenchmark):
             },
         )
 
-    def program(self, item: Item, answer: Any) -> str:
+    def code_test(self, item: Item, answer: Any) -> CodeTest:
+        """The solution is the prompt plus the answer (keeping the prompt's imports and
+        helpers); the tests run after the prompt too, for helpers they use (`poly`,
+        `encode_cyclic`), with the entry point bound to the solution's."""
+        from w4s.sandbox.programs import CodeTest
+
         entry = item.metadata["entry_point"]
         code = extract_code(answer, entry)
         body = f"{item.question}\n{code}" if defines(code, entry) else item.question + code
-        return f"{body}\n\n{item.metadata['test']}\n\ncheck({entry})\n"
+        return CodeTest(solution=body, test=item.metadata["test"], entry_point=entry,
+                        setup=item.question, check_arg=True)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from w4s.benchmarks.base import Item, register
 from w4s.benchmarks.code import CodeBenchmark, defines, extract_code
 from w4s.benchmarks.loading import FieldError, Row, read_rows
+
+if TYPE_CHECKING:
+    from w4s.sandbox.programs import CodeTest
 
 W4S_FILES = ("mbpp_validate.jsonl", "mbpp_test.jsonl")
 _SIGNATURE = re.compile(r"^def\s+\w+\s*\(.*$", re.MULTILINE)
@@ -76,9 +79,14 @@ class MBPP(CodeBenchmark):
             },
         )
 
-    def program(self, item: Item, answer: Any) -> str:
+    def code_test(self, item: Item, answer: Any) -> CodeTest:
+        """The test imports and setup code run on both sides (a solution may rely on
+        them, as in the original harness); the asserts call the solution's functions."""
+        from w4s.sandbox.programs import CodeTest
+
         entry, meta = item.metadata["entry_point"], item.metadata
         code = extract_code(answer, entry)
         if not defines(code, entry) and meta["signature"]:  # a body completing the signature
             code = f"{meta['signature']}\n{code}"
-        return f"{meta['imports']}\n{code}\n\n{meta['test']}\n\ncheck()\n"
+        return CodeTest(solution=f"{meta['imports']}\n{code}\n", test=meta["test"],
+                        entry_point=entry, setup=meta["imports"], check_arg=False)

@@ -36,12 +36,13 @@ read only the interpreter, the system libraries and that folder (`python -m w4s.
 from w4s.sandbox.cache import CallCache, MemoryCallCache, call_key
 from w4s.sandbox.harness import Harness
 from w4s.sandbox.pool import isolation_report
-from w4s.sandbox.programs import run_program, run_programs
+from w4s.sandbox.programs import CodeTest, run_program, run_programs, run_tests
 from w4s.sandbox.static import check_workflow_source
 from w4s.sandbox.types import EvalResult, ItemOutcome, ProgramResult, SandboxSettings
 
 __all__ = [
     "CallCache",
+    "CodeTest",
     "EvalResult",
     "Harness",
     "ItemOutcome",
@@ -53,4 +54,5 @@ __all__ = [
     "isolation_report",
     "run_program",
     "run_programs",
+    "run_tests",
 ]

@@ -1,10 +1,12 @@
-"""Start the zygote: `python -s -B .../worker/__main__.py CONFIG_JSON` (see `pool.Worker`).
+"""Start the zygote: `python -s -B .../worker/__main__.py CONFIG_JSON` (see `pool.Worker`),
+or the test server when CONFIG_JSON has "role": "tester" (see `tester`).
 
 Run as a file, not with -m, so that nothing of w4s is imported: the package is imported
 by its own name from its parent folder, which then leaves the import path again (a job
 must not import the sandbox's other modules from the checkout).
 """
 
+import json
 import os
 import sys
 
@@ -12,10 +14,16 @@ if not __package__:
     _here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
+    from worker.tester import main as serve_tests
     from worker.zygote import main
 
     del sys.path[0]
 else:  # python -m w4s.sandbox.worker (imports w4s first: for debugging only)
+    from .tester import main as serve_tests
     from .zygote import main
 
-main()
+_cfg = json.loads(sys.argv[1])
+if _cfg.get("role") == "tester":
+    serve_tests(_cfg)
+else:
+    main()

@@ -26,7 +26,7 @@ from .libc import (
     PR_SET_PDEATHSIG,
     get_libc,
 )
-from .readable import interpreter_paths, readable_paths, within
+from .readable import interpreter_paths, read_policy, within
 from .reap import jail_cleanup, reap
 from .seccomp import UnixSocketFilter
 
@@ -106,11 +106,13 @@ class Jail:
         # writes confined to tmp_root (job dirs live there), reads to `readable` as well
         self.ruleset: int | None = None
         self.readable: list[str] | None = None
+        self.hidden: list[str] = []
         if self.landlock:
-            readable = readable_paths(own_proc=os.getpid() == 1)
+            policy = read_policy(own_proc=os.getpid() == 1)
             try:
-                self.ruleset = landlock_ruleset(self.landlock, self.tmp_root, readable)
-                self.readable = readable
+                self.ruleset = landlock_ruleset(self.landlock, self.tmp_root, policy.rules,
+                                                listable=policy.listable)
+                self.readable, self.hidden = policy.roots, policy.hidden
             except OSError:
                 self.landlock = 0
         self._seq = itertools.count()
@@ -244,6 +246,7 @@ class Jail:
             "landlock_abi": self.landlock,
             "reads_confined": self.readable is not None,
             "readable": self.readable or [],
+            "unreadable_packages": self.hidden,
             "private_tmp": self.private_tmp,
             "tmp_limits": {"size_mb": TMP_SIZE_MB, "inodes": TMP_INODES}
             if self.private_tmp else None,

@@ -47,11 +47,13 @@ def _write_rights(abi: int) -> int:
     return rights
 
 
-def landlock_ruleset(abi: int, writable_dir: str, readable: Iterable[str] | None = None) -> int:
+def landlock_ruleset(abi: int, writable_dir: str, readable: Iterable[str] | None = None,
+                     listable: Iterable[str] = ()) -> int:
     """A ruleset fd allowing file writes only beneath `writable_dir` (and to /dev/null).
 
     With `readable` (paths; missing ones are skipped), reads are confined too: only those
-    paths, `writable_dir` and /dev/null can be read or listed. Without it reads stay open.
+    paths, `writable_dir` and /dev/null can be read or listed, and the `listable` folders
+    (and those beneath them) listed. Without it reads stay open.
     From ABI 4 it also denies TCP bind/connect, from ABI 6 signals and abstract unix
     sockets that leave the domain (so a workflow cannot signal the parent).
     """
@@ -70,6 +72,7 @@ def landlock_ruleset(abi: int, writable_dir: str, readable: Iterable[str] | None
     file_only = _FS_READ_FILE | _FS_WRITE_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV
     rules = [(writable_dir, fs, True), ("/dev/null", fs & file_only, True)]
     rules += [(path, fs & _FS_READ, False) for path in readable or ()]
+    rules += [(path, fs & _FS_READ_DIR, False) for path in listable if readable is not None]
     try:
         for path, rights, required in rules:
             try:

@@ -1,5 +1,6 @@
-"""Standalone programs (a HumanEval completion with its tests, `agent.execute_code`), each
-run as __main__ in its own fork with a timeout, its output captured to a capped file.
+"""Standalone programs (`run_programs`, `agent.execute_code`), each run as __main__ in its
+own fork with a timeout, its output captured to a capped unnamed file; and the solution
+side (S) of a code test, see `solution` and `tester`.
 """
 
 from __future__ import annotations
@@ -9,17 +10,18 @@ import json
 import linecache
 import os
 import resource
-import shutil
+import select
+import socket
 import sys
+import tempfile
 import time
 
 from .jail import Jail, redirect_stdio
-from .reap import describe_exit, jail_cleanup, wait_child
+from .reap import describe_exit, jail_cleanup, kill_group, remove_dir, wait_child
+from .solution import serve_solution
 from .text import clip, error_text, one_line_error
 
 PROGRAM_FILE = "<program>"
-RESULT_NAME = ".w4s_result.json"
-STDOUT_NAME = ".w4s_stdout.txt"
 
 
 def seed_random(*parts: str) -> None:
@@ -60,51 +62,56 @@ def run_forked_program(
 
     Used by the zygote for `run_programs` and, nested, by a workflow's `execute_code`
     (jail=None there: the item child is already jailed and the grandchild inherits it).
+    Output and result go to unnamed files opened here before the fork: afterwards nothing
+    is opened by path, so a job that swaps a name for a symlink or a FIFO changes nothing.
     """
     own_dir = workdir is None
     if own_dir:
         workdir = jail.make_dir() if jail else _nested_dir()
-    out_path = os.path.join(workdir, STDOUT_NAME)
-    res_path = os.path.join(workdir, RESULT_NAME)
+    private = jail.tmp_root if jail else workdir
+    out_fd, res_fd = _unnamed_file(private), _unnamed_file(private)
     start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 1
-        try:
-            for fd in close_fds:
-                os.close(fd)
-            if jail is not None:
-                jail.enter(workdir, cpu_s=timeout_s, memory_mb=memory_mb, fsize_mb=16)
-            else:
-                os.setpgid(0, 0)
-                cpu = max(1, int(timeout_s + 1))
-                resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-                os.chdir(workdir)
-            redirect_stdio(out_path)
-            record = exec_program(source, PROGRAM_FILE, want_solution, limit)
-            if record.get("result") is not None:
-                record["result"] = clip(record["result"], limit)
-            sys.stdout.flush()
-            fd = os.open(res_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.write(fd, json.dumps(record).encode())
-            os.close(fd)
-            code = 0
-        finally:
-            os._exit(code)
-    status, timed_out = wait_child(pid, timeout_s)
-    seconds = time.monotonic() - start
-    if jail is not None:
-        jail_cleanup(jail.cgroup, pid, keep=keep)
-    stdout = _read_capped(out_path, limit)
-    record = None
-    if not timed_out:
-        try:
-            with open(res_path) as f:
-                record = json.loads(f.read(4 * limit + 4096))
-        except (OSError, ValueError):
-            record = None
+    try:
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                for fd in close_fds:
+                    os.close(fd)
+                if jail is not None:
+                    jail.enter(workdir, cpu_s=timeout_s, memory_mb=memory_mb, fsize_mb=16)
+                else:
+                    os.setpgid(0, 0)
+                    cpu = max(1, int(timeout_s + 1))
+                    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+                    os.chdir(workdir)
+                redirect_stdio(None)
+                os.dup2(out_fd, 1)
+                record = exec_program(source, PROGRAM_FILE, want_solution, limit)
+                if record.get("result") is not None:
+                    record["result"] = clip(record["result"], limit)
+                sys.stdout.flush()
+                os.pwrite(res_fd, json.dumps(record).encode(), 0)
+                code = 0
+            finally:
+                os._exit(code)
+        status, timed_out = wait_child(pid, timeout_s)
+        seconds = time.monotonic() - start
+        if jail is not None:
+            jail_cleanup(jail.cgroup, pid, keep=keep)
+        stdout = clip(_read_head(out_fd, limit * 4 + 1).decode("utf-8", errors="replace"),
+                      limit)
+        record = None
+        if not timed_out:
+            try:
+                record = json.loads(_read_head(res_fd, 4 * limit + 4096))
+            except ValueError:
+                record = None
+    finally:
+        os.close(out_fd)
+        os.close(res_fd)
     if own_dir:
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_dir(workdir)
     if timed_out:
         msg = f"timeout after {timeout_s:g}s"
         return {"ok": False, "error": msg, "line": f"Error: TimeoutError: {msg}",
@@ -119,13 +126,95 @@ def run_forked_program(
     return record
 
 
-def _read_capped(path: str, limit: int) -> str:
+def run_forked_solutions(
+    jail: Jail, sources: list[str], conn_fds: list[int], *, cpu_s: float, wall_s: float,
+    memory_mb: int, limit: int, close_fds: tuple[int, ...] = (), keep: int | None = None,
+) -> list[dict]:
+    """S for each code test of a batch, forked at once: jailed processes that run only
+    their `source`, then wait for their test process to call (it times each test from
+    then on), on their own `conn_fd` (see `solution`), holding nothing else of ours.
+
+    Each S is killed as soon as its test process hangs up (so one that spins after its
+    test cannot hold up the batch), or at `wall_s`; `cpu_s` bounds its CPU.
+    """
+    started = []
+    for source, conn_fd in zip(sources, conn_fds, strict=True):
+        workdir = jail.make_dir()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(conn_fd)
+            raise
+        if pid == 0:  # child
+            try:
+                for fd in close_fds:
+                    os.close(fd)
+                jail.enter(workdir, cpu_s=cpu_s, memory_mb=memory_mb, fsize_mb=16)
+                redirect_stdio(None)  # its output is nobody's business
+                if conn_fd != 3:
+                    os.dup2(conn_fd, 3)
+                os.closerange(4, 1 << 16)  # other tests' sockets among them
+                serve_solution(socket.socket(fileno=3), source, limit)
+            finally:
+                os._exit(0)
+        started.append((pid, conn_fd, workdir, time.monotonic()))
+    results = _watch_solutions(started, time.monotonic() + wall_s)
+    jail_cleanup(jail.cgroup, keep=keep)
+    for _, _, workdir, _ in started:
+        remove_dir(workdir)
+    return results
+
+
+def _watch_solutions(started: list[tuple[int, int, str, float]], deadline: float) -> list[dict]:
+    """Wait for each S: it ends by itself, or its peer (T) hangs up and it is killed, or
+    the deadline passes. Our copy of its socket (`conn_fd`) shows the hang-up."""
+    rdhup = getattr(select, "POLLRDHUP", 0x2000)
+    poller = select.poll()
+    for _, conn_fd, _, _ in started:
+        poller.register(conn_fd, rdhup)
+    pending = dict(enumerate(started))
+    by_fd = {conn_fd: i for i, (_, conn_fd, _, _) in pending.items()}
+    results: list[dict] = [{} for _ in started]
+    while pending:
+        left = deadline - time.monotonic()
+        timed_out = left <= 0
+        for fd, _ in [] if timed_out else poller.poll(min(left, 0.01) * 1000):
+            i = by_fd.get(fd)
+            if i in pending:  # T is done with it: nothing more to do
+                kill_group(pending[i][0])
+        for i, (pid, conn_fd, _, t0) in list(pending.items()):
+            if timed_out:
+                kill_group(pid)
+            done, status = os.waitpid(pid, 0 if timed_out else os.WNOHANG)
+            if not done:
+                continue
+            poller.unregister(conn_fd)
+            os.close(conn_fd)
+            del pending[i]
+            exit_ = None if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9 else \
+                describe_exit(status).replace("worker", "solution")
+            results[i] = {"timed_out": timed_out, "seconds": time.monotonic() - t0,
+                          "exit": exit_}
+    return results
+
+
+def _unnamed_file(folder: str) -> int:
+    """A file without a name (O_TMPFILE), or one unlinked at once where that is missing."""
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            return os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(dir=folder)
+    os.unlink(path)
+    return fd
+
+
+def _read_head(fd: int, size: int) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit * 4 + 1)
+        return os.pread(fd, size, 0)
     except OSError:
-        return ""
-    return clip(data.decode("utf-8", errors="replace"), limit)
+        return b""
 
 
 _nested_seq = itertools.count()

@@ -13,7 +13,7 @@ import sys
 
 from .framing import ProtocolError, recv_frame, send_frame
 from .jail import Jail
-from .program import run_forked_program
+from .program import run_forked_program, run_forked_solutions
 from .reap import ParentGone, describe_exit, jail_cleanup, remove_dir, wait_child
 from .spare import SPARE_AFTER_S, Spare
 
@@ -69,6 +69,15 @@ def serve(ctrl: socket.socket, jail: Jail) -> None:
                                        keep=spare.pid if spare else None)
                     for source in job["sources"]
                 ]
+                send_frame(ctrl, {"op": "done", "job": job["job"], "results": results})
+            elif op == "solutions":  # S of code tests; T runs in the parent's test server
+                _, sol_fds, _, _ = socket.recv_fds(ctrl, 1, len(job["sources"]))
+                results = run_forked_solutions(
+                    jail, job["sources"][:len(sol_fds)], sol_fds, cpu_s=float(job["timeout_s"]),
+                    wall_s=float(job["wall_s"]),
+                    memory_mb=int(job["memory_mb"]), limit=int(job["limit"]),
+                    close_fds=(ctrl.fileno(),) + ((spare.handoff.fileno(),) if spare else ()),
+                    keep=spare.pid if spare else None)
                 send_frame(ctrl, {"op": "done", "job": job["job"], "results": results})
             elif op == "ping":
                 send_frame(ctrl, {"op": "pong", "job": job.get("job")})

@@ -1,0 +1,80 @@
+"""The solution process (S): runs only the answer's code, then serves calls to its functions.
+
+It never sees a test: the test process (T, see `tester`) sends it calls as plain data and
+rebuilds the replies itself (`plain`), so a pass never depends on anything S can rig.
+"""
+
+from __future__ import annotations
+
+import linecache
+import socket
+import types
+from typing import Any
+
+from .framing import recv_frame, send_frame
+from .plain import NotPlain, Ref, decode, encode
+from .text import clip, error_text
+
+SOLUTION_FILE = "<solution>"
+MUTABLE = (list, dict, set)
+
+
+def serve_solution(sock: socket.socket, source: str, limit: int) -> None:
+    """Exec `source`, say which names it defines, then answer calls until T hangs up."""
+    from .program import seed_random  # program imports this module
+
+    linecache.cache[SOLUTION_FILE] = (len(source), None, source.splitlines(True),
+                                      SOLUTION_FILE)
+    seed_random(source)
+    glb: dict = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        exec(compile(source, SOLUTION_FILE, "exec"), glb)  # noqa: S102 - jailed
+    except BaseException as e:  # noqa: BLE001 - a broken solution is its own result
+        send_frame(sock, {"op": "ready", "error": error_text(e, limit)})
+        return
+    names = [k for k, v in list(glb.items()) if callable(v) and not k.startswith("__")]
+    modules = {k: v.__name__ for k, v in list(glb.items())
+               if isinstance(v, types.ModuleType) and isinstance(v.__name__, str)}
+    send_frame(sock, {"op": "ready", "names": names, "modules": modules})
+    objects: dict[int, Any] = {}
+
+    def ref(obj: Any) -> int:
+        objects[len(objects)] = obj
+        return len(objects) - 1
+
+    def resolve(x: Any) -> Any:
+        t = type(x)
+        if t is Ref:
+            if x.id not in objects:
+                raise NotPlain(f"unknown reference {x.id}")
+            return objects[x.id]
+        if t is list:
+            return [resolve(v) for v in x]
+        if t is tuple:
+            return tuple(resolve(v) for v in x)
+        if t is dict:
+            return {resolve(k): resolve(v) for k, v in x.items()}
+        return x
+
+    while True:
+        try:
+            req = recv_frame(sock)
+        except (EOFError, OSError):
+            return
+        try:
+            fn = glb[str(req["name"])]
+            args = [resolve(decode(a)) for a in req["args"]]
+            kwargs = {str(k): resolve(decode(v)) for k, v in req["kwargs"].items()}
+            value = fn(*args, **kwargs)
+            reply = {"value": encode(value, ref),
+                     "args": [encode(a, ref) if type(a) in MUTABLE else None for a in args]}
+        except BaseException as e:  # noqa: BLE001 - raised by the solution: T re-raises
+            reply = {"raise": type(e).__name__, "message": clip(_message(e), 500)}
+        send_frame(sock, reply)
+
+
+def _message(e: BaseException) -> str:
+    try:
+        return str(e)
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        return ""
