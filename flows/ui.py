@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -90,13 +91,27 @@ def label_flow_run(name: str, tags: Iterable[str]) -> None:
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
         return
-    merged = list(dict.fromkeys([*(ctx.flow_run.tags or []), *tags]))
+    merged = list(dict.fromkeys([*(ctx.flow_run.tags or []), *tags, host_tag()]))
     try:
         with get_client(sync_client=True) as client:
             client.update_flow_run(ctx.flow_run.id, name=name, tags=merged)
         ctx.flow_run.name, ctx.flow_run.tags = name, merged
     except Exception as e:  # noqa: BLE001 - a label is not the run's work
         log.warning("flow run name/tags not updated (ignored): %s", e)
+
+
+def host_tag() -> str:
+    """`host:<name>`: where a run ran (a nightly's summary reads it off its stage runs)."""
+    return f"host:{socket.gethostname()}"
+
+
+def tag_host() -> None:
+    """Add the host tag to the current flow run, keeping its name."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None:
+        label_flow_run(ctx.flow_run.name, [])
 
 
 # ------------------------------------------------------------------------------- events
@@ -237,3 +252,31 @@ def publish_fit(out: str | Path, adapter_id: str | None, metrics: dict[str, Any]
           key=artifact_key("adapter", name, "folder"), description=f"w4s adapter {name}")
     if adapter_id is not None:
         emit(adapter_event(adapter_id, str(out.resolve()), metrics))
+
+
+def publish_nightly(nightly_id: str, markdown: str) -> None:
+    """The nightly's summary page, one key per night."""
+    from prefect.artifacts import create_markdown_artifact
+
+    if in_prefect_run():
+        _safe("nightly summary", create_markdown_artifact, markdown,
+              key=artifact_key("nightly", nightly_id), description=f"w4s nightly {nightly_id}")
+
+
+def evaluation_key(report_path: str) -> str:
+    """One key per evaluation report: its run folder and file name."""
+    return artifact_key("evaluation", *Path(report_path).with_suffix("").parts[-3:])
+
+
+def publish_evaluation(result: dict[str, Any]) -> None:
+    """The evaluate stage's own page: score, spend, the workflow's code inline."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from flows.nightly_report import evaluation_markdown
+
+    if in_prefect_run():
+        text = _safe("evaluation report", evaluation_markdown, result)
+        if text is not None:
+            _safe("evaluation report", create_markdown_artifact, text,
+                  key=evaluation_key(result["report"]),
+                  description=f"w4s evaluation of {result['workflow']}")
