@@ -259,6 +259,13 @@ def test_routed_to_deployments_each_stage_runs_as_flow_slash_pool(tmp_path, tiny
         return SimpleNamespace(id=uuid.uuid4(), name=flow_run_name, state=Completed())
 
     monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    # no workers here: the pools and deployments checks pass (tests/flows/test_nightly_ops.py
+    # shows them failing)
+    from flows import nightly as chain
+    from flows import nightly_checks
+
+    monkeypatch.setattr(nightly_checks, "deployment_problems", lambda routes: [])
+    monkeypatch.setattr(chain, "require_pool", lambda pool: None)
     cfg = nightly_config(tmp_path, tiny_base, routing="deployments", timeouts={"fit": 600})
     result = nightly(cfg, nightly_id="r1")
     assert [(n, r) for n, r, _ in calls] == [
