@@ -152,7 +152,7 @@ def fit_task(dataset: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
     return {"adapter_id": result.adapter_id, "path": str(Path(result.out).resolve()),
             "steps": result.metrics["steps"], "final_loss": curve[-1]["loss"] if curve else None,
             "dataset_sha256": result.metrics["dataset_sha256"],
-            "base_model": result.metrics["base_model"]}
+            "base_model": result.metrics["base_model"], "device": result.metrics.get("device")}
 
 
 @flow(name="fit", log_prints=True)
@@ -165,8 +165,9 @@ def fit(dataset: str, out: str, options: FitOptions | None = None) -> dict[str, 
     ui.tag_host()
     with gpu_slot(pick_device()[0] != "cpu"):
         result = fit_task(dataset, out, (options or FitOptions()).model_dump())
-    get_run_logger().info("adapter %s: %s steps, final loss %s -> %s", result["adapter_id"],
-                          result["steps"], result["final_loss"], result["path"])
+    get_run_logger().info("adapter %s: %s steps on %s, final loss %s -> %s",
+                          result["adapter_id"], result["steps"], result.get("device"),
+                          result["final_loss"], result["path"])
     return result
 
 
