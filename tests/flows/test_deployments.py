@@ -140,3 +140,11 @@ def test_deploy_paused_then_check_then_trigger_with_one_field_changed(tmp_path, 
                                                          nightly_id=None))
     with get_client(sync_client=True) as client:  # leave nothing queued for other tests
         client.delete_flow_run(run.id)
+
+
+@pytest.mark.parametrize("name", ["nightly-smoke.yaml", "nightly-full.yaml"])
+def test_the_shipped_nightly_sizes_are_valid_configs(name):
+    from flows.nightly import load_nightly_config
+
+    cfg = load_nightly_config(str(ROOT / "deployments" / name))
+    assert cfg.collect.episodes >= 1 and cfg.fit.max_steps
