@@ -6,6 +6,11 @@ optimization against it, then screenshots the report artifact's page with headle
 at the PNG. A script, not a test: it needs Chromium and takes about a minute.
 
     .venv/bin/python benchmarks/ui_screenshot.py --out /tmp/ui.png
+    .venv/bin/python benchmarks/ui_screenshot.py --nightly --out docs/ui-nightly-summary.png
+
+`--nightly` runs two tiny nightly chains instead (scripted collection, a fit on a random
+2-layer Llama, tests/support/nightly_support.py), so the second night's summary page shows
+last night beside tonight.
 """
 
 from __future__ import annotations
@@ -83,14 +88,31 @@ def run_flow(run_id: str, runs_dir: str) -> None:
     optimize(build_config({**CONFIG, "runs_dir": runs_dir}), run_id=run_id)
 
 
+def run_nightlies(run_id: str, runs_dir: str) -> None:
+    """In a child process: two tiny nightly chains, `<run_id>-1` then `<run_id>`."""
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
+    from nightly_support import build_tiny_base, nightly_data
+
+    from flows.nightly import NightlyConfig, nightly
+
+    tmp = Path(runs_dir).parent
+    base = build_tiny_base(tmp / "tiny-llama")
+    data = nightly_data(tmp, base)
+    data["collect"]["prices"] = data["optimize"]["prices"] = {"scripted": [1000.0, 2000.0]}
+    nightly(NightlyConfig.model_validate(data), nightly_id=f"{run_id}-1")
+    nightly(NightlyConfig.model_validate(data), nightly_id=run_id)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="ui-report.png", help="the screenshot PNG")
     p.add_argument("--browser", default=shutil.which("chromium") or "chromium")
+    p.add_argument("--nightly", action="store_true",
+                   help="screenshot a nightly's summary page instead of a run report")
     p.add_argument("--run-flow", nargs=2, metavar=("RUN_ID", "RUNS_DIR"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run_flow:
-        run_flow(*args.run_flow)
+        (run_nightlies if args.nightly else run_flow)(*args.run_flow)
         return 0
     if not shutil.which(args.browser):
         raise SystemExit(f"`--browser` {args.browser!r} not found (apt-get install chromium)")
@@ -105,10 +127,11 @@ def main() -> int:
                               stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)
     try:
         wait_healthy(api)
-        run_id = "ui-" + time.strftime("%Y%m%d-%H%M%S")
-        subprocess.run([sys.executable, __file__, "--run-flow", run_id, str(tmp / "runs")],
+        run_id = ("nightly-" if args.nightly else "ui-") + time.strftime("%Y%m%d-%H%M%S")
+        subprocess.run([sys.executable, __file__, "--run-flow", run_id, str(tmp / "runs")]
+                       + ["--nightly"] * args.nightly,
                        env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        key = f"w4s-run-{run_id}"
+        key = f"w4s-nightly-{run_id}" if args.nightly else f"w4s-run-{run_id}"
         found = _api(api, "/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}})
         if not found:
             raise SystemExit(f"no artifact with key {key}")
@@ -116,7 +139,8 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/artifacts/artifact/{art['id']}"
         out = Path(args.out).resolve()
         subprocess.run([args.browser, "--headless", "--no-sandbox", "--disable-gpu",
-                        "--hide-scrollbars", f"--screenshot={out}", "--window-size=1400,1800",
+                        "--hide-scrollbars", f"--screenshot={out}",
+                        f"--window-size=1400,{2600 if args.nightly else 1800}",
                         "--virtual-time-budget=15000", url],
                        check=True, capture_output=True, timeout=120)
         size = len(art["data"])

@@ -42,20 +42,95 @@ def add_parser(subparsers: Any) -> None:
                         "left as they are)")
     p.add_argument("--gpu-slots", type=int, default=1,
                    help=f"slots of the `{GPU_LIMIT}` limit: GPU stages at once (default: 1)")
+    p.add_argument("--paused", action="store_true",
+                   help="create the schedules paused (resume: `prefect deployment schedule "
+                        "resume nightly/nightly SCHEDULE_ID`, or the UI's toggle)")
+    p.add_argument("--check", action="store_true",
+                   help="apply nothing: check the deployed parameters on the server (config "
+                        "fields, adapter ids, benchmark data, pools and their workers); exit "
+                        "1 on any problem")
     p.set_defaults(func=cmd_deploy)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.check:
+        lines, ok = check(api_url=args.api_url, prefect_file=args.prefect_file)
+        for line in lines:
+            print(line, flush=True)
+        return 0 if ok else 1
     for line in deploy(api_url=args.api_url, prefect_file=args.prefect_file,
                        timezone=args.timezone, cron=args.cron, pool_type=args.pool_type,
-                       gpu_slots=args.gpu_slots):
+                       gpu_slots=args.gpu_slots, paused=args.paused):
         print(line, flush=True)
     return 0
 
 
+CONFIG_MODELS = {"nightly": "flows.nightly:NightlyConfig", "optimize": "w4s.config:OptimizeConfig",
+                 "collect": "w4s.config:CollectConfig"}
+
+
+def _config_problems(flow: str, config: Any) -> list[str]:
+    """What would fail a run of `flow` with this `config` parameter (nothing for flows
+    without one)."""
+    import importlib
+
+    from w4s.config import build_config
+
+    if flow not in CONFIG_MODELS or config is None:
+        return []
+    module, name = CONFIG_MODELS[flow].split(":")
+    try:
+        cfg = build_config(config, getattr(importlib.import_module(module), name))
+    except ConfigError as e:
+        return [str(e)]
+    if flow != "nightly":
+        return []
+    from flows.nightly_checks import config_problems
+
+    return config_problems(cfg)  # type: ignore[arg-type]
+
+
+def check(*, api_url: str | None = None,
+          prefect_file: str | Path = PREFECT_FILE) -> tuple[list[str], bool]:
+    """Each deployment of the file, as the server holds it: `ok` or its problems, one line."""
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    spec = load_spec(prefect_file)
+    url = _api_url(api_url)
+    lines, ok = [f"server: {url}"], True
+    with temporary_settings({PREFECT_API_URL: url}):
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            error = client.api_healthcheck()
+            if error is not None:
+                raise W4SError(f"no Prefect server reachable at {url}: {one_line(error, 200)}")
+            for dep in spec["deployments"]:
+                flow = dep["entrypoint"].rsplit(":", 1)[1]
+                name = f"{flow}/{dep['name']}"
+                try:
+                    found = client.read_deployment_by_name(name)
+                except ObjectNotFound:
+                    lines.append(f"{name}: not deployed (run `w4s deploy`)")
+                    ok = False
+                    continue
+                problems = _config_problems(flow, (found.parameters or {}).get("config"))
+                if found.work_pool_name:  # the deployment's own pool
+                    from flows.nightly_checks import pool_problem
+
+                    problem = pool_problem(client, found.work_pool_name)
+                    if problem and problem not in problems:
+                        problems.append(problem)
+                ok = ok and not problems
+                lines.append(f"{name}: " + ("; ".join(problems) if problems else "ok"))
+    return lines, ok
+
+
 def load_spec(prefect_file: str | Path, timezone: str | None = None,
-              cron: str | None = None) -> dict[str, Any]:
-    """The deployments file, with every schedule's timezone/cron replaced when given."""
+              cron: str | None = None, *, paused: bool = False) -> dict[str, Any]:
+    """The deployments file, with every schedule's timezone/cron replaced when given (and
+    every schedule inactive when `paused`)."""
     path = Path(prefect_file)
     try:
         spec = yaml.safe_load(path.read_text())
@@ -81,6 +156,8 @@ def load_spec(prefect_file: str | Path, timezone: str | None = None,
                 schedule["timezone"] = timezone
             if cron is not None and "cron" in schedule:
                 schedule["cron"] = cron
+            if paused:
+                schedule["active"] = False
     return spec
 
 
@@ -97,13 +174,13 @@ def _api_url(api_url: str | None) -> str:
 
 def deploy(*, api_url: str | None = None, prefect_file: str | Path = PREFECT_FILE,
            timezone: str | None = None, cron: str | None = None, pool_type: str = "process",
-           gpu_slots: int = 1) -> list[str]:
+           gpu_slots: int = 1, paused: bool = False) -> list[str]:
     """Pools, the GPU limit, the deployments; returns what it did, one line each."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if gpu_slots < 1:
         raise ConfigError(f"`--gpu-slots` must be at least 1, but received {gpu_slots}")
-    spec = load_spec(prefect_file, timezone, cron)
+    spec = load_spec(prefect_file, timezone, cron, paused=paused)
     url = _api_url(api_url)
     done = []
     with temporary_settings({PREFECT_API_URL: url}):
@@ -190,4 +267,42 @@ def _apply(spec: dict[str, Any], url: str, source: Path) -> list[str]:
                          + ("" if s.get("active", True) else " inactive")
                          for s in dep.get("schedules") or []) or "no schedule"
         out.append(f"  {flow}/{dep['name']}  pool {dep['work_pool']['name']}  {when}")
+    for dep in spec["deployments"]:
+        for s in dep.get("schedules") or []:
+            out.append(_schedule_line(dep, s))
     return out
+
+
+def _schedule_line(dep: dict[str, Any], schedule: dict[str, Any]) -> str:
+    """What a schedule will run and when it fires next (or that it is paused)."""
+    from prefect.server.schemas.schedules import CronSchedule
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    name = f"{dep['entrypoint'].rsplit(':', 1)[1]}/{dep['name']}"
+    what = _describe(dep.get("parameters") or {})
+    if not schedule.get("active", True):
+        return (f"schedule {name}: paused; it would run {what}; resume it in the UI or "
+                f"`prefect deployment schedule resume {name} <schedule-id>`")
+    cron = CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone", "UTC"))
+    (first,) = run_coro_as_sync(cron.get_dates(n=1))
+    return f"schedule {name}: next run {first:%Y-%m-%d %H:%M %Z}; it runs {what}"
+
+
+def _describe(parameters: dict[str, Any]) -> str:
+    """One line on a nightly config: its sizes, models and routing."""
+    cfg = parameters.get("config") or {}
+    c, o, f = cfg.get("collect") or {}, cfg.get("optimize") or {}, cfg.get("fit") or {}
+    if not c:
+        return "its flow with its parameters"
+
+    def model(section: dict[str, Any], role: str) -> str:
+        m = section.get(role) or {}
+        return f"{m.get('kind', '?')}:{m.get('model') or 'default'}"
+
+    steps = f"{f['max_steps']} steps" if f.get("max_steps") else f"{f.get('epochs', 1)} epoch(s)"
+    return (f"collect {c.get('episodes', '?')} episodes x {c.get('iterations', '?')} turns x "
+            f"{c.get('candidates', '?')} candidates on {c.get('benchmark', '?')}, fit {steps} "
+            f"on {f.get('base', 'embedded')}, optimize {o.get('iterations', '?')} x "
+            f"{o.get('candidates', '?')} on {o.get('benchmark', '?')}; meta-agent "
+            f"{model(o, 'meta_agent')}, executor {model(o, 'executor')}; routing "
+            f"{cfg.get('routing', 'local')}")

@@ -21,8 +21,9 @@ run folder and cached task results and redoes only what had not finished.
 from __future__ import annotations
 
 import json
+import socket
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -31,8 +32,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flows import nightly_report, ui
 from flows.collect import collect
 from flows.gate import GATE_FILE, GateOptions, gate
+from flows.nightly_checks import check_config, require_pool
 from flows.optimize import optimize
 from flows.prefect_setup import route_w4s_logs
 from flows.stage_flows import (
@@ -47,7 +50,8 @@ from flows.stage_flows import (
     on_gpu,
 )
 from storage.run_store import atomic_write
-from w4s.config import CollectConfig, OptimizeConfig, hash_json
+from tasks.caching import RealInputs
+from w4s.config import CollectConfig, OptimizeConfig, build_config, hash_json
 from w4s.errors import W4SError
 from w4s.paths import runs_dir as default_runs_dir
 
@@ -171,13 +175,19 @@ def _pool(stage: str, config: NightlyConfig) -> str:
     return "cpu"
 
 
+def routed_pools(config: NightlyConfig) -> dict[str, str]:
+    """stage flow -> the pool its deployment runs on, for `routing: deployments` (the dataset
+    stage runs inside the parent)."""
+    return {s: _pool(s, config) for s in STAGES if s != "dataset"}
+
+
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v
             for k, v in params.items()}
 
 
 def _run_deployed(name: str, params: dict[str, Any], run_name: str,
-                  timeout: float | None) -> None:
+                  timeout: float | None) -> Any:
     """Run a deployment as a subflow run and wait; one line when it does not complete."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -195,30 +205,63 @@ def _run_deployed(name: str, params: dict[str, Any], run_name: str,
     if not state.is_completed():
         raise W4SError(f"deployment {name} (flow run {run.name}) ended {state.name}: "
                        f"{state.message or 'see its logs'}")
+    return run
 
 
-def _stage(stage: str, flow_fn: Any, params: dict[str, Any], config: NightlyConfig,
-           nightly_id: str, read_back: Any) -> Any:
+def _host_of(run: Any) -> str:
+    """The host a deployment run ran on: its `host:` tag (each w4s flow tags itself)."""
+    tags = getattr(run, "tags", None) or []
+    return next((t.removeprefix("host:") for t in tags if t.startswith("host:")), "unknown")
+
+
+STAGE_FLOWS: dict[str, Any] = {"collect": collect, "dataset": dataset, "fit": fit,
+                               "gate": gate, "optimize": optimize, "evaluate": evaluate}
+# a finished stage is served from the cache while the files it wrote are there: a retried
+# chain shows it Cached and does not run it (nor republish its artifacts) again
+STAGE_CACHE = RealInputs(outputs=lambda inputs: inputs["outputs"])
+
+
+@task(name="stage", task_run_name="{stage} {nightly_id}", cache_policy=STAGE_CACHE,
+      persist_result=True)
+def run_stage(stage: str, nightly_id: str, params: dict[str, Any], outputs: list[str],
+              routing: str, pool: str, timeout: float | None) -> dict[str, Any]:
     """One stage, in-process or as a deployment run; collect and optimize whose models sit
-    on a GPU hold a GPU slot (fit and evaluate take theirs themselves)."""
+    on a GPU hold a GPU slot (fit and evaluate take theirs themselves). Returns the stage's
+    result and where and how long it ran."""
     logger = get_run_logger()
-    pool = _pool(stage, config)
-    timeout = config.timeouts.get(stage)
+    flow_fn = STAGE_FLOWS[stage]
     started = time.perf_counter()
-    slot = pool == "gpu" and stage in ("collect", "optimize")
-    with gpu_slot(slot, GPU_LIMIT):
-        if config.routing == "local" or stage == "dataset":
+    here = routing == "local" or stage == "dataset"
+    host = socket.gethostname()
+    with gpu_slot(pool == "gpu" and stage in ("collect", "optimize"), GPU_LIMIT):
+        if here:
             fn = flow_fn.with_options(timeout_seconds=timeout) if timeout else flow_fn
-            fn = fn.with_options(flow_run_name=f"{stage} {nightly_id}")
-            result = fn(**params)
+            result = fn.with_options(flow_run_name=f"{stage} {nightly_id}")(**params)
         else:
             name = f"{flow_fn.name}/{pool}"
+            require_pool(pool)  # the worker may have gone since the chain started
             logger.info("%s: deployment %s", stage, name)
-            _run_deployed(name, params, f"{stage} {nightly_id}", timeout)
-            result = read_back()
-    logger.info("%s done in %.1f s (%s)", stage, time.perf_counter() - started,
-                "in process" if config.routing == "local" else f"pool {pool}")
-    return result
+            run = _run_deployed(name, params, f"{stage} {nightly_id}", timeout)
+            host = _host_of(run)
+            result = _read_back(stage, params, outputs)
+    seconds = time.perf_counter() - started
+    where = "in process" if here else f"pool {pool}"
+    logger.info("%s done in %.1f s (%s)", stage, seconds, where)
+    return {"result": result, "timing": {"stage": stage, "seconds": round(seconds, 1),
+                                         "pool": "in process" if here else pool,
+                                         "host": host}}
+
+
+def _stage(stage: str, params: dict[str, Any], outputs: list[str], config: NightlyConfig,
+           nightly_id: str, stages: list[dict[str, Any]]) -> Any:
+    """Run (or serve from the cache) one stage; its timing goes to `stages`."""
+    pool = "cpu" if stage == "dataset" else _pool(stage, config)
+    state = run_stage(stage, nightly_id, _jsonable(params), [str(p) for p in outputs],
+                      config.routing, pool, config.timeouts.get(stage), return_state=True)
+    out = state.result()
+    cached = state.name == "Cached"
+    stages.append(out["timing"] | {"state": "cached" if cached else "ran"})
+    return out["result"]
 
 
 # ----------------------------------------------------------------------------- read back
@@ -246,10 +289,39 @@ def _fit_read_back(out: Path) -> dict[str, Any]:
             "dataset_sha256": metrics["dataset_sha256"], "base_model": metrics["base_model"]}
 
 
+def _read_back(stage: str, params: dict[str, Any], outputs: list[str]) -> dict[str, Any]:
+    if stage == "fit":
+        return _fit_read_back(Path(params["out"]))
+    if stage == "evaluate":
+        return _evaluated(params["report"], params["workflow"])
+    return _read_json(Path(outputs[0]))  # collect, gate, optimize: their summary file
+
+
 # ----------------------------------------------------------------------------- the chain
 
 
-@flow(name="nightly", log_prints=True)
+def as_config(config: NightlyConfig | dict[str, Any]) -> NightlyConfig:
+    """The flow's `config` parameter (a dict from a deployment) -> NightlyConfig, or one
+    ConfigError line naming the first bad field."""
+    return config if isinstance(config, NightlyConfig) else build_config(  # type: ignore
+        config, NightlyConfig)  # type: ignore[arg-type]
+
+
+def nightly_run_name() -> str:
+    """`flow_run_name` of the nightly: its nightly id, also when a schedule starts it."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    if params.get("nightly_id"):
+        return str(params["nightly_id"])
+    try:
+        return default_nightly_id(as_config(params["config"]))
+    except Exception:  # noqa: BLE001 - a name must never fail the run; the flow reports
+        return "nightly (invalid config)"  # the bad config itself, in one line
+
+
+@flow(name="nightly", log_prints=True, flow_run_name=nightly_run_name,
+      validate_parameters=False)
 def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, Any]:
     """collect -> dataset -> fit -> optimize with the new adapter -> evaluate the best
     workflow. Rerun with the same parameters (or the same `nightly_id`) to resume."""
@@ -257,10 +329,13 @@ def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, A
 
     route_w4s_logs()
     logger = get_run_logger()
+    config = as_config(config)  # parameters are validated here: one line, not a traceback
     nid = nightly_id or default_nightly_id(config)
+    check_config(config)  # every stage's inputs and pools, before anything runs
     root = Path(default_runs_dir(config.collect.runs_dir))
     adapters = Path(config.adapters_dir) if config.adapters_dir else root.parent / "adapters"
     logger.info("nightly %s: runs under %s, routing %s", nid, root, config.routing)
+    stages: list[dict[str, Any]] = []
 
     collect_cfg = config.collect
     if collect_cfg.meta_agent.adapter is not None:  # iterated RLAO: last night's adapter
@@ -269,40 +344,43 @@ def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, A
             collect_cfg.model_copy(update={
             "meta_agent": collect_cfg.meta_agent.model_copy(update={"adapter": path})}))
     cid = f"{nid}-collect"
-    collected = _stage("collect", collect, {"config": collect_cfg, "collection_id": cid},
-                       config, nid, lambda: _read_json(root / f"{cid}.collection.json"))
+    collected = _stage("collect", {"config": collect_cfg, "collection_id": cid},
+                       [root / f"{cid}.collection.json"], config, nid, stages)
     if not collected["rows"]:
         raise W4SError(f"collection {cid} produced no trajectory rows; nothing to fit")
 
     from storage.collections import last_nights
 
     window = last_nights(root, config.dataset.window_nights, through=cid)
-    data = _stage("dataset", dataset, {
-        "runs_dir": str(root), "out": str(root.parent / "datasets" / f"{nid}.parquet"),
+    data_out = root.parent / "datasets" / f"{nid}.parquet"
+    data = _stage("dataset", {
+        "runs_dir": str(root), "out": str(data_out),
         "runs": window["runs"], "options": config.dataset, "window": window,
-    }, config, nid, None)
+    }, [data_out], config, nid, stages)
 
     out = adapters / nid
-    adapter = _stage("fit", fit, {"dataset": data["path"], "out": str(out),
-                                  "options": config.fit},
-                     config, nid, lambda: _fit_read_back(out))
-    verdict = _gate_stage(config, nid, root, adapter, out)
+    adapter = _stage("fit", {"dataset": data["path"], "out": str(out), "options": config.fit},
+                     [out / "adapter_config.json", out / "metrics.json"], config, nid, stages)
+    verdict = _gate_stage(config, nid, root, adapter, out, stages)
     use = _optimize_adapter(adapter, verdict)
     logger.info("optimize with %s", use or "the base model (no adapter)")
     opt_cfg = with_resolved_adapter(config.optimize.model_copy(update={
         "meta_agent": config.optimize.meta_agent.model_copy(update={"adapter": use})}))
     run_id = f"{nid}-optimize"
-    summary = _stage("optimize", optimize, {"config": opt_cfg, "run_id": run_id}, config, nid,
-                     lambda: _read_json(root / run_id / "summary.json"))
+    summary = _stage("optimize", {"config": opt_cfg, "run_id": run_id},
+                     [root / run_id / "summary.json"], config, nid, stages)
     if not summary.get("best_workflow"):
         raise W4SError(f"optimize run {run_id} has no best workflow ({summary['status']})")
 
     report = str(root / run_id / "evaluation.json")
-    options = config.evaluate_options()
-    scored = _stage("evaluate", evaluate, {"workflow": summary["best_workflow"],
-                                           "options": options, "report": report},
-                    config, nid, lambda: _evaluated(report, summary["best_workflow"]))
+    scored = _stage("evaluate", {"workflow": summary["best_workflow"],
+                                 "options": config.evaluate_options(), "report": report},
+                    [report], config, nid, stages)
 
+    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    story = nightly_report.build(
+        nightly_id=nid, root=root, stages=stages, collected=collected, data=data,
+        adapter=adapter, summary=summary, scored=scored, finished_at=finished, gate=verdict)
     result = {
         "nightly_id": nid, "collection_id": cid, "rows": collected["rows"],
         "dataset": data["path"], "dataset_rows": data["rows"],
@@ -315,8 +393,12 @@ def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, A
         "test_accuracy": summary["test_accuracy"],
         "evaluation": {k: scored[k] for k in ("benchmark", "split", "items", "accuracy")},
         "evaluation_report": report,
-    }
+    } | story
+    previous = nightly_report.previous_night(root, nid)
     atomic_write(root / f"{nid}.nightly.json", json.dumps(result, indent=1))
+    ui.publish_nightly(nid, nightly_report.markdown(story, previous))
+    for warning in story["warnings"]:
+        logger.warning("nightly %s: %s", nid, warning)
     logger.info("nightly %s: adapter %s, best workflow %s, %s %s accuracy %.4f", nid,
                 result["adapter_id"], result["best_workflow"], scored["benchmark"],
                 scored["split"], scored["accuracy"])
@@ -324,7 +406,7 @@ def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, A
 
 
 def _gate_stage(config: NightlyConfig, nid: str, root: Path, adapter: dict[str, Any],
-                out: Path) -> dict[str, Any] | None:
+                out: Path, stages: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The gate on tonight's adapter (None: no adapter, or the gate is off). Its sample
     runs in `<storage>/gates/`, apart from the runs a dataset reads."""
     if adapter.get("skipped") or not config.gate.enabled:
@@ -332,10 +414,10 @@ def _gate_stage(config: NightlyConfig, nid: str, root: Path, adapter: dict[str, 
     env = CollectConfig.model_validate({
         **config.collect.model_dump(mode="json"),
         "meta_agent": config.optimize.meta_agent.model_dump(mode="json")})
-    return _stage("gate", gate, {"challenger": adapter["adapter_id"], "environment": env,
-                                 "options": config.gate, "runs_dir": str(root.parent / "gates"),
-                                 "base": config.fit.base},
-                  config, nid, lambda: _read_json(out / GATE_FILE))
+    return _stage("gate", {"challenger": adapter["adapter_id"], "environment": env,
+                           "options": config.gate, "runs_dir": str(root.parent / "gates"),
+                           "base": config.fit.base},
+                  [out / GATE_FILE], config, nid, stages)
 
 
 def _optimize_adapter(adapter: dict[str, Any], verdict: dict[str, Any] | None) -> str | None:

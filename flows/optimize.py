@@ -20,7 +20,7 @@ from tasks.reward import reward
 from tasks.self_check import self_check
 from tasks.stages import prepare_run
 from w4s.config import OptimizeConfig
-from w4s.errors import BudgetExceeded
+from w4s.errors import BudgetExceeded, one_line
 from w4s.paths import runs_dir as default_runs_dir
 
 
@@ -45,8 +45,14 @@ def optimize(config: OptimizeConfig, run_id: str | None = None,
     logger.info("run folder: %s", run_dir)
     report.preload()
     ui.label_flow_run(f"optimize {config.benchmark} {Path(run_dir).name}", ui.run_tags(config))
-    with stage_progress():  # the evaluations show progress bars
-        summary = _iterate(config, run_dir)
+    store = RunStore(run_dir)
+    store.clear_failure()
+    try:
+        with stage_progress():  # the evaluations show progress bars
+            summary = _iterate(config, run_dir)
+    except Exception as e:
+        store.save_failure(f"{type(e).__name__}: {one_line(e, 300)}")
+        raise
     ui.publish_run(run_dir, summary)
     return summary
 

@@ -63,26 +63,54 @@ def embed(title: str, png: bytes) -> str:
 
 
 def candidates(run_dir: Any, iterations: list[int]) -> list[dict[str, Any]]:
-    """The plotted fields of every candidate of `iterations`, from the run folder."""
+    """The plotted and counted fields of every candidate of `iterations`, from the run folder."""
     store = RunStore(run_dir)
     return [{"iteration": c.iteration, "candidate": c.index, "val_accuracy": c.accuracy,
-             "chosen": c.chosen, "cost_usd": c.cost_usd}
+             "chosen": c.chosen, "cost_usd": c.cost_usd, "executor_calls": c.executor_calls,
+             "executor_tokens": c.executor_prompt_tokens + c.executor_completion_tokens,
+             "meta_tokens": c.meta_prompt_tokens + c.meta_completion_tokens}
             for i in iterations for c in store.candidates(i)]
 
 
+QUALITY_COLUMNS = ("iteration", "candidates", "ran", "skipped", "lost", "stopped", "repairs",
+                   "best_val", "chosen_val", "mean_reward")
+
+
 def iteration_rows(run_dir: Any) -> list[dict[str, Any]]:
-    """`w4s show`'s per-iteration table plus the validation cost of each iteration (None
-    when nothing of it was priced)."""
+    """`w4s show`'s per-iteration table (what the candidates achieved); spend is in
+    `spend_rows`, so neither table is too wide for the UI."""
     cols, rows = iteration_table(run_dir)
-    table = [dict(zip(cols, r, strict=True)) for r in rows]
-    cost: dict[int, float] = {}
-    for c in candidates(run_dir, [r["iteration"] for r in table]):
-        if c["cost_usd"] is not None:
-            cost[c["iteration"]] = cost.get(c["iteration"], 0.0) + c["cost_usd"]
-    for row in table:
-        c = cost.get(row["iteration"])
-        row["cost_usd"] = None if c is None else round(c, 6)
-    return table
+    return [{c: r[c] for c in QUALITY_COLUMNS}
+            for r in (dict(zip(cols, row, strict=True)) for row in rows)]
+
+
+def spend_rows(run_dir: Any, summary: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per iteration: the validation spend of its candidates (meta-agent tokens are prompt +
+    completion); with the run's `summary`, a row for the rest (the seed's and test
+    evaluation's calls, lost calls) and a total equal to the summary's."""
+    iterations = [r["iteration"] for r in iteration_rows(run_dir)]
+    cands = candidates(run_dir, iterations)
+    rows = []
+    for it in iterations:
+        mine = [c for c in cands if c["iteration"] == it]
+        costs = [c["cost_usd"] for c in mine if c["cost_usd"] is not None]
+        rows.append({"iteration": it, "meta_tokens": sum(c["meta_tokens"] for c in mine),
+                     "executor_calls": sum(c["executor_calls"] for c in mine),
+                     "executor_tokens": sum(c["executor_tokens"] for c in mine),
+                     "cost_usd": round(sum(costs), 6) if costs else None})
+    if summary is None:
+        return rows
+    total = {"iteration": "total", "meta_tokens": summary.get("meta_agent_tokens") or 0,
+             "executor_calls": summary.get("executor_calls") or 0,
+             "executor_tokens": summary.get("executor_tokens") or 0,
+             "cost_usd": summary.get("cost_usd")}
+    rest: dict[str, Any] = {"iteration": "test evaluation and other"}
+    for key in ("meta_tokens", "executor_calls", "executor_tokens", "cost_usd"):
+        shown = [r[key] for r in rows if r[key] is not None]
+        rest[key] = (None if total[key] is None else
+                     round(total[key] - sum(shown), 6) if key == "cost_usd" else
+                     total[key] - sum(shown))
+    return [*rows, rest, total]
 
 
 def accuracy_plot(cands: list[dict[str, Any]], path: Any) -> bytes:
@@ -143,10 +171,12 @@ def run_report(run_dir: Any, summary: dict[str, Any], headline: str) -> Report:
     run_dir = location(run_dir)
     adapter = RunStore(run_dir).config().meta_agent.adapter
     rows = iteration_rows(run_dir)
+    spend = spend_rows(run_dir, summary)
+    per_iteration = [r for r in spend if isinstance(r["iteration"], int)]
     cands = candidates(run_dir, [r["iteration"] for r in rows])
     out = run_dir / "report"
     acc = accuracy_plot(cands, out / "accuracy.png")
-    cost, what = cost_plot(rows, out / "cost.png")
+    cost, what = cost_plot(per_iteration, out / "cost.png")
     total = summary.get("cost_usd")
     spent = (f"total executor cost: **${total:.4f}**" if total is not None
              else "total executor cost: not priced (set `prices` in the config)")
@@ -154,13 +184,15 @@ def run_report(run_dir: Any, summary: dict[str, Any], headline: str) -> Report:
         f"# w4s run {summary['run_id']} ({summary['benchmark']})",
         headline,
         f"{spent}; executor tokens {summary.get('executor_tokens')} in "
-        f"{summary.get('executor_calls')} calls; meta-agent tokens "
-        f"{summary.get('meta_agent_tokens')}",
+        f"{summary.get('executor_calls')} calls; meta-agent tokens (prompt + completion) "
+        f"{summary.get('meta_agent_tokens')}: the *Spend* table's total row, its iterations "
+        "being the candidates' validation",
         f"best workflow: `{summary.get('best_workflow')}`  \nrun folder: `{run_dir}`"
         + (f"  \nmeta-agent adapter: `{adapter}`" if adapter else ""),
         "## Validation accuracy", embed("validation accuracy per candidate", acc),
         f"## Cumulative {what}", embed(f"cumulative {what}", cost),
         "## Iterations", markdown_table(rows),
+        "## Spend", markdown_table(spend),
     ])
     return Report(text, {"accuracy": out / "accuracy.png", "cost": out / "cost.png"})
 

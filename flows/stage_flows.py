@@ -178,21 +178,24 @@ def fit_task(dataset: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
     return {"adapter_id": result.adapter_id, "path": str(Path(result.out).resolve()),
             "steps": result.metrics["steps"], "final_loss": curve[-1]["loss"] if curve else None,
             "dataset_sha256": result.metrics["dataset_sha256"],
-            "base_model": result.metrics["base_model"]}
+            "base_model": result.metrics["base_model"], "device": result.metrics.get("device")}
 
 
 @flow(name="fit", log_prints=True)
 def fit(dataset: str, out: str, options: FitOptions | None = None) -> dict[str, Any]:
     """Fit the meta-agent's LoRA adapter on an RLAO dataset; holds a GPU slot on a GPU."""
     route_w4s_logs()
+    from flows import ui
     from models.rlao import pick_device
 
+    ui.tag_host()
     with gpu_slot(pick_device()[0] != "cpu"):
         result = fit_task(dataset, out, (options or FitOptions()).model_dump())
     if result.get("skipped"):
         return result
-    get_run_logger().info("adapter %s: %s steps, final loss %s -> %s", result["adapter_id"],
-                          result["steps"], result["final_loss"], result["path"])
+    get_run_logger().info("adapter %s: %s steps on %s, final loss %s -> %s",
+                          result["adapter_id"], result["steps"], result.get("device"),
+                          result["final_loss"], result["path"])
     return result
 
 
@@ -252,7 +255,12 @@ def evaluate_task(workflow: str, report: str, options: dict[str, Any]) -> dict[s
 @flow(name="evaluate", log_prints=True)
 def evaluate(workflow: str, options: EvaluateOptions, report: str | None = None) -> dict[str, Any]:
     """Score a workflow file; the JSON report goes to `report` (default: beside the file)."""
+    from flows import ui
+
     route_w4s_logs()
+    ui.tag_host()
     report = report or str(Path(workflow).with_suffix(".evaluation.json"))
     with gpu_slot(on_gpu(options.executor)):
-        return evaluate_task(workflow, report, options.model_dump(mode="json"))
+        result = evaluate_task(workflow, report, options.model_dump(mode="json"))
+    ui.publish_evaluation(result)
+    return result

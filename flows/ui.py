@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -90,13 +91,27 @@ def label_flow_run(name: str, tags: Iterable[str]) -> None:
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
         return
-    merged = list(dict.fromkeys([*(ctx.flow_run.tags or []), *tags]))
+    merged = list(dict.fromkeys([*(ctx.flow_run.tags or []), *tags, host_tag()]))
     try:
         with get_client(sync_client=True) as client:
             client.update_flow_run(ctx.flow_run.id, name=name, tags=merged)
         ctx.flow_run.name, ctx.flow_run.tags = name, merged
     except Exception as e:  # noqa: BLE001 - a label is not the run's work
         log.warning("flow run name/tags not updated (ignored): %s", e)
+
+
+def host_tag() -> str:
+    """`host:<name>`: where a run ran (a nightly's summary reads it off its stage runs)."""
+    return f"host:{socket.gethostname()}"
+
+
+def tag_host() -> None:
+    """Add the host tag to the current flow run, keeping its name."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None:
+        label_flow_run(ctx.flow_run.name, [])
 
 
 # ------------------------------------------------------------------------------- events
@@ -169,19 +184,36 @@ def _safe(what: str, fn: Any, *args: Any, **kw: Any) -> Any:
         return None
 
 
-def _uri(path: str) -> str:
-    """A link target: a URL as it is, a local path as a file:// URI."""
-    return path if "://" in path else Path(path).resolve().as_uri()
+def _browsable(target: str) -> bool:
+    return target.startswith(("http://", "https://"))
+
+
+def publish_location(target: str, key: str, description: str, body: str = "") -> None:
+    """A link when a browser can open `target`; otherwise a page naming it where it lies
+    (a path on a worker's disk or a storage URL), with `body` (e.g. the file inline)."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    if _browsable(target):
+        _safe(description, create_link_artifact, target, link_text=target, key=key,
+              description=description)
+        return
+    where = ("storage URL" if "://" in target else f"on host `{socket.gethostname()}`")
+    text = f"`{target}` ({where}; not a browser link)" + (f"\n\n{body}" if body else "")
+    _safe(description, create_markdown_artifact, text, key=key, description=description)
+
+
+def _code_block(path: str) -> str:
+    try:
+        return "```python\n" + location(path).read_text().rstrip() + "\n```"
+    except OSError:
+        return ""
 
 
 def publish_run(run_dir: str, summary: dict[str, Any]) -> report.Report | None:
-    """The run's table, report (plots embedded, PNGs in <run>/report/) and a link to its best
-    workflow, each under a key holding the run id."""
-    from prefect.artifacts import (
-        create_link_artifact,
-        create_markdown_artifact,
-        create_table_artifact,
-    )
+    """The run's tables (what the iterations achieved; what they spent), report (plots
+    embedded, PNGs in <run>/report/) and where its best workflow lies, with its code, each
+    under a key holding the run id."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     run_id = summary["run_id"]
     rep = _safe("run report", report.run_report, run_dir, summary, describe_result(summary))
@@ -189,23 +221,23 @@ def publish_run(run_dir: str, summary: dict[str, Any]) -> report.Report | None:
         return None
     if not in_prefect_run():
         return rep
-    rows = report.iteration_rows(run_dir)
-    _safe("iteration table", create_table_artifact, rows,
+    _safe("iteration table", create_table_artifact, report.iteration_rows(run_dir),
           key=artifact_key("run", run_id, "iterations"),
-          description=f"w4s run {run_id}: per iteration (cost_usd: validation spend)")
+          description=f"w4s run {run_id}: per iteration")
+    _safe("spend table", create_table_artifact, report.spend_rows(run_dir, summary),
+          key=artifact_key("run", run_id, "spend"),
+          description=f"w4s run {run_id}: spend per iteration (validation), the rest, total")
     _safe("run report", create_markdown_artifact, rep.markdown, key=artifact_key("run", run_id),
           description=f"w4s optimization run {run_id}")
     if summary.get("best_workflow"):
         path = summary["best_workflow"]
-        _safe("best workflow link", create_link_artifact, _uri(path),
-              link_text=path, key=artifact_key("run", run_id, "best-workflow"),
-              description=f"w4s run {run_id}: best workflow (validation "
-                          f"{summary['best_val_accuracy']})")
+        publish_location(path, artifact_key("run", run_id, "best-workflow"),
+                         f"w4s run {run_id}: best workflow (validation "
+                         f"{summary['best_val_accuracy']})", _code_block(path))
     adapter = RunStore(run_dir).config().meta_agent.adapter
     if adapter:
-        _safe("adapter link", create_link_artifact, _uri(adapter),
-              link_text=adapter, key=artifact_key("run", run_id, "adapter"),
-              description=f"w4s run {run_id}: the meta-agent's LoRA adapter")
+        publish_location(adapter, artifact_key("run", run_id, "adapter"),
+                         f"w4s run {run_id}: the meta-agent's LoRA adapter")
     return rep
 
 
@@ -223,7 +255,7 @@ def publish_collection(summary: dict[str, Any]) -> None:
 def publish_fit(out: str | Path, adapter_id: str | None, metrics: dict[str, Any]) -> None:
     """A fit's report (loss curve, dataset rewards), a link to the adapter folder, and the
     `w4s.adapter.created` event once it is registered."""
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+    from prefect.artifacts import create_markdown_artifact
 
     out = Path(out)
     name = adapter_id or out.name
@@ -233,7 +265,34 @@ def publish_fit(out: str | Path, adapter_id: str | None, metrics: dict[str, Any]
     if rep is not None:
         _safe("fit report", create_markdown_artifact, rep.markdown,
               key=artifact_key("adapter", name), description=f"w4s adapter {name}")
-    _safe("adapter link", create_link_artifact, _uri(str(out)), link_text=str(out),
-          key=artifact_key("adapter", name, "folder"), description=f"w4s adapter {name}")
+    publish_location(str(out), artifact_key("adapter", name, "folder"), f"w4s adapter {name}")
     if adapter_id is not None:
         emit(adapter_event(adapter_id, str(out.resolve()), metrics))
+
+
+def publish_nightly(nightly_id: str, markdown: str) -> None:
+    """The nightly's summary page, one key per night."""
+    from prefect.artifacts import create_markdown_artifact
+
+    if in_prefect_run():
+        _safe("nightly summary", create_markdown_artifact, markdown,
+              key=artifact_key("nightly", nightly_id), description=f"w4s nightly {nightly_id}")
+
+
+def evaluation_key(report_path: str) -> str:
+    """One key per evaluation report: its run folder and file name."""
+    return artifact_key("evaluation", *Path(report_path).with_suffix("").parts[-3:])
+
+
+def publish_evaluation(result: dict[str, Any]) -> None:
+    """The evaluate stage's own page: score, spend, the workflow's code inline."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from flows.nightly_report import evaluation_markdown
+
+    if in_prefect_run():
+        text = _safe("evaluation report", evaluation_markdown, result)
+        if text is not None:
+            _safe("evaluation report", create_markdown_artifact, text,
+                  key=evaluation_key(result["report"]),
+                  description=f"w4s evaluation of {result['workflow']}")

@@ -89,12 +89,42 @@ def query_runs(runs_dir: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
         return [d[0] for d in cur.description], cur.fetchall()
 
 
+def _episode_statuses(runs_dir: Any) -> dict[str, str]:
+    """episode run id -> its status in the collection that ran it (an episode has no test
+    evaluation, hence no summary of its own)."""
+    out: dict[str, str] = {}
+    for path in sorted(runs_dir.glob("*.collection.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        cid = doc.get("collection_id", path.name.removesuffix(".collection.json"))
+        for e in doc.get("completed", []):
+            out[e] = f"collected ({cid}, {doc.get('status', 'completed')})"
+        for e, why in (doc.get("failed") or {}).items():
+            out[e] = f"failed ({cid}): {why}"
+    return out
+
+
+def _status(d: Any, summary: dict[str, Any], episodes: dict[str, str]) -> str:
+    if summary:
+        return summary.get("status", "completed")
+    if d.name in episodes:
+        return episodes[d.name]
+    failed = d / "failed.json"
+    if failed.is_file():
+        return f"failed: {json.loads(failed.read_text()).get('error', '')}"
+    return "running or interrupted"
+
+
 def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
-    """Every run folder, newest first, with its summary when finished."""
+    """Every run folder, newest first, with its summary when finished, a collection
+    episode's status in its collection, a failed run's error."""
     out: list[dict[str, Any]] = []
     runs_dir = location(runs_dir)
     if not runs_dir.is_dir():
         return out
+    episodes = _episode_statuses(runs_dir)
     for d in sorted((p for p in runs_dir.iterdir() if (p / "config.json").is_file()),
                     key=lambda p: p.name, reverse=True):
         cfg = json.loads((d / "config.json").read_text())["config"]
@@ -107,7 +137,7 @@ def list_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
         out.append({
             "run_id": d.name,
             "benchmark": cfg["benchmark"],
-            "status": summary.get("status", "running or interrupted"),
+            "status": _status(d, summary, episodes),
             "iterations": cfg["iterations"],
             "rows": rows,
             "best_val": summary.get("best_val_accuracy"),

@@ -27,6 +27,7 @@ from w4s.paths import location
 from w4s.prompts import PROMPT_VERSION
 
 CONFIG, SPLIT, SUMMARY = "config.json", "split.json", "summary.json"
+FAILED = "failed.json"
 SPEND, SPEND_DIR, BUDGET_GROUP = "spend.json", "spend", "budget_group.json"
 
 __all__ = ["RunStore", "atomic_write", "benchmark_slug", "group_run_ids", "new_run_id"]
@@ -186,6 +187,20 @@ class RunStore:
 
     def summary(self) -> dict[str, Any] | None:
         path = self.root / SUMMARY
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    # -- a failed attempt: `w4s runs` shows it failed, not "running or interrupted"
+    def save_failure(self, error: str) -> None:
+        _write_json(self.root / FAILED, {"status": "failed", "error": error,
+                                         "at": datetime.now(timezone.utc).isoformat()})
+
+    def clear_failure(self) -> None:
+        path = self.root / FAILED
+        if path.is_file():
+            path.unlink()
+
+    def failure(self) -> dict[str, Any] | None:
+        path = self.root / FAILED
         return json.loads(path.read_text()) if path.is_file() else None
 
 

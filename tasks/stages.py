@@ -27,6 +27,7 @@ from w4s.mdp import (
     sample_candidates,
     self_check_with_repairs,
 )
+from w4s.paths import location
 from w4s.prompts import HistoryEntry, clip
 from w4s.sandbox import EvalResult, check_workflow_source
 from w4s.sandbox.harness import BUDGET_ERROR
@@ -48,17 +49,24 @@ def prepare_run(config: OptimizeConfig, runs_dir: Path, run_id: str | None = Non
     `budget_group`: the ids of the runs (this one included) that share one budget.
     """
     _seeds(config)  # a wrong seed name fails here, before any stage runs
+    fresh = run_id is None or not RunStore(location(runs_dir) / run_id).exists()
+    # a new run draws its split before its folder exists: a benchmark whose data is missing
+    # fails here and leaves no empty folder that `w4s runs` would list as interrupted
+    split = _split(config) if fresh else None
     store = RunStore.create(runs_dir, config, run_id)
     if budget_group:
         store.save_budget_group(budget_group)
     try:
         store.split_ids()
     except FileNotFoundError:
-        split = runtime.benchmark(config).split(
-            seed=config.split_seed, val_size=config.val_size, test_size=config.test_size
-        )
+        split = split or _split(config)
         store.save_split([i.id for i in split.validation], [i.id for i in split.test])
     return str(store.root)
+
+
+def _split(config: OptimizeConfig) -> Any:
+    return runtime.benchmark(config).split(seed=config.split_seed, val_size=config.val_size,
+                                           test_size=config.test_size)
 
 
 def _items(store: RunStore, cfg: OptimizeConfig, which: str) -> list[Item]:

@@ -226,6 +226,11 @@ def format_validation_error(err: ValidationError) -> str:
 def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None,
                      model: type[OptimizeConfig] = OptimizeConfig) -> OptimizeConfig:
     """Read YAML (.yaml/.yml) or TOML (.toml), apply CLI overrides, validate as `model`."""
+    return build_config(deep_merge(read_config_data(path), overrides or {}), model)
+
+
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """A YAML (.yaml/.yml) or TOML (.toml) file of settings, not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"`config`: file {str(path)!r} does not exist")
@@ -236,7 +241,7 @@ def load_config_file(path: str | Path, overrides: dict[str, Any] | None = None,
         raise ConfigError(f"`config`: {path} is not valid {path.suffix[1:]}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"`config`: {path} must hold a mapping of settings")
-    return build_config(deep_merge(data, overrides or {}), model)
+    return data
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

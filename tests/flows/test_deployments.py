@@ -93,3 +93,58 @@ def test_deploy_creates_pools_limit_and_deployments_on_the_server(tmp_path, monk
     again = "\n".join(deploy(api_url=url, gpu_slots=2))  # idempotent; the limit follows
     assert "work pool cpu: exists (process)" in again
     assert f"concurrency limit {GPU_LIMIT}: 1 -> 2 slots" in again
+
+
+def test_deploy_paused_then_check_then_trigger_with_one_field_changed(tmp_path, monkeypatch):
+    """`w4s deploy --paused` says what the schedule would run; `--check` names the pools no
+    worker polls, then passes once workers poll them; `w4s nightly --deployment --set`
+    triggers the deployed config with one field changed, and refuses a bad one in a line."""
+    from types import SimpleNamespace
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.deploy_cmd import check
+    from flows.nightly_cmd import trigger
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
+    url = PREFECT_API_URL.value()
+    text = "\n".join(deploy(api_url=url, paused=True))
+    assert "schedule nightly/nightly: paused; it would run collect 2 episodes x 2 turns" in text
+    with get_client(sync_client=True) as client:
+        (schedule,) = client.read_deployment_by_name("nightly/nightly").schedules
+        assert schedule.active is False
+
+    lines, ok = check(api_url=url)
+    assert not ok
+    nightly_line = next(x for x in lines if x.startswith("nightly/nightly: "))
+    assert "no worker polls work pool 'cpu': start one with `prefect worker start --pool cpu`" \
+        in nightly_line and "gpu" in nightly_line
+    with get_client(sync_client=True) as client:  # workers come up (their heartbeats)
+        client.send_worker_heartbeat("cpu", "cpu-worker")
+        client.send_worker_heartbeat("gpu", "gpu-worker")
+    lines, ok = check(api_url=url)
+    assert ok, lines
+    assert "nightly/nightly: ok" in lines and "fit/gpu: ok" in lines
+
+    args = SimpleNamespace(set=["collect.episodes=3"], nightly_id=None)
+    out = trigger("nightly/nightly", None, args)
+    assert out[0].startswith("triggered nightly/nightly: flow run ")
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(out[0].rsplit("(", 1)[1].rstrip(")"))
+    assert run.parameters["config"]["collect"]["episodes"] == 3
+    assert run.parameters["config"]["collect"]["iterations"] == 2  # the rest as deployed
+    with pytest.raises(ConfigError, match=r"^`timezone`: Value error, unknown timezone"):
+        trigger("nightly/nightly", None, SimpleNamespace(set=["timezone=Mars/Olympus"],
+                                                         nightly_id=None))
+    with get_client(sync_client=True) as client:  # leave nothing queued for other tests
+        client.delete_flow_run(run.id)
+
+
+@pytest.mark.parametrize("name", ["nightly-smoke.yaml", "nightly-full.yaml"])
+def test_the_shipped_nightly_sizes_are_valid_configs(name):
+    from flows.nightly import load_nightly_config
+
+    cfg = load_nightly_config(str(ROOT / "deployments" / name))
+    assert cfg.collect.episodes >= 1 and cfg.fit.max_steps

@@ -5,6 +5,7 @@ that finished runs again (no executor call, no meta-agent generation, no fit).""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -102,6 +103,25 @@ def _task_runs(nightly_id: str, since: float) -> dict[str, str]:
         time.sleep(0.5)
 
 
+def _latest_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert found, f"no artifact {key}"
+    return max(found, key=lambda a: a.created).data
+
+
+def _artifacts_since(since: float) -> list:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return [a for a in client.read_artifacts(limit=200)
+                if a.created.timestamp() >= since]
+
+
 @pytest.mark.slow
 def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, tiny_base,
                                                                     monkeypatch):
@@ -147,11 +167,13 @@ def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, ti
     states = _task_runs("n1", since)
     evaluated = [n for n in states if n.startswith("evaluate ")]
     assert evaluated and all(states[n] == "Completed" for n in evaluated), states
+    # each finished stage shows as one Cached run, not a second set of runs of its tasks
     others = {n: s for n, s in states.items() if not n.startswith("evaluate ")}
-    assert {s for s in others.values()} == {"Cached"}, others
-    assert "self_check it1 c0 · n1-collect-arithmetic-e000" in others  # named for the UI
-    assert "generate it1 · n1-optimize" in others
-    assert any(n.startswith("fit ") for n in others)
+    assert others == {"collect n1": "Cached", "dataset n1": "Cached", "fit n1": "Cached",
+                      "gate n1": "Cached", "optimize n1": "Cached"}, others
+    # and only the nightly and its evaluate stage published artifacts again
+    keys = {a.key for a in _artifacts_since(since)} - {None}  # None: progress bars
+    assert keys == {"w4s-nightly-n1", "w4s-evaluation-runs-n1-optimize-evaluation"}, keys
 
     # the run completes: the adapter it fitted sampled the optimize run's candidates
     assert result["nightly_id"] == "n1" and result["fit_steps"] == 1
@@ -163,6 +185,38 @@ def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, ti
     assert result["evaluation"]["accuracy"] == report["accuracy"]
     saved = json.loads((runs / "n1.nightly.json").read_text())
     assert saved["adapter_id"] == result["adapter_id"]
+
+    # the night's story: every stage with its time, pool, host and spend; the total is
+    # their sum, collect and evaluate included
+    assert [(s["stage"], s["state"]) for s in saved["stages"]] == [
+        ("collect", "cached"), ("dataset", "cached"), ("fit", "cached"), ("gate", "cached"),
+        ("optimize", "cached"), ("evaluate", "ran")]
+    assert all(s["pool"] == "in process" and s["host"] == socket.gethostname()
+               and s["seconds"] >= 0 for s in saved["stages"])
+    spend = {s["stage"]: s["spend"] for s in saved["stages"]}
+    optimized = json.loads((runs / "n1-optimize" / "summary.json").read_text())
+    assert spend["collect"]["executor_calls"] > 0
+    assert spend["optimize"]["executor_calls"] == optimized["executor_calls"]
+    assert spend["evaluate"]["executor_calls"] == report["executor_calls"] > 0
+    assert spend["fit"]["executor_calls"] == spend["dataset"]["executor_calls"] == 0
+    for key in ("executor_calls", "executor_tokens", "meta_agent_tokens"):
+        assert saved["spend_total"][key] == sum(s[key] for s in spend.values())
+    assert saved["spend_total"]["cost_usd"] == 0.0  # local and scripted models: priced 0.0
+    assert saved["figures"]["gate"] == result["gate"]["verdict"] and saved["fit_device"] == "cpu"
+    assert spend["gate"]["meta_agent_tokens"] > 0  # the gate's samples are counted too
+    assert saved["figures"]["collection_rows"] == result["rows"]
+
+    # ... read back from the server: the summary page with the best workflow's code inline
+    page = _latest_artifact("w4s-nightly-n1")
+    code = Path(result["best_workflow"]).read_text().strip()
+    assert code and code.splitlines()[0] in page
+    for part in ("## Stages", "| collect | cached |", "| evaluate | ran |", "**total**",
+                 "## Tonight and last night", "| positive share |", "| dataset rows |",
+                 "| fit steps |", f"gate: **{result['gate']['verdict']}**",
+                 "| evaluation accuracy |"):
+        assert part in page, part
+    evaluation_page = _latest_artifact("w4s-evaluation-runs-n1-optimize-evaluation")
+    assert "accuracy" in evaluation_page and code.splitlines()[0] in evaluation_page
 
 
 def test_config_errors_are_one_line_before_anything_runs(tmp_path, tiny_base):
@@ -208,6 +262,13 @@ def test_routed_to_deployments_each_stage_runs_as_flow_slash_pool(tmp_path, tiny
         return SimpleNamespace(id=uuid.uuid4(), name=flow_run_name, state=Completed())
 
     monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    # no workers here: the pools and deployments checks pass (tests/flows/test_nightly_ops.py
+    # shows them failing)
+    from flows import nightly as chain
+    from flows import nightly_checks
+
+    monkeypatch.setattr(nightly_checks, "deployment_problems", lambda routes: [])
+    monkeypatch.setattr(chain, "require_pool", lambda pool: None)
     cfg = nightly_config(tmp_path, tiny_base, routing="deployments", timeouts={"fit": 600})
     result = nightly(cfg, nightly_id="r1")
     assert [(n, r) for n, r, _ in calls] == [

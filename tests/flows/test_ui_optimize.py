@@ -71,15 +71,24 @@ def test_a_run_is_named_tagged_reported_and_announced(tmp_path):
 
     arts = {a.key: a for a in flow_run_artifacts(fr_id) if a.key}
     assert set(arts) == {"w4s-run-ui-run-a", "w4s-run-ui-run-a-iterations",
-                         "w4s-run-ui-run-a-best-workflow"}
+                         "w4s-run-ui-run-a-spend", "w4s-run-ui-run-a-best-workflow"}
     table = arts["w4s-run-ui-run-a-iterations"].data
     table = json.loads(table) if isinstance(table, str) else table
     assert [r["iteration"] for r in table] == [0, 1, 2]
-    for col in ("best_val", "mean_reward", "skipped", "repairs", "executor_tokens",
-                "cost_usd"):
+    for col in ("best_val", "mean_reward", "skipped", "repairs"):
         assert col in table[0], col
+    assert len(table[0]) <= 10  # narrow enough for the UI: spend is its own table
     assert table[1]["best_val"] == 1.0 and table[1]["skipped"] == 1
-    assert table[0]["cost_usd"] > 0  # priced executor: the seed's validation spend
+    spend = arts["w4s-run-ui-run-a-spend"].data
+    spend = json.loads(spend) if isinstance(spend, str) else spend
+    assert [r["iteration"] for r in spend] == [0, 1, 2, "test evaluation and other", "total"]
+    assert spend[0]["cost_usd"] > 0  # priced executor: the seed's validation spend
+    # the total row is the report's header, and the rows add up to it
+    total = spend[-1]
+    assert (total["executor_tokens"], total["executor_calls"], total["meta_tokens"]) == (
+        summary["executor_tokens"], summary["executor_calls"], summary["meta_agent_tokens"])
+    for key in ("executor_tokens", "executor_calls", "meta_tokens"):
+        assert sum(r[key] for r in spend[:-1]) == total[key], key
 
     report = arts["w4s-run-ui-run-a"].data
     assert f"${summary['cost_usd']:.4f}" in report
@@ -93,8 +102,11 @@ def test_a_run_is_named_tagged_reported_and_announced(tmp_path):
     embedded = re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report)
     assert len(embedded) == 2 and base64.b64decode(embedded[0]) == data
 
-    link = arts["w4s-run-ui-run-a-best-workflow"]
-    assert f"(file://{summary['best_workflow']})" in link.data  # stored as a markdown link
+    best = arts["w4s-run-ui-run-a-best-workflow"].data  # no file:// link to a worker's disk
+    assert f"`{summary['best_workflow']}` (on host " in best and "file://" not in best
+    assert "execute_code" in best  # the code inline
+    assert (f"executor tokens {summary['executor_tokens']} in {summary['executor_calls']} "
+            "calls") in report and "| total |" in report
 
     bars = [a for a in flow_run_artifacts(fr_id) if a.type == "progress"]
     assert len(bars) == 3, "one bar per validation evaluation: the seed's, each iteration's"

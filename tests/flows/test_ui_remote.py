@@ -37,4 +37,6 @@ def test_a_run_at_a_url_publishes_its_report_and_plots_there():
     assert png.startswith(PNG_SIGNATURE)
     arts = {a.key: a for a in flow_run_artifacts(state.state_details.flow_run_id) if a.key}
     assert "data:image/png;base64," in arts["w4s-run-remote-a"].data
-    assert f"({root}/remote-a/workflows/best.py)" in arts["w4s-run-remote-a-best-workflow"].data
+    best = arts["w4s-run-remote-a-best-workflow"].data
+    assert f"`{root}/remote-a/workflows/best.py` (storage URL" in best
+    assert "```python\n" in best and "def solver" in best  # the code itself, inline
