@@ -80,6 +80,7 @@ def fit_adapter(
     gradient_checkpointing: bool | None = None,
     seed: int = 0,
     checkpoint_every: int = 50,
+    keep_checkpoints: int = 1,
     register: bool = True,
     force: bool = False,
     on_step: Callable[[int, int, float, float], None] | None = None,
@@ -109,6 +110,7 @@ def fit_adapter(
         gradient_checkpointing=gradient_checkpointing,
         seed=seed,
         checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
     )
     dataset = Path(dataset)
     rows = rlao.read_dataset(dataset)  # every dataset check, before the model loads
@@ -305,6 +307,7 @@ def _fit_from_args(args: argparse.Namespace) -> FitResult:
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
         force=args.force,
         on_step=_stderr_progress,
     )
@@ -414,6 +417,13 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         default=d.checkpoint_every,
         help=f"optimizer steps, default {d.checkpoint_every}; 0 = none",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=d.keep_checkpoints,
+        help=f"checkpoints (optimizer states) left after the fit, default "
+             f"{d.keep_checkpoints}: the final one",
     )
     p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     p.add_argument("--force", action="store_true",

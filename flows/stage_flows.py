@@ -74,6 +74,7 @@ class FitOptions(_Options):
     gradient_checkpointing: bool | None = Field(None, description="default: on on a GPU")
     seed: int = 0
     checkpoint_every: int = Field(50, ge=0)
+    keep_checkpoints: int = Field(1, ge=1, description="checkpoints left after the fit")
     force: bool = Field(False, description="fit even when no row has a positive reward "
                                            "(the stage skips otherwise)")
 

@@ -84,6 +84,9 @@ class RLAOConfig:
     gradient_checkpointing: bool | None = None  # None = on on a GPU, off on the CPU
     seed: int = 0
     checkpoint_every: int = 50  # optimizer steps; 0 disables checkpoints
+    # checkpoints left once the fit finishes: the final one (its optimizer state resumes or
+    # extends the fit); while it runs the last two are kept, so a kill mid-write loses none
+    keep_checkpoints: int = 1
     # prefix-shared packing (models/packing.py): the candidates of one prompt share one copy
     # of it per row under a block mask; False = the plain packing above
     share_prefix: bool = True
@@ -617,7 +620,7 @@ def resume_fingerprint(config: RLAOConfig, extra: dict[str, Any]) -> dict[str, A
     keep = {
         k: v
         for k, v in asdict(config).items()
-        if k not in ("epochs", "max_steps", "checkpoint_every")
+        if k not in ("epochs", "max_steps", "checkpoint_every", "keep_checkpoints")
     }
     keep["target_modules"] = list(config.target_modules)
     return {**keep, **extra}
@@ -642,10 +645,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    out: Path, model: Any, optimizer: Any, state: TrainState, fingerprint: dict[str, Any]
+    out: Path, model: Any, optimizer: Any, state: TrainState, fingerprint: dict[str, Any],
+    keep: int = _KEEP_CHECKPOINTS,
 ) -> Path:
     """out/checkpoints/step-NNNNNN: adapter, optimizer, RNG, state; written under a temporary
-    name and renamed, so a kill never leaves a half checkpoint. Keeps the last two."""
+    name and renamed, so a kill never leaves a half checkpoint. Keeps the last `keep`."""
     import torch
 
     root = out / _CHECKPOINTS
@@ -661,7 +665,7 @@ def save_checkpoint(
     )
     shutil.rmtree(final, ignore_errors=True)
     os.rename(tmp, final)
-    for old in sorted(p for p in root.glob("step-*"))[:-_KEEP_CHECKPOINTS]:
+    for old in sorted(p for p in root.glob("step-*"))[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -753,5 +757,7 @@ def train(
         if config.checkpoint_every and (
             state.step % config.checkpoint_every == 0 or state.step == len(plan)
         ):
-            save_checkpoint(out, model, optimizer, state, fingerprint)
+            final = state.step == len(plan)
+            save_checkpoint(out, model, optimizer, state, fingerprint,
+                            keep=config.keep_checkpoints if final else _KEEP_CHECKPOINTS)
     return state, resumed_from

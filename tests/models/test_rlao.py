@@ -321,6 +321,17 @@ def test_weights_move_the_margin_toward_the_heavier_completion(tiny, tmp_path):
     assert margins["a"] > base_margin > margins["b"], (base_margin, margins)
 
 
+def test_a_finished_fit_keeps_only_its_final_optimizer_state_unless_asked(tiny, tmp_path):
+    data = write_dataset(tmp_path / "d.parquet", ROWS)
+    opts = dict(lr=1e-2, batch_tokens=64, checkpoint_every=1, max_steps=3, register=False)
+    fit_adapter(data, str(tiny), tmp_path / "one", **opts)
+    left = sorted(p.name for p in (tmp_path / "one" / "checkpoints").iterdir())
+    assert left == ["step-000003"]
+    assert (tmp_path / "one" / "checkpoints" / "step-000003" / "optimizer.pt").is_file()
+    fit_adapter(data, str(tiny), tmp_path / "all", keep_checkpoints=3, **opts)
+    assert len(list((tmp_path / "all" / "checkpoints").iterdir())) == 3
+
+
 def test_resume_continues_the_step_count_and_matches_an_uninterrupted_fit(tiny, tmp_path):
     data = write_dataset(tmp_path / "d.parquet", ROWS)
     opts = dict(lr=1e-2, lora_dropout=0.1, batch_tokens=64, checkpoint_every=1, register=False)
