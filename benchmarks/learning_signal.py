@@ -522,6 +522,33 @@ class Experiment:
         self.done("margins", t0)
 
 
+def fmt(m: dict[str, Any] | None, key: str = "mean") -> str:
+    if not m or m.get(key) is None:
+        return "-"
+    lo, hi = m["ci95"]
+    return f"{m[key]:+.3f} [{lo:+.3f}, {hi:+.3f}]" if key == "diff" else \
+        f"{m[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def table(out: dict[str, Any]) -> str:
+    """Markdown tables of the collections, the policies and the paired differences."""
+    cols = (PRIMARY, *SECONDARY)
+    head = ("| | candidates (lost) | reward (PRIMARY) | valid | valid and calls execute_code "
+            "| val. accuracy | positive |\n|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name, m in {**{f"collection {k}": v for k, v in out.get("collections", {}).items()},
+                    **out.get("evaluation", {})}.items():
+        lines.append(f"| {name} | {m['candidates']} ({m['lost']}) | "
+                     + " | ".join(fmt(m.get(c)) for c in cols) + " |")
+    if out.get("paired"):
+        lines += ["", "| paired, on the same states | states | " + " | ".join(cols)
+                  + " |", "|---|---|" + "---|" * len(cols)]
+        for name, d in out["paired"].items():
+            lines.append(f"| {name} | {d[PRIMARY].get('clusters', '-')} | "
+                         + " | ".join(fmt(d[c], "diff") for c in cols) + " |")
+    return "\n".join(lines)
+
+
 def histogram(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     h: dict[str, int] = {}
     for r in rows:
@@ -562,7 +589,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="`collect`: stop after round 1's collection (no fit)")
     p.add_argument("--deadline-min", type=float, default=None,
                    help="start no stage after this many minutes; results so far are kept")
+    p.add_argument("--table", metavar="JSON", help="only print the tables of a results file")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
     if args.smoke:
         args.states, args.eval_states, args.candidates, args.pool = 2, 2, 2, 12
         args.headroom_items, args.fit_seeds, args.max_steps, args.chunk = 4, 1, 1, 2
@@ -601,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.out["load_end"] = load()
     ex.save()
     print(json.dumps(ex.out, indent=1, default=sorted))
+    print(table(ex.out))
     return 0
 
 
