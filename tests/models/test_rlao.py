@@ -442,6 +442,13 @@ def test_cli_fit_and_adapters(tiny, tmp_path, capsys):
             "128",
             "--seed",
             "1",
+            "--max-grad-norm",
+            "0",
+            "--estimator",
+            "mean",
+            "--step-samples",
+            "2",
+            "--no-gradient-checkpointing",
         ]
     )
     assert args.func(args) == 0
@@ -452,7 +459,10 @@ def test_cli_fit_and_adapters(tiny, tmp_path, capsys):
     assert str((tmp_path / "out").resolve()) in capsys.readouterr().out
     record = adapters.resolve("latest")
     assert record.hyperparameters["target_modules"] == ["q_proj", "k_proj"]
-    assert math.isfinite(record.metrics["final_loss"])
+    hyper = record.hyperparameters
+    assert (hyper["max_grad_norm"], hyper["estimator"], hyper["step_samples"]) == (None, "mean", 2)
+    assert hyper["gradient_checkpointing"] is False and hyper["max_seq_len"] == 512
+    assert math.isfinite(record.metrics["final_loss"]) and record.metrics["estimator"] == "mean"
 
 
 @pytest.mark.slow
