@@ -416,14 +416,17 @@ class Experiment:
                       and any(p.name.startswith(x) for x in runs_prefixes))
         self.out.setdefault("datasets", {})
         self.out.setdefault("fits", {})
+        paths = {}
         for variant in variants:
             ds = build(root, self.work / f"{variant}{tag}.parquet", runs, sft=variant == "sft")
             self.out["datasets"][f"{variant}{tag}"] = {k: v for k, v in ds.items() if k != "path"}
-            for seed in range(self.args.fit_seeds):
+            paths[variant] = ds["path"]
+        for seed in range(self.args.fit_seeds):  # seed 0 of every variant first
+            for variant in variants:
                 if not self.time_left(f"fit {variant}{tag} seed {seed}"):
                     return
                 name = f"{variant}{tag}-s{seed}"
-                self.out["fits"][name] = fit(ds["path"], self.work / "adapters" / name,
+                self.out["fits"][name] = fit(paths[variant], self.work / "adapters" / name,
                                              self.args, seed)
                 self.save()
         self.done(f"fits {tag or 'round 1'}", t0)
