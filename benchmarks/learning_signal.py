@@ -152,8 +152,9 @@ def make_config(args: argparse.Namespace, root: Path, *, item_seed: int, split_s
         "seeds": ["direct", "code"], "seed_workflow": "direct", "initial_state": "all_seeds",
         "iterations": 1, "candidates": candidates, "meta_temperature": temperature,
         "val_size": args.val_size, "test_size": 1, "max_repairs": args.max_repairs,
+        "item_timeout_s": args.item_timeout, "concurrency": args.concurrency,
         "meta_agent": {**LLAMACPP, "max_new_tokens": args.meta_tokens, "adapter": adapter},
-        "executor": {**LLAMACPP, "max_new_tokens": 64},
+        "executor": {**LLAMACPP, "max_new_tokens": 64, "timeout_s": args.item_timeout},
         "runs_dir": str(root),
     })
 
@@ -175,8 +176,9 @@ def score_pool(args: argparse.Namespace, work: Path, item_seed: int,
     out = {}
     for name, res in zip(workflows, results, strict=True):
         if res.infra_errors:
-            raise RuntimeError(f"{name}: {res.infra_errors} item(s) lost to infrastructure; "
-                               "rerun to resume")
+            why = next(o.infra_error for o in res.outcomes if o.infra_error)
+            raise RuntimeError(f"{name}: {res.infra_errors} item(s) lost to infrastructure "
+                               f"({why}); rerun to resume")
         out[name] = {"accuracy": round(res.accuracy, 4), "items": len(items),
                      "correct": [o.item_id for o in res.outcomes if o.score >= 1]}
     say(f"item seed {item_seed}: {len(items)} items x {len(workflows)} workflows in "
@@ -212,13 +214,16 @@ def pick_states(args: argparse.Namespace, scores: dict[str, Any], item_seed: int
 
 
 def run_states(name: str, root: Path, configs: Sequence[tuple[str, Any]],
-               workers: int = 2) -> dict[str, str]:
+               workers: int = 2, stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
     """Run each state's one turn (seed, generate, self-check, validate, reward, log) through
-    the stage functions the collect flow runs; finished work is skipped. Returns the
-    states that failed, with the reason (infrastructure: rerun to resume)."""
+    the stage functions the collect flow runs; finished work is skipped, and no state starts
+    once `stop()` is true. Returns the states that failed or were not started, with the
+    reason (rerun to resume)."""
     from tasks import stages
 
     def one(run_id: str, cfg: Any) -> None:
+        if stop():
+            raise TimeoutError("not started: the deadline was reached")
         run_dir = stages.prepare_run(cfg, root, run_id)
         stages.seed(run_dir)
         stages.log_trajectory(run_dir, 0)
@@ -303,7 +308,7 @@ def fit(dataset: str, out: Path, args: argparse.Namespace, seed: int) -> dict[st
         say(f"fit {out.name}: {time.monotonic() - t0:.0f}s")
     curve = m.get("loss_curve") or []
     keep = ("samples", "tokens_total", "steps", "seconds", "tokens_per_s", "estimator",
-            "max_grad_norm", "dropped_too_long")
+            "max_grad_norm", "samples_dropped", "step_samples")
     return {**{k: m.get(k) for k in keep if k in m},
             "first_loss": curve[0]["loss"] if curve else None,
             "final_loss": curve[-1]["loss"] if curve else None}
@@ -393,7 +398,8 @@ class Experiment:
                 configs.append((f"{name}{tag}-{k:03d}", make_config(
                     a, self.work / "train", item_seed=0, split_seed=st["split_seed"],
                     temperature=temps[k % len(temps)], candidates=share, adapter=adapter)))
-        failed = run_states(name, self.work / "train", configs)
+        failed = run_states(name, self.work / "train", configs,
+                            stop=lambda: not self.time_left(f"the rest of collection {name}"))
         rows = action_rows(self.work / "train", name)
         m = measures(rows)
         self.out.setdefault("collections", {})[name] = {
@@ -410,14 +416,17 @@ class Experiment:
                       and any(p.name.startswith(x) for x in runs_prefixes))
         self.out.setdefault("datasets", {})
         self.out.setdefault("fits", {})
+        paths = {}
         for variant in variants:
             ds = build(root, self.work / f"{variant}{tag}.parquet", runs, sft=variant == "sft")
             self.out["datasets"][f"{variant}{tag}"] = {k: v for k, v in ds.items() if k != "path"}
-            for seed in range(self.args.fit_seeds):
+            paths[variant] = ds["path"]
+        for seed in range(self.args.fit_seeds):  # seed 0 of every variant first
+            for variant in variants:
                 if not self.time_left(f"fit {variant}{tag} seed {seed}"):
                     return
                 name = f"{variant}{tag}-s{seed}"
-                self.out["fits"][name] = fit(ds["path"], self.work / "adapters" / name,
+                self.out["fits"][name] = fit(paths[variant], self.work / "adapters" / name,
                                              self.args, seed)
                 self.save()
         self.done(f"fits {tag or 'round 1'}", t0)
@@ -447,7 +456,8 @@ class Experiment:
                     for k, st in enumerate(states[lo: lo + a.chunk], lo)
                     for tag, adapter in tags.items()]
                 run_states(f"eval {policy} states {lo}-{lo + len(configs) // len(tags) - 1}",
-                           self.work / "eval", configs)
+                           self.work / "eval", configs,
+                           stop=lambda: not self.time_left("the rest of the evaluation"))
             self.summarise(policies)
         self.done(f"evaluate {', '.join(policies)}", t0)
 
@@ -515,6 +525,33 @@ class Experiment:
         self.done("margins", t0)
 
 
+def fmt(m: dict[str, Any] | None, key: str = "mean") -> str:
+    if not m or m.get(key) is None:
+        return "-"
+    lo, hi = m["ci95"]
+    return f"{m[key]:+.3f} [{lo:+.3f}, {hi:+.3f}]" if key == "diff" else \
+        f"{m[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def table(out: dict[str, Any]) -> str:
+    """Markdown tables of the collections, the policies and the paired differences."""
+    cols = (PRIMARY, *SECONDARY)
+    head = ("| | candidates (lost) | reward (PRIMARY) | valid | valid and calls execute_code "
+            "| val. accuracy | positive |\n|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name, m in {**{f"collection {k}": v for k, v in out.get("collections", {}).items()},
+                    **out.get("evaluation", {})}.items():
+        lines.append(f"| {name} | {m['candidates']} ({m['lost']}) | "
+                     + " | ".join(fmt(m.get(c)) for c in cols) + " |")
+    if out.get("paired"):
+        lines += ["", "| paired, on the same states | states | " + " | ".join(cols)
+                  + " |", "|---|---|" + "---|" * len(cols)]
+        for name, d in out["paired"].items():
+            lines.append(f"| {name} | {d[PRIMARY].get('clusters', '-')} | "
+                         + " | ".join(fmt(d[c], "diff") for c in cols) + " |")
+    return "\n".join(lines)
+
+
 def histogram(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     h: dict[str, int] = {}
     for r in rows:
@@ -532,9 +569,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--states", type=int, default=20, help="collection states per round")
     p.add_argument("--eval-states", type=int, default=16, help="fresh evaluation states")
     p.add_argument("--candidates", type=int, default=8, help="m per state and policy")
-    p.add_argument("--pool", type=int, default=40, help="items per pool (item seed 0, 1)")
+    p.add_argument("--pool", type=int, default=20,
+                   help="items per pool (item seed 0: headroom and collection; 1: evaluation)")
     p.add_argument("--headroom-items", type=int, default=20)
     p.add_argument("--val-size", type=int, default=5)
+    p.add_argument("--item-timeout", type=float, default=600.0,
+                   help="seconds per item and per executor call (a loaded 2-core machine "
+                   "needs far more than the default 60)")
+    p.add_argument("--concurrency", type=int, default=4, help="validation items at once")
     p.add_argument("--meta-tokens", type=int, default=256, help="meta-agent reply cap")
     p.add_argument("--max-repairs", type=int, default=0)
     p.add_argument("--collect-temperatures", type=float, nargs="+", default=[0.5, 0.7, 0.9])
@@ -547,11 +589,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=4, help="evaluation states per chunk")
     p.add_argument("--rounds", type=int, choices=(1, 2), default=2)
     p.add_argument("--only", choices=("collect", "all"), default="all",
-                   help="`collect`: stop after round 1's collection and the base evaluation "
-                   "(no fit)")
+                   help="`collect`: stop after round 1's collection (no fit)")
     p.add_argument("--deadline-min", type=float, default=None,
                    help="start no stage after this many minutes; results so far are kept")
+    p.add_argument("--table", metavar="JSON", help="only print the tables of a results file")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
     if args.smoke:
         args.states, args.eval_states, args.candidates, args.pool = 2, 2, 2, 12
         args.headroom_items, args.fit_seeds, args.max_steps, args.chunk = 4, 1, 1, 2
@@ -573,7 +618,6 @@ def main(argv: list[str] | None = None) -> int:
     base = {"": None}
     steps: list[tuple[str, Callable[[], None]]] = [
         ("collect r1", lambda: ex.collect("r1", "collect", base)),
-        ("evaluate base", lambda: ex.evaluate(["base"])),
     ]
     if args.only == "all":
         steps += [("fits r1", lambda: ex.fits("", ["r1"], ["rwr", "sft"])),
@@ -591,8 +635,18 @@ def main(argv: list[str] | None = None) -> int:
     ex.out["load_end"] = load()
     ex.save()
     print(json.dumps(ex.out, indent=1, default=sorted))
+    print(table(ex.out))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except BaseException:  # noqa: BLE001 - printed; llama.cpp's threads would keep us alive
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -81,3 +81,15 @@ def test_states_have_a_better_workflow_in_view_and_one_beyond(ls):
     none = {**scores, "code": {"correct": ids[:1]}}
     with pytest.raises(RuntimeError, match="0 of 2 states with headroom"):
         ls.pick_states(args, none, 0, 2, 0)
+
+
+def test_table_shows_policies_and_paired_differences(ls, tmp_path, capsys):
+    base = [row(s, "skipped", -0.1) for s in ("000", "001") for _ in range(2)]
+    rwr = [row("000", "ok", 0.5, 0.6)] * 2 + [row("001", "skipped", -0.1)] * 2
+    out = {"evaluation": {"base": ls.measures(base), "rwr": ls.measures(rwr)},
+           "paired": {"rwr - base": ls.paired(rwr, base)}}
+    (tmp_path / "r.json").write_text(__import__("json").dumps(out))
+    assert ls.main(["--table", str(tmp_path / "r.json")]) == 0
+    text = capsys.readouterr().out
+    assert "| base | 4 (0) | -0.100 [-0.100, -0.100] |" in text
+    assert "| rwr - base | 2 | +0.300 [+0.000, +0.600] |" in text
