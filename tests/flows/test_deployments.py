@@ -140,6 +140,9 @@ def test_deploy_paused_then_check_then_trigger_with_one_field_changed(tmp_path, 
                                                          nightly_id=None))
     with get_client(sync_client=True) as client:  # leave nothing queued for other tests
         client.delete_flow_run(run.id)
+        for pool in ("cpu", "gpu"):  # nor a worker that seems alive (no one would run it)
+            client.request("DELETE", "/work_pools/{work_pool_name}/workers/{name}",
+                           path_params={"work_pool_name": pool, "name": f"{pool}-worker"})
 
 
 @pytest.mark.parametrize("name", ["nightly-smoke.yaml", "nightly-full.yaml"])
