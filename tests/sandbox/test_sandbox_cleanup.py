@@ -27,7 +27,8 @@ from w4s.benchmarks.base import Item
 class Hang:
     model_id = "hang"
     def complete(self, messages, **kw):
-        print("STARTED", flush=True)
+        sys.stdout.write("STARTED\n")  # one write: two items' calls never interleave
+        sys.stdout.flush()
         return Completion(texts=("x",), prompt_tokens=1, completion_tokens=1, model="hang")
 
 CODE = """
