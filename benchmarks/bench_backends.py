@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from models.embedded import EMBEDDED_MODEL_ID
+from w4s.models.embedded import EMBEDDED_MODEL_ID
 from w4s.protocols import ChatModel
 
 TOPICS = ["a cat", "the sea", "a robot", "a library", "winter", "a train", "a garden", "stars"]
@@ -92,7 +92,7 @@ def main() -> None:
     def load_transformers() -> ChatModel:
         import torch
 
-        from models.embedded import load_embedded_chat_model
+        from w4s.models.embedded import load_embedded_chat_model
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -101,8 +101,8 @@ def main() -> None:
 
     rows = [_measure("transformers", load_transformers, args)]
     if not args.skip_llamacpp:
-        from models.embedded import embedded_gguf_path
-        from models.llamacpp import LlamaCppChatModel
+        from w4s.models.embedded import embedded_gguf_path
+        from w4s.models.llamacpp import LlamaCppChatModel
 
         def load_llamacpp() -> ChatModel:
             return LlamaCppChatModel(

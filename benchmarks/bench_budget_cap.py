@@ -83,8 +83,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     args = parser.parse_args()
 
-    from models.openai_compat import OpenAICompatChatModel
     from w4s.benchmarks.base import Benchmark, Item
+    from w4s.models.openai_compat import OpenAICompatChatModel
     from w4s.sandbox import Harness
     from w4s.sandbox.proxy import prompt_tokens_bound
 

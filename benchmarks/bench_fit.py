@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_fit_gpu import state_samples  # noqa: E402
-from models import packing, rlao  # noqa: E402
+from w4s.models import packing, rlao  # noqa: E402
 
 
 def tiny_model(vocab: int = 1024):
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     row_tokens = max(state_len, args.prompt + args.candidates * (args.completion + 1))
     sharing = {f"{name} sharing": measure_sharing(model, states, row_tokens, args.repeats)}
     if args.base:
-        from flows.fit import resolve_base
+        from w4s.flows.fit import resolve_base
 
         folder, base_id = resolve_base(args.base)
         base, _ = rlao.load_base(folder)

@@ -60,12 +60,15 @@ def say(message: str) -> None:
 
 
 def fit_modules() -> tuple[Any, Any]:
-    """models.rlao and models.packing, without running models/__init__."""
-    if "models" not in sys.modules:
-        package = types.ModuleType("models")
+    """w4s.models.rlao and w4s.models.packing, without running models/__init__ (the device
+    has neither pydantic nor the installed package: ROOT/models is mapped by hand)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    if "w4s.models" not in sys.modules:
+        package = types.ModuleType("w4s.models")
         package.__path__ = [str(ROOT / "models")]
-        sys.modules["models"] = package
-    return importlib.import_module("models.rlao"), importlib.import_module("models.packing")
+        sys.modules["w4s.models"] = package
+    return importlib.import_module("w4s.models.rlao"), importlib.import_module("w4s.models.packing")
 
 
 def build(shape: dict[str, Any], device: str, dtype: Any, rlao: Any) -> Any:

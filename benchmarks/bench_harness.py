@@ -149,9 +149,9 @@ def main() -> None:
         serve(args.serve, args.latency)
         return
 
-    from models.openai_compat import OpenAICompatChatModel
     from w4s.benchmarks.base import Benchmark, Item
     from w4s.cost import PriceTable
+    from w4s.models.openai_compat import OpenAICompatChatModel
     from w4s.sandbox import Harness, MemoryCallCache, SandboxSettings
 
     class Everything(Benchmark):
@@ -212,7 +212,7 @@ def main() -> None:
                   f"{t3_full:.2f}s = {t3_full / t_one:.2f}x one (3x expected: budget shared)")
 
         with tempfile.TemporaryDirectory() as tmp:
-            from storage.call_cache import SQLiteCallCache
+            from w4s.storage.call_cache import SQLiteCallCache
 
             for label, cache, reuse in (
                 ("memory", MemoryCallCache(), True),

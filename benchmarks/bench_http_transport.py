@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     args = parser.parse_args()
 
-    from models.openai_compat import OpenAICompatChatModel
+    from w4s.models.openai_compat import OpenAICompatChatModel
 
     proc, port = start_server(args.latency)
     try:

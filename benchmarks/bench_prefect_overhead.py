@@ -85,8 +85,8 @@ class Intervals:
 
 def plain_run(cfg: Any, runs_dir: Path) -> dict[str, Any]:
     """The flow's stage order without Prefect (flows/optimize.py `_iterate`)."""
-    from storage.run_store import new_run_id
-    from tasks import stages
+    from w4s.storage.run_store import new_run_id
+    from w4s.tasks import stages
 
     run_dir = stages.prepare_run(cfg, runs_dir, new_run_id(cfg))
     stages.seed(run_dir)
@@ -103,7 +103,7 @@ def plain_run(cfg: Any, runs_dir: Path) -> dict[str, Any]:
 
 def work(summary: dict[str, Any]) -> dict[str, Any]:
     """What a run did, to compare the two runs' work."""
-    from storage.query import iteration_table
+    from w4s.storage.query import iteration_table
 
     cols, rows = iteration_table(Path(summary["run_dir"]))
     table = [dict(zip(cols, r, strict=True)) for r in rows]
@@ -137,11 +137,11 @@ def main() -> int:
 
     home = Path(tempfile.mkdtemp(prefix="w4s-overhead-"))
     os.environ.setdefault("W4S_HOME", str(home / "w4s"))
-    from flows.prefect_setup import set_environment_defaults
+    from w4s.flows.prefect_setup import set_environment_defaults
 
     set_environment_defaults()
-    from flows.cli import DEMO
     from w4s.config import build_config
+    from w4s.flows.cli import DEMO
 
     data = {**DEMO[args.benchmark], "use_cache": False, "runs_dir": str(home / "runs")}
     for name in ("iterations", "candidates", "val_size", "test_size"):
@@ -151,10 +151,10 @@ def main() -> int:
 
     from prefect import flow
 
-    from flows import ui
-    from flows.optimize import optimize
-    from storage.run_store import new_run_id
-    from tasks import runtime, stages
+    from w4s.flows import ui
+    from w4s.flows.optimize import optimize
+    from w4s.storage.run_store import new_run_id
+    from w4s.tasks import runtime, stages
 
     t0 = time.perf_counter()
     runtime.meta_agent(cfg), runtime.executor(cfg), runtime.harness(cfg)  # both runs warm

@@ -1,7 +1,7 @@
 """Does RWR's weighting survive the optimizer? Margin moved by a weighted vs an equal fit.
 
 One W4S state and two completions of it: a heavy one (reward 1, weight 12.18) and a light
-one (reward -0.1, weight 0.78). Each setting fits them through `flows.fit.fit_adapter` (the
+one (reward -0.1, weight 0.78). Each setting fits them through `w4s.flows.fit.fit_adapter` (the
 real path: dataset file, tokenization, schedule, clipping at max_grad_norm 1.0) twice, once
 with the RWR weights and once with equal weights (SFT), on the same sample visits, and
 reports how far each moved the log-likelihood margin (heavy minus light, mean per token).
@@ -41,7 +41,7 @@ def _dataset(path: Path, prompt: list[dict], weights: tuple[float, float]) -> Pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from storage.dataset import DATASET_SCHEMA
+    from w4s.storage.dataset import DATASET_SCHEMA
 
     rows = [{"prompt": prompt, "completion": [{"role": "assistant", "content": text}],
              "weight": w, "reward": r, "run_id": "bench", "episode": "bench", "turn": 1,
@@ -57,7 +57,7 @@ def _margin(folder: Path | None, base_dir: Path, prompt: list[dict]) -> float:
     import torch
     from peft import PeftModel
 
-    from models import rlao
+    from w4s.models import rlao
 
     model, tok = rlao.load_base(base_dir)
     if folder is not None:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the JSON here too")
     args = p.parse_args(argv)
 
-    from flows.fit import fit_adapter, resolve_base
+    from w4s.flows.fit import fit_adapter, resolve_base
     from w4s.mdp import State
     from w4s.reward import rwr_weight
 

@@ -162,7 +162,7 @@ def make_config(args: argparse.Namespace, root: Path, *, item_seed: int, split_s
 def score_pool(args: argparse.Namespace, work: Path, item_seed: int,
                workflows: dict[str, str], items_limit: int | None = None) -> dict[str, Any]:
     """Per workflow: accuracy and the ids of the items it gets right (cached on disk)."""
-    from tasks import runtime
+    from w4s.tasks import runtime
 
     cache = work / f"scores-{item_seed}-{items_limit or args.pool}-{len(workflows)}.json"
     if cache.is_file():
@@ -219,7 +219,7 @@ def run_states(name: str, root: Path, configs: Sequence[tuple[str, Any]],
     the stage functions the collect flow runs; finished work is skipped, and no state starts
     once `stop()` is true. Returns the states that failed or were not started, with the
     reason (rerun to resume)."""
-    from tasks import stages
+    from w4s.tasks import stages
 
     def one(run_id: str, cfg: Any) -> None:
         if stop():
@@ -251,7 +251,7 @@ def run_states(name: str, root: Path, configs: Sequence[tuple[str, Any]],
 def action_rows(root: Path, prefix: str = "") -> list[dict[str, Any]]:
     """Candidate rows (turn 1) of the runs under root whose id starts with prefix; `state`
     is the state id (the run id's last part), shared by every policy."""
-    from storage.query import query
+    from w4s.storage.query import query
 
     files = sorted(str(p) for p in root.glob(f"{prefix}*/trajectories/*.parquet"))
     if not files:
@@ -278,7 +278,7 @@ def prompt_hashes(rows: Sequence[dict[str, Any]]) -> dict[str, set[str]]:
 
 
 def build(runs_dir: Path, out: Path, runs: Sequence[str], sft: bool) -> dict[str, Any]:
-    from storage.dataset import DatasetQuery, build_dataset
+    from w4s.storage.dataset import DatasetQuery, build_dataset
 
     data = build_dataset(runs_dir, out, DatasetQuery(runs=tuple(runs), sft=sft))
     say(f"dataset {out.name}: {data.summary_line()}")
@@ -287,7 +287,7 @@ def build(runs_dir: Path, out: Path, runs: Sequence[str], sft: bool) -> dict[str
 
 
 def fit(dataset: str, out: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    from flows.fit import fit_adapter
+    from w4s.flows.fit import fit_adapter
 
     if (out / "metrics.json").is_file() and (out / "adapter_config.json").is_file():
         say(f"fit {out.name}: kept from an earlier run")
@@ -351,7 +351,7 @@ class Experiment:
     # -- stages
 
     def headroom(self) -> None:
-        from tasks import runtime
+        from w4s.tasks import runtime
 
         t0 = time.monotonic()
         a = self.args
@@ -487,7 +487,7 @@ class Experiment:
         of the states that hold both positive and other candidates."""
         import gc
 
-        from models.policy_eval import Candidate, compare_margins, load_policy, offline_margin
+        from w4s.models.policy_eval import Candidate, compare_margins, load_policy, offline_margin
 
         t0 = time.monotonic()
         base_rows = [r for r in action_rows(self.work / "eval", "eval-base-")
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="w4s-learning-signal-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ["W4S_HOME"] = str(work / "home")  # its own caches, registry and runs
-    from flows.prefect_setup import set_environment_defaults
+    from w4s.flows.prefect_setup import set_environment_defaults
 
     set_environment_defaults()
     say(f"working folder {work}; load {load()}")

@@ -82,8 +82,8 @@ def new_best_events(api: str, run_id: str, wait_s: float = 20) -> list[dict]:
 
 def run_flow(run_id: str, runs_dir: str) -> None:
     """In a child process (PREFECT_API_URL set): one scripted optimization."""
-    from flows.optimize import optimize
     from w4s.config import build_config
+    from w4s.flows.optimize import optimize
 
     optimize(build_config({**CONFIG, "runs_dir": runs_dir}), run_id=run_id)
 
@@ -93,7 +93,7 @@ def run_nightlies(run_id: str, runs_dir: str) -> None:
     sys.path.insert(0, str(ROOT / "tests" / "support"))
     from nightly_support import build_tiny_base, nightly_data
 
-    from flows.nightly import NightlyConfig, nightly
+    from w4s.flows.nightly import NightlyConfig, nightly
 
     tmp = Path(runs_dir).parent
     base = build_tiny_base(tmp / "tiny-llama")

@@ -238,9 +238,9 @@ def print_table(cols: list[str], rows: list[tuple | list], **kw: Any) -> None:
 def _run_optimize(config_data: dict[str, Any], config_file: str | None,
                   run_id: str | None, task_runner: str | None = None) -> int:
 
-    from flows.optimize import optimize
-    from storage.run_store import new_run_id
     from w4s.config import OptimizeConfig
+    from w4s.flows.optimize import optimize
+    from w4s.storage.run_store import new_run_id
 
     cfg = _load(config_data, config_file, OptimizeConfig)
     # drawn here as RunStore.create would, not in the flow, so Ctrl-C can name it; with several
@@ -248,7 +248,7 @@ def _run_optimize(config_data: dict[str, Any], config_file: str | None,
     run_id = run_id or new_run_id(cfg)
     flow = optimize
     if task_runner:  # submitted tasks (the self-checks) on threads or a Dask cluster
-        from flows.runners import task_runner as make_runner
+        from w4s.flows.runners import task_runner as make_runner
 
         flow = optimize.with_options(task_runner=make_runner(task_runner))
     summary = _until_interrupted(lambda: flow(cfg, run_id=run_id), f"--run-id {run_id}")
@@ -260,7 +260,7 @@ def _run_optimize(config_data: dict[str, Any], config_file: str | None,
 
 
 def _print_result(summary: dict[str, Any]) -> None:
-    from storage.query import iteration_table
+    from w4s.storage.query import iteration_table
 
     run_dir = Path(summary["run_dir"])
     cols, rows = iteration_table(run_dir)
@@ -321,7 +321,7 @@ def with_resolved_adapter(cfg: Any) -> Any:
     spec = cfg.meta_agent.adapter
     if spec is None:
         return cfg
-    from storage.adapters import check_base, local_folder, resolve_spec
+    from w4s.storage.adapters import check_base, local_folder, resolve_spec
 
     record = resolve_spec(spec)
     meta = cfg.meta_agent
@@ -348,9 +348,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from flows.collect import collect
-    from storage.run_store import new_run_id
     from w4s.config import CollectConfig
+    from w4s.flows.collect import collect
+    from w4s.storage.run_store import new_run_id
 
     cfg = _load(_adapter_override(_overrides(args, CollectConfig), args.adapter), args.config,
                 CollectConfig)
@@ -369,8 +369,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from storage.query import list_runs
     from w4s.paths import runs_dir
+    from w4s.storage.query import list_runs
 
     root = runs_dir(args.runs_dir)
     runs = list_runs(root)
@@ -383,9 +383,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from storage.query import iteration_table
-    from storage.run_store import RunStore
     from w4s.paths import location, runs_dir
+    from w4s.storage.query import iteration_table
+    from w4s.storage.run_store import RunStore
 
     path = location(args.run)  # a folder, a URL, or a run id under --runs-dir
     if not (path / "config.json").is_file():
@@ -405,8 +405,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from storage.query import query_runs
     from w4s.paths import runs_dir
+    from w4s.storage.query import query_runs
 
     cols, rows = query_runs(runs_dir(args.runs_dir), args.sql)
     print_table(cols, rows)
@@ -416,8 +416,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from flows.evaluate_cmd import evaluate_file
     from w4s.config import BackendConfig, format_validation_error
+    from w4s.flows.evaluate_cmd import evaluate_file
 
     try:
         executor = BackendConfig.model_validate(yaml.safe_load(args.executor or "{}") or {})
@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir")
     p.set_defaults(func=cmd_show)
 
-    from flows import dataset_cmd, deploy_cmd, fit, nightly_cmd
+    from w4s.flows import dataset_cmd, deploy_cmd, fit, nightly_cmd
 
     dataset_cmd.add_parser(sub)  # RLAO: trajectory rows -> a reward-weighted dataset
     fit.add_parser(sub)  # RLAO: dataset -> a LoRA adapter (`fit`), and the registry (`adapters`)
@@ -535,7 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.prefect_setup import ensure_prefect_home, route_w4s_logs, set_environment_defaults
+    from w4s.flows.prefect_setup import (
+        ensure_prefect_home,
+        route_w4s_logs,
+        set_environment_defaults,
+    )
 
     set_environment_defaults()  # before Prefect is imported
     try:

@@ -18,20 +18,20 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
 
-from flows import progress, report, ui
-from flows.optimize import log_partial
-from flows.prefect_setup import route_w4s_logs
-from storage.query import query
-from storage.run_store import atomic_write, benchmark_slug, new_run_id
-from tasks.execute import execute, seed
-from tasks.generate import generate
-from tasks.log_trajectory import log_trajectory
-from tasks.reward import reward
-from tasks.self_check import self_check
-from tasks.stages import prepare_run
 from w4s.config import CollectConfig
 from w4s.errors import BudgetExceeded, W4SError, one_line
+from w4s.flows import progress, report, ui
+from w4s.flows.optimize import log_partial
+from w4s.flows.prefect_setup import route_w4s_logs
 from w4s.paths import runs_dir as default_runs_dir
+from w4s.storage.query import query
+from w4s.storage.run_store import atomic_write, benchmark_slug, new_run_id
+from w4s.tasks.execute import execute, seed
+from w4s.tasks.generate import generate
+from w4s.tasks.log_trajectory import log_trajectory
+from w4s.tasks.reward import reward
+from w4s.tasks.self_check import self_check
+from w4s.tasks.stages import prepare_run
 
 
 def episode_ids(collection_id: str, config: CollectConfig) -> list[str]:

@@ -45,10 +45,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def cmd_dataset(args: argparse.Namespace) -> int:
     """Build the dataset; print one summary line and the card's path. Errors: W4SError."""
-    from storage.collections import last_nights
-    from storage.dataset import DatasetQuery, build_dataset
     from w4s.errors import ConfigError
     from w4s.paths import runs_dir
+    from w4s.storage.collections import last_nights
+    from w4s.storage.dataset import DatasetQuery, build_dataset
 
     root, window, runs = runs_dir(args.runs_dir), None, tuple(args.run)
     if args.last_nights is not None:

@@ -65,7 +65,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-CONFIG_MODELS = {"nightly": "flows.nightly:NightlyConfig", "optimize": "w4s.config:OptimizeConfig",
+CONFIG_MODELS = {"nightly": "w4s.flows.nightly:NightlyConfig",
+                 "optimize": "w4s.config:OptimizeConfig",
                  "collect": "w4s.config:CollectConfig"}
 
 
@@ -85,7 +86,7 @@ def _config_problems(flow: str, config: Any) -> list[str]:
         return [str(e)]
     if flow != "nightly":
         return []
-    from flows.nightly_checks import config_problems
+    from w4s.flows.nightly_checks import config_problems
 
     return config_problems(cfg)  # type: ignore[arg-type]
 
@@ -117,7 +118,7 @@ def check(*, api_url: str | None = None,
                     continue
                 problems = _config_problems(flow, (found.parameters or {}).get("config"))
                 if found.work_pool_name:  # the deployment's own pool
-                    from flows.nightly_checks import pool_problem
+                    from w4s.flows.nightly_checks import pool_problem
 
                     problem = pool_problem(client, found.work_pool_name)
                     if problem and problem not in problems:

@@ -97,8 +97,8 @@ def run_evaluation(
     """Score a workflow file on a benchmark split; nothing is printed (a flow stores the
     document, the CLI prints it). `split` as in `evaluate_file`; `progress`: a rich bar on
     stderr. An invalid workflow runs nothing: its Evaluation has `error` and no result."""
-    from models.factory import build_chat_model
     from w4s.benchmarks import get_benchmark
+    from w4s.models.factory import build_chat_model
 
     if split is None:
         split = "all" if benchmark.startswith(FILE_PREFIX) else "validation"
@@ -126,7 +126,7 @@ def run_evaluation(
         return Evaluation(header, error=static)
     cache = None
     if use_cache:
-        from storage.call_cache import open_call_cache
+        from w4s.storage.call_cache import open_call_cache
 
         cache = open_call_cache()
     settings = SandboxSettings(item_timeout_s=item_timeout_s, code_timeout_s=code_timeout_s,
@@ -211,7 +211,7 @@ def _answer_text(outcome: Any) -> str:
 
 
 def _print_table(header: dict, result: EvalResult, level: str) -> None:
-    from flows.cli import print_table
+    from w4s.flows.cli import print_table
 
     cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.4f}"
     print(f"benchmark:  {header['benchmark']} ({header['split']}, {header['items']} items)")

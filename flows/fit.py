@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from models.rlao import ESTIMATORS, RLAOConfig
-from storage.files import atomic_write
+from w4s.models.rlao import ESTIMATORS, RLAOConfig
+from w4s.storage.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,11 @@ def resolve_base(base: str) -> tuple[Path, str]:
     from w4s.errors import ConfigError
 
     if base == EMBEDDED:
-        from models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path, ensure_embedded_folder
+        from w4s.models.embedded import (
+            EMBEDDED_MODEL_ID,
+            embedded_gguf_path,
+            ensure_embedded_folder,
+        )
 
         embedded_gguf_path()  # a one-line error if the package is missing, before anything
         return ensure_embedded_folder(), EMBEDDED_MODEL_ID
@@ -89,8 +93,8 @@ def fit_adapter(
     same `out` resumes from its last checkpoint. `max_seq_len` None is the base model's
     context; `gradient_checkpointing` None is on on a GPU (see models/rlao.py). A dataset
     without a positive reward raises NothingToLearn (before any model loads) unless `force`."""
-    from models import rlao
     from w4s.errors import ConfigError
+    from w4s.models import rlao
 
     started = time.perf_counter()
     config = RLAOConfig(
@@ -140,7 +144,7 @@ def fit_adapter(
         rlao.enable_gradient_checkpointing(model)
     fingerprint = rlao.resume_fingerprint(config, {"dataset_sha256": sha, "base_model": base_id})
     out.mkdir(parents=True, exist_ok=True)
-    from flows import progress
+    from w4s.flows import progress
 
     on_step = progress.fit_on_step(f"fit {out.name}: optimizer steps", on_step)
     state, resumed_from = rlao.train(model, samples, config, out, fingerprint, on_step=on_step)
@@ -196,7 +200,7 @@ def fit_adapter(
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
     adapter_id = None
     if register:
-        from storage.adapters import register as register_adapter
+        from w4s.storage.adapters import register as register_adapter
 
         summary = {
             k: metrics[k]
@@ -212,7 +216,7 @@ def fit_adapter(
             metrics=summary,
             dataset=metrics["dataset"],
         ).id
-    from flows.ui import publish_fit
+    from w4s.flows.ui import publish_fit
 
     publish_fit(out, adapter_id, metrics)  # report PNGs in out/report/; in a run: UI + event
     return FitResult(out=out, metrics=metrics, adapter_id=adapter_id)
@@ -314,7 +318,7 @@ def _fit_from_args(args: argparse.Namespace) -> FitResult:
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    from storage.adapters import champion, list_adapters, promote, resolve
+    from w4s.storage.adapters import champion, list_adapters, promote, resolve
 
     if args.promote:  # by hand: a rollback, or an adapter fitted outside the nightly
         record, previous = resolve(args.promote), champion()

@@ -6,7 +6,7 @@ uses) x m candidates each, sampled through the real environment (a one-turn RLAO
 self-check, validation, reward), and the offline log-likelihood margin of positive over
 non-positive candidates on the pooled sample. The rule ("not worse", with its tolerances)
 is in `w4s.gate`. The verdict goes to `gate.json` in the challenger's adapter folder, into
-the registry (`storage.adapters.promote`) when promoted, and to a Prefect artifact.
+the registry (`w4s.storage.adapters.promote`) when promoted, and to a Prefect artifact.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.prefect_setup import route_w4s_logs
-from storage import adapters
-from storage.files import atomic_write
 from w4s.config import BackendConfig, CollectConfig
 from w4s.errors import InfrastructureError
+from w4s.flows.prefect_setup import route_w4s_logs
 from w4s.gate import PROMOTED, GateRule, decide, paired_margin, paired_reward
 from w4s.paths import is_url, location
+from w4s.storage import adapters
+from w4s.storage.files import atomic_write
 
 log = logging.getLogger("w4s")
 GATE_FILE = "gate.json"
@@ -81,7 +81,7 @@ def sample_config(env: CollectConfig, options: GateOptions, split_seed: int,
 
 def sample_rows(runs_dir: str, collection_id: str, episodes: Sequence[str]) -> list[dict]:
     """The action rows of a gate collection, each with its state (the episode's index)."""
-    from storage.query import query
+    from w4s.storage.query import query
 
     root = location(runs_dir)
     files = [str(p) for e in episodes for p in sorted((root / e / "trajectories")
@@ -107,12 +107,12 @@ def default_policy(env: CollectConfig) -> PolicyFn:
 
 def default_logliks(base: str) -> LoglikFn:
     """Each policy's mean token log-probability of each completion, one policy loaded at a
-    time (`models.policy_eval`: the reply through its end-of-turn token, the prompt's
+    time (`w4s.models.policy_eval`: the reply through its end-of-turn token, the prompt's
     forward pass shared by the candidates of a state)."""
     def score(policies: dict[str, str | None], rows: list[dict]) -> dict[str, list]:
         import gc
 
-        from models import policy_eval
+        from w4s.models import policy_eval
 
         out = {}
         for name, adapter in policies.items():
@@ -159,7 +159,7 @@ def run_gate(challenger: adapters.AdapterRecord, env: CollectConfig, options: Ga
     (None: the margin is not measured). `out`: where gate.json goes (default: the
     challenger's folder). A rerun after the verdict returns the verdict already reached.
     """
-    from flows.collect import collect
+    from w4s.flows.collect import collect
 
     folders = _folders(challenger, out)
     done = _previous_verdict(folders, challenger.id)
@@ -187,7 +187,7 @@ def run_gate(challenger: adapters.AdapterRecord, env: CollectConfig, options: Ga
             f"(lost to budget or infrastructure: champion {measures['champion_lost']}, "
             f"challenger {measures['challenger_lost']}); rerun to retry")
     if logliks is not None and options.margin:
-        from models.factory import clear_model_cache
+        from w4s.models.factory import clear_model_cache
 
         clear_model_cache()  # the policies' served models go before the margin loads the base
     measures |= _margin_measures(paths["champion"], paths["challenger"],
@@ -255,9 +255,9 @@ def gate(challenger: str, environment: CollectConfig, options: GateOptions | Non
     """Compare the adapter `challenger` (id or folder) with the champion on fresh states of
     `environment` (a collection config: benchmark, executor, meta-agent without adapter);
     promote it when not worse. Returns gate.json's document."""
-    from flows.stage_flows import gpu_slot
-    from flows.ui import _safe, artifact_key, in_prefect_run
-    from models.rlao import pick_device
+    from w4s.flows.stage_flows import gpu_slot
+    from w4s.flows.ui import _safe, artifact_key, in_prefect_run
+    from w4s.models.rlao import pick_device
 
     route_w4s_logs()
     logger = get_run_logger()

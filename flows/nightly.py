@@ -32,13 +32,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows import nightly_report, ui
-from flows.collect import collect
-from flows.gate import GATE_FILE, GateOptions, gate
-from flows.nightly_checks import check_config, require_pool
-from flows.optimize import optimize
-from flows.prefect_setup import route_w4s_logs
-from flows.stage_flows import (
+from w4s.config import CollectConfig, OptimizeConfig, build_config, hash_json
+from w4s.errors import W4SError
+from w4s.flows import nightly_report, ui
+from w4s.flows.collect import collect
+from w4s.flows.gate import GATE_FILE, GateOptions, gate
+from w4s.flows.nightly_checks import check_config, require_pool
+from w4s.flows.optimize import optimize
+from w4s.flows.prefect_setup import route_w4s_logs
+from w4s.flows.stage_flows import (
     GPU_LIMIT,
     DatasetOptions,
     EvaluateOptions,
@@ -49,11 +51,9 @@ from flows.stage_flows import (
     gpu_slot,
     on_gpu,
 )
-from storage.run_store import atomic_write
-from tasks.caching import RealInputs
-from w4s.config import CollectConfig, OptimizeConfig, build_config, hash_json
-from w4s.errors import W4SError
 from w4s.paths import runs_dir as default_runs_dir
+from w4s.storage.run_store import atomic_write
+from w4s.tasks.caching import RealInputs
 
 Stage = Literal["collect", "dataset", "fit", "gate", "optimize", "evaluate"]
 STAGES: tuple[str, ...] = ("collect", "dataset", "fit", "gate", "optimize", "evaluate")
@@ -155,7 +155,7 @@ def resolve_adapter(spec: str, nightly_id: str) -> str | None:
     """`latest`, `champion` (or an id) -> the adapter folder, fixed once per night: a rerun
     after this night's fit registered a newer adapter still collects with the same one.
     None: the champion is the base model."""
-    from storage.adapters import resolve_spec
+    from w4s.storage.adapters import resolve_spec
 
     record = resolve_spec(spec)
     return None if record is None else record.path
@@ -277,8 +277,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _fit_read_back(out: Path) -> dict[str, Any]:
-    from flows.stage_flows import SKIPPED_FILE
-    from storage.adapters import resolve
+    from w4s.flows.stage_flows import SKIPPED_FILE
+    from w4s.storage.adapters import resolve
 
     if not (out / "metrics.json").is_file() and (out / SKIPPED_FILE).is_file():
         return _read_json(out / SKIPPED_FILE)
@@ -325,7 +325,7 @@ def nightly_run_name() -> str:
 def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, Any]:
     """collect -> dataset -> fit -> optimize with the new adapter -> evaluate the best
     workflow. Rerun with the same parameters (or the same `nightly_id`) to resume."""
-    from flows.cli import with_resolved_adapter
+    from w4s.flows.cli import with_resolved_adapter
 
     route_w4s_logs()
     logger = get_run_logger()
@@ -349,7 +349,7 @@ def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, A
     if not collected["rows"]:
         raise W4SError(f"collection {cid} produced no trajectory rows; nothing to fit")
 
-    from storage.collections import last_nights
+    from w4s.storage.collections import last_nights
 
     window = last_nights(root, config.dataset.window_nights, through=cid)
     data_out = root.parent / "datasets" / f"{nid}.parquet"
@@ -423,12 +423,12 @@ def _gate_stage(config: NightlyConfig, nid: str, root: Path, adapter: dict[str, 
 def _optimize_adapter(adapter: dict[str, Any], verdict: dict[str, Any] | None) -> str | None:
     """The adapter optimize runs with: the champion after the gate (the challenger when
     promoted), tonight's adapter when the gate is off, the champion when nothing was fitted."""
-    from storage.adapters import BASE, resolve
+    from w4s.storage.adapters import BASE, resolve
 
     if verdict is None and not adapter.get("skipped"):
         return adapter["path"]
     if verdict is None:
-        from flows.gate import champion_folder
+        from w4s.flows.gate import champion_folder
 
         return champion_folder()
     keep = verdict["challenger"] if verdict["verdict"] == "promoted" else verdict["champion"]

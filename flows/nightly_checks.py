@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from w4s.errors import ConfigError, one_line
 
 if TYPE_CHECKING:
-    from flows.nightly import NightlyConfig
+    from w4s.flows.nightly import NightlyConfig
 
 WORKER_STALE_S = 90.0  # Prefect marks a worker offline after 3 missed 30 s heartbeats
 
@@ -90,8 +90,8 @@ def _benchmarks(config: NightlyConfig) -> list[tuple[str, str, dict[str, Any]]]:
 
 def config_problems(config: NightlyConfig, *, check_pools: bool = True) -> list[str]:
     """Everything about `config` that would fail a stage later, one short line each."""
-    from flows.nightly import routed_pools
-    from storage.adapters import resolve_spec
+    from w4s.flows.nightly import routed_pools
+    from w4s.storage.adapters import resolve_spec
 
     problems = []
     adapter = config.collect.meta_agent.adapter

@@ -29,9 +29,9 @@ def add_parser(subparsers: Any) -> None:
 
 def _config_data(args: Any, base: dict[str, Any]) -> dict[str, Any]:
     """The config as a dict: `base` (the file's, or the deployment's), then --set."""
-    from flows.cli import _overrides
-    from flows.nightly import NightlyConfig
     from w4s.config import deep_merge
+    from w4s.flows.cli import _overrides
+    from w4s.flows.nightly import NightlyConfig
 
     return deep_merge(base, _overrides(args, NightlyConfig))
 
@@ -48,10 +48,10 @@ def trigger(name: str, data: dict[str, Any] | None, args: Any) -> list[str]:
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    from flows.nightly import NightlyConfig
-    from flows.nightly_checks import config_problems
     from w4s.config import build_config
     from w4s.errors import ConfigError
+    from w4s.flows.nightly import NightlyConfig
+    from w4s.flows.nightly_checks import config_problems
 
     with get_client(sync_client=True) as client:
         try:
@@ -74,9 +74,9 @@ def trigger(name: str, data: dict[str, Any] | None, args: Any) -> list[str]:
 
 
 def cmd_nightly(args: Any) -> int:
-    from flows.nightly import NightlyConfig, nightly
     from w4s.config import build_config
     from w4s.errors import ConfigError
+    from w4s.flows.nightly import NightlyConfig, nightly
 
     if args.deployment:
         data = _read_file(args.config) if args.config else None

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from storage.run_store import RunStore
 from w4s.paths import location
+from w4s.storage.run_store import RunStore
 
 SPEND_KEYS = ("executor_calls", "executor_tokens", "meta_agent_tokens", "cost_usd")
 NO_SPEND = {"executor_calls": 0, "executor_tokens": 0, "meta_agent_tokens": 0, "cost_usd": 0.0}
@@ -32,8 +32,8 @@ def add_spend(*parts: dict[str, Any]) -> dict[str, Any]:
 def run_folder_spend(run_dir: str | Path) -> dict[str, Any]:
     """A run folder's spend: its executor calls (every process, lost calls too) and its
     meta-agent's tokens, priced like the executor (a local model costs 0.0)."""
-    from tasks.runtime import run_spend
     from w4s.cost import PriceTable
+    from w4s.tasks.runtime import run_spend
 
     store = RunStore(run_dir)
     cfg = store.config()

@@ -8,20 +8,20 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.futures import wait
 
-from flows import report, ui
-from flows.prefect_setup import route_w4s_logs
-from flows.progress import stage_progress
-from storage.run_store import RunStore, group_run_ids, new_run_id
-from tasks import runtime
-from tasks.execute import evaluate_test, execute, seed
-from tasks.generate import generate
-from tasks.log_trajectory import log_trajectory
-from tasks.reward import reward
-from tasks.self_check import self_check
-from tasks.stages import prepare_run
 from w4s.config import OptimizeConfig
 from w4s.errors import BudgetExceeded, one_line
+from w4s.flows import report, ui
+from w4s.flows.prefect_setup import route_w4s_logs
+from w4s.flows.progress import stage_progress
 from w4s.paths import runs_dir as default_runs_dir
+from w4s.storage.run_store import RunStore, group_run_ids, new_run_id
+from w4s.tasks import runtime
+from w4s.tasks.execute import evaluate_test, execute, seed
+from w4s.tasks.generate import generate
+from w4s.tasks.log_trajectory import log_trajectory
+from w4s.tasks.reward import reward
+from w4s.tasks.self_check import self_check
+from w4s.tasks.stages import prepare_run
 
 
 @flow(name="optimize", log_prints=True, flow_run_name=ui.optimize_run_name)

@@ -90,7 +90,7 @@ def start(total: int, description: str, **kw: Any) -> Progress | None:
 
 
 def _stage_hook(stage: str, run_dir: str, total: int) -> Callable[[int, Any], None] | None:
-    """tasks.stages.progress_hook: one artifact per evaluation, advanced per finished item."""
+    """w4s.tasks.stages.progress_hook: one artifact per evaluation, advanced per finished item."""
     from prefect.context import TaskRunContext
 
     ctx = TaskRunContext.get()
@@ -103,7 +103,7 @@ def _stage_hook(stage: str, run_dir: str, total: int) -> Callable[[int, Any], No
 def stage_progress() -> Iterator[None]:
     """Within: the stages' evaluations report progress artifacts (contextvar, so the tasks
     submitted from here inherit it and the caller's context is left as it was)."""
-    from tasks.stages import progress_hook
+    from w4s.tasks.stages import progress_hook
 
     token = progress_hook.set(_stage_hook)
     try:

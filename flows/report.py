@@ -17,10 +17,10 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from storage.files import atomic_write
-from storage.query import iteration_table
-from storage.run_store import RunStore
 from w4s.paths import location
+from w4s.storage.files import atomic_write
+from w4s.storage.query import iteration_table
+from w4s.storage.run_store import RunStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -256,7 +256,7 @@ def _estimator_line(metrics: dict[str, Any]) -> str:
 
 def fit_report(adapter_dir: str | Path, adapter_id: str | None = None) -> Report:
     """The fit's loss curve (metrics.json) and its dataset's reward histogram (the card)."""
-    from storage.dataset import card_path_for
+    from w4s.storage.dataset import card_path_for
 
     adapter_dir = Path(adapter_dir)
     metrics = json.loads((adapter_dir / "metrics.json").read_text())

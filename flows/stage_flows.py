@@ -4,7 +4,7 @@ Each is a flow so it can be a deployment of its own (`fit` on the `gpu` pool, `e
 on `cpu`) and a subflow of `nightly`; each takes pydantic-typed parameters, so the Prefect
 UI shows a form, and returns plain values (paths, ids, numbers). The task wrappers for fit
 and evaluate live here rather than in tasks/ because their plain functions
-(`flows.fit.fit_adapter`, `flows.evaluate_cmd.evaluate_file`) live in flows/, and tasks/ may
+(`w4s.flows.fit.fit_adapter`, `w4s.flows.evaluate_cmd.evaluate_file`) live in flows/, and tasks/ may
 not import flows/.
 """
 
@@ -19,13 +19,13 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.prefect_setup import route_w4s_logs
-from tasks.caching import RealInputs, file_digest, stage_timeout
-from tasks.dataset import dataset as dataset_task
-from tasks.retry import backoff, retry_unless_final
 from w4s.config import BackendConfig
 from w4s.errors import InfrastructureError, W4SError
+from w4s.flows.prefect_setup import route_w4s_logs
 from w4s.reward import TAU
+from w4s.tasks.caching import RealInputs, file_digest, stage_timeout
+from w4s.tasks.dataset import dataset as dataset_task
+from w4s.tasks.retry import backoff, retry_unless_final
 
 GPU_LIMIT = "w4s-gpu"  # the global concurrency limit `w4s deploy` creates (deploy_cmd)
 LOCAL_KINDS = ("embedded", "transformers", "llamacpp", "vllm")  # served in this process
@@ -156,9 +156,9 @@ def fit_task(dataset: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
     """Fit and register a LoRA adapter; a rerun with the same `out` resumes its checkpoint.
     Nothing to learn (no positive reward, not forced): {"skipped": why}, also in
     `<out>/skipped.json` for a parent that reads the stage's files."""
-    from flows.fit import fit_adapter
-    from storage.files import atomic_write
     from w4s.errors import NothingToLearn
+    from w4s.flows.fit import fit_adapter
+    from w4s.storage.files import atomic_write
 
     logger = get_run_logger()
 
@@ -186,8 +186,8 @@ def fit_task(dataset: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
 def fit(dataset: str, out: str, options: FitOptions | None = None) -> dict[str, Any]:
     """Fit the meta-agent's LoRA adapter on an RLAO dataset; holds a GPU slot on a GPU."""
     route_w4s_logs()
-    from flows import ui
-    from models.rlao import pick_device
+    from w4s.flows import ui
+    from w4s.models.rlao import pick_device
 
     ui.tag_host()
     with gpu_slot(pick_device()[0] != "cpu"):
@@ -216,8 +216,8 @@ def evaluate_workflow(workflow: str, report: str, options: dict[str, Any]) -> di
     """Score the workflow with `run_evaluation` (the `w4s evaluate` code), save its JSON
     document at `report`, return the headline numbers. Items lost to infrastructure raise
     (the task retries) instead of being scored as wrong answers."""
-    from flows.evaluate_cmd import run_evaluation
-    from storage.run_store import atomic_write
+    from w4s.flows.evaluate_cmd import run_evaluation
+    from w4s.storage.run_store import atomic_write
 
     opts = EvaluateOptions.model_validate(options)
     ev = run_evaluation(
@@ -256,7 +256,7 @@ def evaluate_task(workflow: str, report: str, options: dict[str, Any]) -> dict[s
 @flow(name="evaluate", log_prints=True)
 def evaluate(workflow: str, options: EvaluateOptions, report: str | None = None) -> dict[str, Any]:
     """Score a workflow file; the JSON report goes to `report` (default: beside the file)."""
-    from flows import ui
+    from w4s.flows import ui
 
     route_w4s_logs()
     ui.tag_host()

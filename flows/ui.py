@@ -16,12 +16,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flows import report
-from flows.progress import in_prefect_run
-from storage.run_store import RunStore
-from tasks.stages import best_candidate, describe_result
 from w4s.config import CollectConfig, OptimizeConfig
+from w4s.flows import report
+from w4s.flows.progress import in_prefect_run
 from w4s.paths import location
+from w4s.storage.run_store import RunStore
+from w4s.tasks.stages import best_candidate, describe_result
 
 log = logging.getLogger("w4s")
 NEW_BEST = "w4s.workflow.new-best"
@@ -288,7 +288,7 @@ def publish_evaluation(result: dict[str, Any]) -> None:
     """The evaluate stage's own page: score, spend, the workflow's code inline."""
     from prefect.artifacts import create_markdown_artifact
 
-    from flows.nightly_report import evaluation_markdown
+    from w4s.flows.nightly_report import evaluation_markdown
 
     if in_prefect_run():
         text = _safe("evaluation report", evaluation_markdown, result)

@@ -4,7 +4,7 @@ Importing this package loads no model and imports neither torch nor transformers
 backend imports its heavy libraries when it is built.
 """
 
-from models.factory import build_chat_model, clear_model_cache
-from models.scripted import ScriptedChatModel
+from w4s.models.factory import build_chat_model, clear_model_cache
+from w4s.models.scripted import ScriptedChatModel
 
 __all__ = ["ScriptedChatModel", "build_chat_model", "clear_model_cache"]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from w4s.errors import BackendError, ConfigError, one_line
 
 if TYPE_CHECKING:
-    from models.transformers_local import TransformersChatModel
+    from w4s.models.transformers_local import TransformersChatModel
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def ensure_embedded_folder() -> Path:
 def _embedded_weights(device: str) -> tuple[Any, Any]:
     """The loaded model and tokenizer, once per device: the meta-agent and the executor
     often both use the embedded model with different token caps, and need one copy."""
-    from models.transformers_local import TransformersChatModel
+    from w4s.models.transformers_local import TransformersChatModel
 
     base = TransformersChatModel.from_path(
         ensure_embedded_folder(), model_id=EMBEDDED_MODEL_ID, device=device
@@ -128,7 +128,7 @@ def _adapted_weights(device: str, adapter: str, digest: str) -> tuple[Any, Any, 
     """A separate base copy with the adapter, once per (device, adapter content): PEFT
     injects its layers in place, so the shared base of `_embedded_weights` (the executor's)
     must never be wrapped. `digest` is in the key so a refitted adapter is loaded anew."""
-    from models.transformers_local import TransformersChatModel
+    from w4s.models.transformers_local import TransformersChatModel
 
     adapted = TransformersChatModel.from_path(
         ensure_embedded_folder(), model_id=EMBEDDED_MODEL_ID, device=device, adapter=adapter
@@ -142,13 +142,13 @@ def load_embedded_chat_model(
 ) -> TransformersChatModel:
     """SmolLM2-135M-Instruct as a batching TransformersChatModel, loaded from the cache;
     with `adapter` (a PEFT LoRA folder) on its own copy of the weights."""
-    from models.transformers_local import TransformersChatModel
+    from w4s.models.transformers_local import TransformersChatModel
 
     if adapter is None:
         model, tokenizer = _embedded_weights(device)
         model_id = EMBEDDED_MODEL_ID
     else:
-        from models.lora_gguf import adapter_digest, check_adapter_dir
+        from w4s.models.lora_gguf import adapter_digest, check_adapter_dir
 
         folder = check_adapter_dir(adapter, field=field).resolve()
         model, tokenizer, model_id = _adapted_weights(device, str(folder), adapter_digest(folder))

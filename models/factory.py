@@ -93,7 +93,7 @@ def _set_identity(cfg: BackendConfig, model: ChatModel) -> None:
         return
     path: Path | None = None
     if cfg.kind == "embedded":
-        from models.embedded import embedded_gguf_path
+        from w4s.models.embedded import embedded_gguf_path
 
         path = embedded_gguf_path()
     elif cfg.kind in ("transformers", "vllm"):
@@ -110,7 +110,7 @@ def _set_identity(cfg: BackendConfig, model: ChatModel) -> None:
 
 def clear_model_cache() -> None:
     """Forget every built model (tests, or to free memory between runs)."""
-    from models.embedded import forget_embedded_weights
+    from w4s.models.embedded import forget_embedded_weights
 
     with _cache_lock:
         _cache.clear()
@@ -121,14 +121,14 @@ def clear_model_cache() -> None:
 def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
     prefix = f"{role}." if role else ""
     if cfg.kind == "scripted":
-        from models.scripted import ScriptedChatModel
+        from w4s.models.scripted import ScriptedChatModel
 
         if not cfg.replies:
             raise ConfigError(f"`{prefix}replies` must hold at least one reply for kind 'scripted'")
         # a configured run makes an unknown number of calls, so the script cycles
         return ScriptedChatModel(cfg.replies, model_id=cfg.model or "scripted", cycle=True)
     if cfg.kind == "openai":
-        from models.openai_compat import OpenAICompatChatModel, resolve_api_key
+        from w4s.models.openai_compat import OpenAICompatChatModel, resolve_api_key
 
         return OpenAICompatChatModel(
             model=cfg.model or "",
@@ -143,7 +143,7 @@ def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
             adapter_field=f"{prefix}adapter",
         )
     if cfg.kind == "embedded":
-        from models.embedded import load_embedded_chat_model
+        from w4s.models.embedded import load_embedded_chat_model
 
         return load_embedded_chat_model(
             device=cfg.device,
@@ -152,7 +152,7 @@ def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
             field=f"{prefix}adapter",
         )
     if cfg.kind == "transformers":
-        from models.transformers_local import TransformersChatModel
+        from w4s.models.transformers_local import TransformersChatModel
 
         path = Path(cfg.model or "").expanduser()
         if not path.is_dir():
@@ -168,11 +168,11 @@ def _build(cfg: BackendConfig, role: str | None) -> ChatModel:
             adapter=cfg.adapter,
         )
     if cfg.kind == "llamacpp":
-        from models.llamacpp import LlamaCppChatModel
+        from w4s.models.llamacpp import LlamaCppChatModel
 
         return LlamaCppChatModel.from_config(cfg, field_prefix=prefix)
     if cfg.kind == "vllm":
-        from models.vllm_engine import VLLMChatModel
+        from w4s.models.vllm_engine import VLLMChatModel
 
         return VLLMChatModel(model=cfg.model or "", adapter=cfg.adapter,
                              field=f"{prefix}adapter", max_new_tokens=cfg.max_new_tokens)

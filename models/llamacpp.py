@@ -107,7 +107,7 @@ class LlamaCppChatModel:
             raise ConfigError(
                 f"`kind: llamacpp` needs the package 'xllamacpp': {_INSTALL_HINT}"
             ) from e
-        from models.factory import local_model_identity
+        from w4s.models.factory import local_model_identity
 
         path = Path(gguf_path)
         self.model_id = model_id or path.stem
@@ -147,7 +147,7 @@ class LlamaCppChatModel:
         """`model` is a GGUF path, a folder with `gguf_file`, or "smollm2-135m-instruct";
         `adapter` a PEFT LoRA folder, converted once to a cached GGUF LoRA; `options` go to
         the constructor (n_parallel, n_ctx, n_threads, lora_scale)."""
-        from models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path
+        from w4s.models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path
 
         if cfg.model == EMBEDDED_MODEL_ID:
             path = embedded_gguf_path()
@@ -165,7 +165,7 @@ class LlamaCppChatModel:
                 )
             model_id = path.stem
         if cfg.adapter:
-            from models.lora_gguf import adapted_model_id, gguf_adapter_for
+            from w4s.models.lora_gguf import adapted_model_id, gguf_adapter_for
 
             lora, digest = gguf_adapter_for(cfg.adapter, path, field=f"{field_prefix}adapter")
             options.setdefault("lora_path", lora)

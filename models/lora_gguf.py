@@ -202,7 +202,7 @@ def gguf_adapter_for(
     """The cached GGUF LoRA of `adapter_dir` for `base_gguf` (converting once) and the
     adapter's digest. The cache file is named by the adapter's content and the base's
     name and size, so a refitted adapter in the same folder is converted again."""
-    from models.embedded import models_cache_root
+    from w4s.models.embedded import models_cache_root
 
     folder = check_adapter_dir(adapter_dir, field=field)
     digest = adapter_digest(folder)

@@ -4,7 +4,7 @@ The openai client's own retries are off (max_retries=0); this module retries wit
 backoff and jitter so the policy is logged, counted in `Completion.extra["retries"]`, and
 testable against a local server.
 
-Two transports speak the same API. `http` (default): `models.http_json`, the standard
+Two transports speak the same API. `http` (default): `w4s.models.http_json`, the standard
 library's keep-alive `http.client`, 0.4-0.5 ms of CPU per call under 32 concurrent calls here.
 `openai`: the official client (its generic `post`, so no pydantic models are built), 1.9 ms
 (benchmarks/bench_http_transport.py); pick it for what only that client does (e.g.
@@ -26,9 +26,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from models.http_json import HTTPStatusError, HTTPUnreachable, JSONClient
 from w4s.cancel import current_scope
 from w4s.errors import BackendError, ConfigError, one_line
+from w4s.models.http_json import HTTPStatusError, HTTPUnreachable, JSONClient
 from w4s.protocols import Completion, Message
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class OpenAICompatChatModel:
         and an adapted model's id differs from its base's, which the executor-call cache
         and recorded outcomes key on.
         """
-        from models.lora_gguf import adapted_model_id, adapter_digest, check_adapter_dir
+        from w4s.models.lora_gguf import adapted_model_id, adapter_digest, check_adapter_dir
 
         folder = check_adapter_dir(adapter, field=field).resolve()
         digest = adapter_digest(folder)

@@ -39,11 +39,11 @@ class Candidate:
 def load_policy(base: str | Path, adapter: str | Path | None = None) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer): `base` is `embedded` or a local Hugging Face folder,
     `adapter` an optional PEFT LoRA folder on top (None: the base policy)."""
-    from models.rlao import load_base, pick_device
-    from models.transformers_local import apply_adapter
+    from w4s.models.rlao import load_base, pick_device
+    from w4s.models.transformers_local import apply_adapter
 
     if str(base) == "embedded":
-        from models.embedded import ensure_embedded_folder
+        from w4s.models.embedded import ensure_embedded_folder
 
         folder = ensure_embedded_folder()
     else:

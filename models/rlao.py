@@ -41,8 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models import packing
 from w4s.errors import ConfigError, one_line
+from w4s.models import packing
 
 log = logging.getLogger(__name__)
 

@@ -312,7 +312,7 @@ def apply_adapter(
     from peft import PeftModel
     from safetensors import safe_open
 
-    from models.lora_gguf import (
+    from w4s.models.lora_gguf import (
         ADAPTER_WEIGHTS,
         LORA_KEY,
         adapted_model_id,

@@ -54,7 +54,7 @@ class VLLMChatModel:
         self.model_id = model
         self._lora = None
         if adapter is not None:
-            from models.lora_gguf import adapted_model_id, adapter_digest, check_adapter_dir
+            from w4s.models.lora_gguf import adapted_model_id, adapter_digest, check_adapter_dir
 
             folder = check_adapter_dir(adapter, field=field).resolve()
             digest = adapter_digest(folder)

@@ -1,6 +1,6 @@
 """The adapters registry: one JSON file per fitted adapter under `<storage root>/adapters/`.
 
-A file per adapter (written whole: `storage.files.atomic_write`) means concurrent fits never
+A file per adapter (written whole: `w4s.storage.files.atomic_write`) means concurrent fits never
 rewrite a shared index, and a listing is a directory scan. Configs name an adapter as
 `latest`, an id, a path, or `champion`; `resolve` turns each into a record or a one-line
 error.
@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from storage.files import atomic_write, is_local, upload_folder
 from w4s.errors import ConfigError
 from w4s.paths import cache_dir, is_url, location, storage_root
+from w4s.storage.files import atomic_write, is_local, upload_folder
 
 
 class AdapterError(ConfigError):

@@ -34,11 +34,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.files import atomic_write, connect, publish_file, staging_file
 from w4s import reward as reward_formula
 from w4s.errors import W4SError
 from w4s.paths import location
 from w4s.reward import TAU
+from w4s.storage.files import atomic_write, connect, publish_file, staging_file
 
 STATUSES = ("ok", "skipped", "budget_exceeded", "infra_error")
 # budget_exceeded / infra_error rows have no reward: nothing the meta-agent did explains
@@ -236,7 +236,7 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
     and the card (`<name>.card.json` beside it) are each written whole: a rerun replaces
     both, a crash leaves the old pair or a new file whose hash the old card does not match.
     `runs_dir` and `out` are local paths or fsspec URLs. `window`: the collections the runs
-    came from (`storage.collections.last_nights`), recorded in the card.
+    came from (`w4s.storage.collections.last_nights`), recorded in the card.
     """
     q = query or DatasetQuery()
     since, until, statuses = _check(q)

@@ -13,9 +13,9 @@ from typing import Any
 
 import duckdb
 
-from storage.files import connect, is_local
 from w4s.errors import W4SError
 from w4s.paths import location
+from w4s.storage.files import connect, is_local
 
 ITERATION_TABLE = """
 SELECT iteration,
@@ -65,7 +65,7 @@ def iteration_table(run_dir: str | Path) -> tuple[list[str], list[tuple]]:
 
 def candidates_view(con: duckdb.DuckDBPyConnection, runs_dir: str | Path) -> None:
     """A `candidates` view over every run's trajectories, for ad-hoc SQL (a remote
-    `runs_dir` needs its filesystem registered on `con`: `storage.files.connect`)."""
+    `runs_dir` needs its filesystem registered on `con`: `w4s.storage.files.connect`)."""
     source = _parquet_source(location(runs_dir), "*/trajectories/*.parquet")
     files = [source] if isinstance(source, str) else source
     listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)

@@ -2,7 +2,7 @@
 
 Stages exchange only the run folder path (or URL) and ids; each reads what it needs from
 here. The folder is local or any fsspec URL (`w4s.paths.location`). Every file is written
-whole (`storage.files`): a crash leaves the old file or the new one, never half of one, and
+whole (`w4s.storage.files`): a crash leaves the old file or the new one, never half of one, and
 a rerun overwrites a file rather than appending to it.
 """
 
@@ -17,14 +17,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from storage.files import atomic_write, write_parquet
-from storage.schema import TRAJECTORY_SCHEMA
 from w4s.config import OptimizeConfig
 from w4s.cost import Spend
 from w4s.errors import W4SError
 from w4s.mdp import Candidate, State, hash_code
 from w4s.paths import location
 from w4s.prompts import PROMPT_VERSION
+from w4s.storage.files import atomic_write, write_parquet
+from w4s.storage.schema import TRAJECTORY_SCHEMA
 
 CONFIG, SPLIT, SUMMARY = "config.json", "split.json", "summary.json"
 FAILED = "failed.json"

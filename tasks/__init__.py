@@ -1,1 +1,1 @@
-"""Prefect tasks, one per stage; each wraps one plain function in `tasks.stages`."""
+"""Prefect tasks, one per stage; each wraps one plain function in `w4s.tasks.stages`."""

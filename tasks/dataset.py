@@ -1,4 +1,4 @@
-"""The RLAO dataset stage as a Prefect task over `storage.dataset.build_dataset`.
+"""The RLAO dataset stage as a Prefect task over `w4s.storage.dataset.build_dataset`.
 
 Keyed on the data it reads (the sha256 of every trajectory file of the chosen runs) and the
 query, so a rerun after a later stage failed does not rebuild it, while new trajectory
@@ -11,13 +11,13 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from tasks.caching import RealInputs, file_digest
-from tasks.retry import backoff, retry_unless_final
+from w4s.tasks.caching import RealInputs, file_digest
+from w4s.tasks.retry import backoff, retry_unless_final
 
 
 def _snapshot(inputs: dict[str, Any]) -> dict[str, Any] | None:
-    from storage.dataset import trajectory_files
     from w4s.errors import W4SError
+    from w4s.storage.dataset import trajectory_files
 
     try:
         files = trajectory_files(inputs["runs_dir"], tuple(inputs.get("runs") or ()))
@@ -33,7 +33,7 @@ def build(runs_dir: str, out: str, runs: list[str], options: dict[str, Any],
           window: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the dataset; returns its path, card, row count and sha256 (plain values).
     `window` (the collections `runs` came from) goes into the card."""
-    from storage.dataset import DatasetQuery, build_dataset
+    from w4s.storage.dataset import DatasetQuery, build_dataset
 
     query = DatasetQuery(runs=tuple(runs), **{
         k: tuple(v) if isinstance(v, list) else v for k, v in options.items()

@@ -2,11 +2,11 @@
 inputs (tasks/caching.py), so a rerun of the same run, in any flow run, skips what finished."""
 from prefect import get_run_logger, task
 
-from tasks import stages
-from tasks.caching import RUN_STAGE, TEST_STAGE, stage_timeout
-from tasks.names import stage_run_name
-from tasks.retry import backoff, retry_unless_final
-from tasks.stages import describe_result
+from w4s.tasks import stages
+from w4s.tasks.caching import RUN_STAGE, TEST_STAGE, stage_timeout
+from w4s.tasks.names import stage_run_name
+from w4s.tasks.retry import backoff, retry_unless_final
+from w4s.tasks.stages import describe_result
 
 
 @task(name="execute", task_run_name=stage_run_name("execute"), retries=2,

@@ -1,9 +1,9 @@
 from prefect import task
 
-from tasks import stages
-from tasks.caching import TRAJECTORY_STAGE
-from tasks.names import stage_run_name
-from tasks.retry import backoff
+from w4s.tasks import stages
+from w4s.tasks.caching import TRAJECTORY_STAGE
+from w4s.tasks.names import stage_run_name
+from w4s.tasks.retry import backoff
 
 
 @task(name="log_trajectory", task_run_name=stage_run_name("log_trajectory"), retries=2,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tasks import runtime
 from w4s.errors import BudgetExceeded, ConfigError
+from w4s.tasks import runtime
 
 
 def retry_unless_final(task: Any, task_run: Any, state: Any) -> bool:

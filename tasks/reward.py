@@ -1,8 +1,8 @@
 from prefect import get_run_logger, task
 
-from tasks import stages
-from tasks.caching import RUN_STAGE
-from tasks.names import stage_run_name
+from w4s.tasks import stages
+from w4s.tasks.caching import RUN_STAGE
+from w4s.tasks.names import stage_run_name
 
 
 @task(name="reward", task_run_name=stage_run_name("reward"), cache_policy=RUN_STAGE,

@@ -18,16 +18,16 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from models.factory import build_chat_model
-from storage.call_cache import default_cache_path, open_call_cache
-from storage.run_store import RunStore
 from w4s.benchmarks import Benchmark, Item, get_benchmark
 from w4s.config import OptimizeConfig
 from w4s.cost import Meter, PriceTable, Spend
 from w4s.errors import ConfigError, InfrastructureError
+from w4s.models.factory import build_chat_model
 from w4s.paths import location
 from w4s.protocols import ChatModel
 from w4s.sandbox import Harness, SandboxSettings
+from w4s.storage.call_cache import default_cache_path, open_call_cache
+from w4s.storage.run_store import RunStore
 
 _lock = threading.Lock()
 _harnesses: dict[str, Harness] = {}

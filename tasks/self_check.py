@@ -1,9 +1,9 @@
 from prefect import get_run_logger, task
 
-from tasks import stages
-from tasks.caching import RUN_STAGE, stage_timeout
-from tasks.names import stage_run_name
-from tasks.retry import backoff, retry_unless_final
+from w4s.tasks import stages
+from w4s.tasks.caching import RUN_STAGE, stage_timeout
+from w4s.tasks.names import stage_run_name
+from w4s.tasks.retry import backoff, retry_unless_final
 
 
 @task(name="self_check", task_run_name=stage_run_name("self_check"), retries=2,

@@ -13,8 +13,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from storage.run_store import RunStore
-from tasks import runtime
 from w4s.benchmarks import Item
 from w4s.config import OptimizeConfig
 from w4s.errors import BudgetExceeded, InfrastructureError, W4SError
@@ -31,6 +29,8 @@ from w4s.paths import location
 from w4s.prompts import HistoryEntry, clip
 from w4s.sandbox import EvalResult, check_workflow_source
 from w4s.sandbox.harness import BUDGET_ERROR
+from w4s.storage.run_store import RunStore
+from w4s.tasks import runtime
 
 log = logging.getLogger("w4s")
 

@@ -68,8 +68,8 @@ def test_rewards_and_choice():
 
 
 def test_sampled_candidates_split_the_call_usage_exactly():
-    from models.scripted import ScriptedChatModel
     from w4s.mdp import sample_candidates
+    from w4s.models.scripted import ScriptedChatModel
 
     meta = ScriptedChatModel([OK, "no code", BROKEN])
     state = State("d", "q", "a").advance(0, 0.0, "c", [])

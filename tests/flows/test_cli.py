@@ -13,9 +13,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from flows.cli import build_parser, config_flags, print_table
-from flows.cli import main as cli
 from w4s.config import OptimizeConfig
+from w4s.flows.cli import build_parser, config_flags, print_table
+from w4s.flows.cli import main as cli
 
 
 def _is_scalar(annotation: Any) -> bool:
@@ -44,7 +44,7 @@ def test_every_scalar_config_field_has_a_flag_with_its_description():
 
 
 def _overrides(*argv: str) -> dict[str, Any]:
-    from flows.cli import _overrides
+    from w4s.flows.cli import _overrides
 
     return _overrides(build_parser().parse_args(["optimize", *argv]))
 
@@ -82,7 +82,7 @@ def test_set_items_merge_deeply_and_win_over_flags():
 
 @pytest.fixture
 def fake_optimize(monkeypatch):
-    """flows.optimize stubbed (the CLI imports it lazily): records each config and run id,
+    """w4s.flows.optimize stubbed (the CLI imports it lazily): records each config and run id,
     returns no runs."""
     calls: list[tuple[OptimizeConfig, str | None]] = []
     behaviour: dict[str, Any] = {"raise": None}
@@ -93,7 +93,7 @@ def fake_optimize(monkeypatch):
             raise behaviour["raise"]
         return {"runs": []}
 
-    monkeypatch.setitem(sys.modules, "flows.optimize", types.SimpleNamespace(optimize=optimize))
+    monkeypatch.setitem(sys.modules, "w4s.flows.optimize", types.SimpleNamespace(optimize=optimize))
     return calls, behaviour
 
 
@@ -178,8 +178,8 @@ def test_evaluate_split_defaults_and_the_hint_on_a_small_file(tmp_path, capsys):
 
 
 def test_evaluate_progress_goes_to_stderr_and_json_stays_clean(tmp_path, capsys):
-    from flows.evaluate_cmd import evaluate_file
     from w4s.config import BackendConfig
+    from w4s.flows.evaluate_cmd import evaluate_file
 
     data = _write_items(tmp_path / "items.jsonl", 6)
     wf = tmp_path / "wf.py"
@@ -210,13 +210,13 @@ def test_tables_piped_are_plain_text_one_line_per_row(capsys):
 
 
 def test_an_accuracy_never_scored_prints_as_a_dash():
-    from flows.cli import _score
+    from w4s.flows.cli import _score
 
     assert _score(None) == "-" and _score(0.5) == "0.50"  # e.g. a budget spent before the seed
 
 
 def test_evaluate_table_cuts_long_answers_and_keeps_the_exception_line(capsys):
-    from flows.evaluate_cmd import _print_table
+    from w4s.flows.evaluate_cmd import _print_table
     from w4s.sandbox.types import ItemOutcome
 
     spend = dict(executor_calls=1, prompt_tokens=2, completion_tokens=3, cost_usd=0.0)
@@ -241,7 +241,7 @@ def test_evaluate_table_cuts_long_answers_and_keeps_the_exception_line(capsys):
 
 
 def test_dataset_is_a_subcommand_with_one_line_errors(tmp_path, capsys):
-    from flows.cli import main
+    from w4s.flows.cli import main
 
     assert main(["dataset", "--out", str(tmp_path / "d.parquet"), "--runs-dir",
                  str(tmp_path / "none")]) == 2
@@ -252,8 +252,8 @@ def test_dataset_is_a_subcommand_with_one_line_errors(tmp_path, capsys):
 def test_adapter_specs_are_resolved_or_refused_in_one_line(tmp_path, capsys):
     import json
 
-    from flows.cli import main
-    from storage.adapters import register
+    from w4s.flows.cli import main
+    from w4s.storage.adapters import register
 
     runs = ["--runs-dir", str(tmp_path / "runs")]
     assert main(["optimize", "--adapter", "latest", *runs]) == 2  # nothing fitted yet
@@ -282,7 +282,7 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_path):
         "def optimize(cfg, run_id=None):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    time.sleep(10)\n"
-        "sys.modules['flows.optimize'] = types.SimpleNamespace(optimize=optimize)\n"
+        "sys.modules['w4s.flows.optimize'] = types.SimpleNamespace(optimize=optimize)\n"
         "from flows.cli import main\n"
         f"sys.exit(main(['optimize', '--benchmark', 'svamp', '--runs-dir', {str(tmp_path)!r}]))\n"
     )

@@ -16,10 +16,10 @@ import pytest
 import yaml
 from replies import GOOD, NO_CODE
 
-from flows.collect import collect, episode_ids
-from models.factory import clear_model_cache
-from storage.dataset import build_dataset
 from w4s.config import CollectConfig
+from w4s.flows.collect import collect, episode_ids
+from w4s.models.factory import clear_model_cache
+from w4s.storage.dataset import build_dataset
 
 
 @pytest.fixture(autouse=True)

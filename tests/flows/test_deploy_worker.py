@@ -24,7 +24,7 @@ def test_a_process_worker_runs_a_scheduled_deployment_run(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
-    from flows.deploy_cmd import _ensure_pool
+    from w4s.flows.deploy_cmd import _ensure_pool
 
     workflow = tmp_path / "direct.py"
     workflow.write_text(get_benchmark("arithmetic").seed_workflows()["direct"])

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 
-from flows.deploy_cmd import GPU_LIMIT, deploy, load_spec
 from w4s.errors import ConfigError, W4SError
+from w4s.flows.deploy_cmd import GPU_LIMIT, deploy, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "deployments" / "prefect.yaml"
@@ -104,8 +104,8 @@ def test_deploy_paused_then_check_then_trigger_with_one_field_changed(tmp_path, 
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
-    from flows.deploy_cmd import check
-    from flows.nightly_cmd import trigger
+    from w4s.flows.deploy_cmd import check
+    from w4s.flows.nightly_cmd import trigger
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
     monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
@@ -147,7 +147,7 @@ def test_deploy_paused_then_check_then_trigger_with_one_field_changed(tmp_path, 
 
 @pytest.mark.parametrize("name", ["nightly-smoke.yaml", "nightly-full.yaml"])
 def test_the_shipped_nightly_sizes_are_valid_configs(name):
-    from flows.nightly import load_nightly_config
+    from w4s.flows.nightly import load_nightly_config
 
     cfg = load_nightly_config(str(ROOT / "deployments" / name))
     assert cfg.collect.episodes >= 1 and cfg.fit.max_steps

@@ -47,8 +47,8 @@ def test_first_command_on_a_fresh_prefect_home_completes(tmp_path: Path) -> None
 def test_w4s_info_messages_are_shown_after_any_command(tmp_path: Path, caplog) -> None:
     import logging
 
-    from flows.cli import main
+    from w4s.flows.cli import main
 
     assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
-    logging.getLogger("models.embedded").info("dequantizing the embedded model once")
+    logging.getLogger("w4s.models.embedded").info("dequantizing the embedded model once")
     assert "dequantizing the embedded model once" in caplog.text  # INFO, not only WARNING

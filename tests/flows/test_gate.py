@@ -11,10 +11,10 @@ import pytest
 from adapter_folders import make_adapter_folder
 from replies import GOOD, NO_CODE
 
-from flows.gate import GATE_FILE, GateOptions, run_gate
-from models.factory import clear_model_cache
-from storage import adapters
 from w4s.config import BackendConfig, CollectConfig
+from w4s.flows.gate import GATE_FILE, GateOptions, run_gate
+from w4s.models.factory import clear_model_cache
+from w4s.storage import adapters
 
 
 @pytest.fixture(autouse=True)
@@ -135,8 +135,8 @@ def test_the_real_margin_scores_both_policies_with_the_base_model(tmp_path, tmp_
     import pyarrow.parquet as pq
     from nightly_support import build_tiny_base
 
-    from flows.fit import fit_adapter
-    from flows.gate import default_logliks
+    from w4s.flows.fit import fit_adapter
+    from w4s.flows.gate import default_logliks
 
     base = build_tiny_base(tmp_path_factory.mktemp("tiny-llama"))
     message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))

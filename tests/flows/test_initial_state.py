@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from storage.run_store import RunStore
-from tasks import stages
 from w4s.benchmarks import Item
 from w4s.config import CollectConfig, build_config
 from w4s.errors import W4SError
 from w4s.mdp import Candidate
+from w4s.storage.run_store import RunStore
+from w4s.tasks import stages
 
 
 def _seed(index: int, name: str, accuracy: float | None) -> Candidate:

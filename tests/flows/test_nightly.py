@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from nightly_support import EXECUTOR, build_tiny_base, nightly_data
 
-from flows import stage_flows
-from flows.nightly import NightlyConfig, nightly
-from models.factory import clear_model_cache
-from tasks import runtime
 from w4s.errors import InfrastructureError
+from w4s.flows import stage_flows
+from w4s.flows.nightly import NightlyConfig, nightly
+from w4s.models.factory import clear_model_cache
+from w4s.tasks import runtime
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,10 @@ def _count_model_calls(monkeypatch) -> dict:
                                                                      "meta_agent"))
     monkeypatch.setattr(runtime, "executor", lambda cfg: _Counting(executor(cfg), tally,
                                                                    "executor"))
-    import flows.fit
-    import storage.dataset
+    from w4s.flows import fit as flows_fit
+    from w4s.storage import dataset as storage_dataset
 
-    fit_adapter, build = flows.fit.fit_adapter, storage.dataset.build_dataset
+    fit_adapter, build = flows_fit.fit_adapter, storage_dataset.build_dataset
 
     def counted_fit(*a, **k):
         tally["fit"] += 1
@@ -73,8 +73,8 @@ def _count_model_calls(monkeypatch) -> dict:
         tally["dataset"] += 1
         return build(*a, **k)
 
-    monkeypatch.setattr(flows.fit, "fit_adapter", counted_fit)
-    monkeypatch.setattr(storage.dataset, "build_dataset", counted_build)
+    monkeypatch.setattr(flows_fit, "fit_adapter", counted_fit)
+    monkeypatch.setattr(storage_dataset, "build_dataset", counted_build)
     return tally
 
 
@@ -247,9 +247,9 @@ def test_routed_to_deployments_each_stage_runs_as_flow_slash_pool(tmp_path, tiny
     import prefect.deployments
     from prefect.states import Completed
 
-    from flows.collect import collect
-    from flows.gate import gate
-    from flows.optimize import optimize
+    from w4s.flows.collect import collect
+    from w4s.flows.gate import gate
+    from w4s.flows.optimize import optimize
 
     flows = {"collect": collect, "fit": stage_flows.fit, "gate": gate, "optimize": optimize,
              "evaluate": stage_flows.evaluate}
@@ -264,8 +264,8 @@ def test_routed_to_deployments_each_stage_runs_as_flow_slash_pool(tmp_path, tiny
     monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
     # no workers here: the pools and deployments checks pass (tests/flows/test_nightly_ops.py
     # shows them failing)
-    from flows import nightly as chain
-    from flows import nightly_checks
+    from w4s.flows import nightly as chain
+    from w4s.flows import nightly_checks
 
     monkeypatch.setattr(nightly_checks, "deployment_problems", lambda routes: [])
     monkeypatch.setattr(chain, "require_pool", lambda pool: None)
@@ -304,8 +304,8 @@ def test_a_gpu_stage_holds_a_slot_of_the_global_limit_while_it_runs():
 
 
 def test_stage_timeouts_come_from_the_environment(monkeypatch):
-    from tasks.caching import stage_timeout
     from w4s.errors import ConfigError
+    from w4s.tasks.caching import stage_timeout
 
     monkeypatch.delenv("W4S_STAGE_TIMEOUT_S", raising=False)
     monkeypatch.delenv("W4S_TIMEOUT_FIT_S", raising=False)
@@ -326,7 +326,7 @@ def test_the_default_nightly_id_is_the_scheduled_date_and_the_config(tmp_path, t
 
     from prefect import flow
 
-    from flows.nightly import default_nightly_id
+    from w4s.flows.nightly import default_nightly_id
 
     cfg = nightly_config(tmp_path, tiny_base, timezone=timezone)
 

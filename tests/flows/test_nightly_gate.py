@@ -12,10 +12,10 @@ import pytest
 from nightly_support import build_tiny_base, nightly_data
 from replies import GOOD, NO_CODE
 
-from flows.nightly import NightlyConfig, _optimize_adapter, nightly
-from models.factory import clear_model_cache
-from storage import adapters
-from tasks import runtime
+from w4s.flows.nightly import NightlyConfig, _optimize_adapter, nightly
+from w4s.models.factory import clear_model_cache
+from w4s.storage import adapters
+from w4s.tasks import runtime
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,7 @@ def test_a_night_without_reward_skips_the_fit_and_the_next_learns_from_both(tmp_
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.ui import artifact_key
+    from w4s.flows.ui import artifact_key
 
     key = artifact_key("gate", second["adapter_id"])
     with get_client(sync_client=True) as client:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from nightly_support import nightly_data
 
-from flows import nightly_checks, nightly_report
-from flows.nightly import NightlyConfig, nightly
 from w4s.errors import ConfigError
+from w4s.flows import nightly_checks, nightly_report
+from w4s.flows.nightly import NightlyConfig, nightly
 
 
 @pytest.fixture
@@ -122,8 +122,8 @@ def test_a_bad_field_is_one_line_from_the_flow_itself(tmp_path, base):
 
 
 def test_a_new_run_whose_benchmark_data_is_missing_leaves_no_folder(tmp_path):
-    from tasks.stages import prepare_run
     from w4s.config import OptimizeConfig
+    from w4s.tasks.stages import prepare_run
 
     cfg = OptimizeConfig.model_validate({"benchmark": "gsm8k", "benchmark_options": {
         "path": str(tmp_path / "missing.jsonl")}, "seed_workflow": "cot"})
@@ -195,10 +195,10 @@ def test_unknown_prices_stay_unknown_in_the_total():
 def test_w4s_runs_shows_collection_episodes_and_failed_runs(tmp_path, monkeypatch):
     """An episode has no summary of its own: its collection says how it ended. A run
     whose flow failed says failed and why, not "running or interrupted"."""
-    from flows.optimize import optimize
-    from storage.query import list_runs
     from w4s.config import OptimizeConfig
     from w4s.errors import InfrastructureError
+    from w4s.flows.optimize import optimize
+    from w4s.storage.query import list_runs
 
     runs = tmp_path / "runs"
     cfg = {"benchmark": "arithmetic", "seed_workflow": "direct", "val_size": 2,
@@ -208,13 +208,13 @@ def test_w4s_runs_shows_collection_episodes_and_failed_runs(tmp_path, monkeypatc
     def down(*_a, **_k):
         raise InfrastructureError("executor endpoint down")
 
-    import flows.optimize
+    from w4s.flows import optimize as flows_optimize
 
-    monkeypatch.setattr(flows.optimize, "seed", down)
+    monkeypatch.setattr(flows_optimize, "seed", down)
     with pytest.raises(InfrastructureError):
         optimize(OptimizeConfig.model_validate(cfg), run_id="broken")
-    from storage.run_store import RunStore
-    from tasks.stages import prepare_run
+    from w4s.storage.run_store import RunStore
+    from w4s.tasks.stages import prepare_run
 
     for eid in ("c1-arithmetic-e000", "c1-arithmetic-e001", "c1-arithmetic-e002"):
         prepare_run(OptimizeConfig.model_validate(cfg), runs, eid)

@@ -8,12 +8,12 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from flows.cli import main as cli
-from flows.optimize import optimize
-from models.factory import clear_model_cache
-from storage.query import iteration_table
-from storage.run_store import RunStore
 from w4s.config import build_config
+from w4s.flows.cli import main as cli
+from w4s.flows.optimize import optimize
+from w4s.models.factory import clear_model_cache
+from w4s.storage.query import iteration_table
+from w4s.storage.run_store import RunStore
 
 # A workflow that computes the expression itself through the sandboxed code runner.
 GOOD = '''Direct answers fail; compute the expression with code instead.

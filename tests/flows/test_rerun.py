@@ -20,7 +20,7 @@ import pytest
 import yaml
 from nightly_support import build_tiny_base, nightly_data
 
-from storage.dataset import card_path_for
+from w4s.storage.dataset import card_path_for
 
 
 @pytest.mark.slow
@@ -90,9 +90,9 @@ def _optimize_config(tmp_path: Path):
 def test_cached_stages_never_stand_in_for_files_that_are_gone(tmp_path, monkeypatch):
     """A finished run's stages come from the cache; a deleted trajectory file is written
     again, and a deleted run folder is rebuilt from scratch (not "served" from the cache)."""
-    from flows.optimize import optimize
-    from models.factory import clear_model_cache
-    from tasks import stages
+    from w4s.flows.optimize import optimize
+    from w4s.models.factory import clear_model_cache
+    from w4s.tasks import stages
 
     monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
     cfg = _optimize_config(tmp_path)

@@ -8,12 +8,12 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from flows.cli import main as cli
-from flows.collect import collect
-from flows.fit import fit_adapter
-from models.factory import clear_model_cache
-from storage.dataset import DatasetQuery, build_dataset
 from w4s.config import CollectConfig
+from w4s.flows.cli import main as cli
+from w4s.flows.collect import collect
+from w4s.flows.fit import fit_adapter
+from w4s.models.factory import clear_model_cache
+from w4s.storage.dataset import DatasetQuery, build_dataset
 
 SMOL = {"kind": "llamacpp", "model": "smollm2-135m-instruct"}
 

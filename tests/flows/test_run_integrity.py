@@ -11,14 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from fake_openai import FakeOpenAIEndpoint, chat_completion
 
-from flows.optimize import optimize
-from models.factory import build_chat_model, clear_model_cache
-from storage.query import iteration_table
-from storage.run_store import RunStore
-from tasks import execute as execute_tasks
-from tasks import self_check as self_check_tasks
-from tasks import stages
 from w4s.config import build_config
+from w4s.flows.optimize import optimize
+from w4s.models.factory import build_chat_model, clear_model_cache
+from w4s.storage.query import iteration_table
+from w4s.storage.run_store import RunStore
+from w4s.tasks import execute as execute_tasks
+from w4s.tasks import self_check as self_check_tasks
+from w4s.tasks import stages
 
 GOOD = '''Compute the expression with code.
 ```python
@@ -186,7 +186,7 @@ def test_executor_retry_warnings_reach_the_runs_prefect_logs(tmp_path, endpoint)
         logs = client.read_logs(log_filter=LogFilter(
             flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     retries = [lg for lg in logs if "HTTP 503" in lg.message and "retry 1/2" in lg.message]
-    assert retries and retries[0].name.startswith("models.")
+    assert retries and retries[0].name.startswith("w4s.models.")
     # logged from a harness thread serving the seed's executor call, inside the seed task
     assert retries[0].task_run_id is not None
 

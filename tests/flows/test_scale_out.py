@@ -9,13 +9,13 @@ import sys
 import pytest
 from prefect import flow, task
 
-from flows.runners import task_runner
-from storage.run_store import RunStore
-from tasks.self_check import self_check
-from tasks.stages import prepare_run
 from w4s.config import build_config
 from w4s.errors import ConfigError
+from w4s.flows.runners import task_runner
 from w4s.mdp import Candidate
+from w4s.storage.run_store import RunStore
+from w4s.tasks.self_check import self_check
+from w4s.tasks.stages import prepare_run
 
 GOOD = '''def solver(agent, task: str) -> dict:
     expr = task.split("What is ")[1].rstrip("?")
@@ -117,7 +117,7 @@ def test_task_results_persist_to_shared_storage_from_a_block_setting():
 
 
 def test_cli_task_runner_flag_refuses_a_bad_spec_before_any_run(tmp_path, capsys):
-    from flows.cli import main
+    from w4s.flows.cli import main
 
     runs = tmp_path / "runs"
     assert main(["optimize", "--task-runner", "ray:2", "--runs-dir", str(runs)]) == 2

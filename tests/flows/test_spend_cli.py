@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fake_openai import FakeOpenAIEndpoint
 
-from flows.cli import main as cli
+from w4s.flows.cli import main as cli
 
 WORKFLOW = "def solver(agent, task):\n    return {'answer': agent.llm(task)}\n"
 
@@ -59,7 +59,7 @@ def _w4s(args: list[str], prefect_home: str, tmp_path: Path) -> subprocess.Compl
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=prefect_home, W4S_HOME=str(tmp_path / "w4s-home"))
     root = Path(__file__).resolve().parents[2]  # `w4s` from this checkout
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, cwd=root,
+    return subprocess.run([sys.executable, "-m", "w4s.flows.cli", *args], env=env, cwd=root,
                           capture_output=True, text=True, timeout=120)
 
 

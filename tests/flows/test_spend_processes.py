@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from storage.run_store import RunStore
-from tasks import runtime, stages
 from w4s.config import build_config
 from w4s.cost import Spend
+from w4s.storage.run_store import RunStore
+from w4s.tasks import runtime, stages
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = """
 import sys, time
-from tasks import runtime
+from w4s.tasks import runtime
 from w4s.cost import Spend
 with runtime.run_meter(sys.argv[1]) as meter:
     meter.add(Spend(executor_calls=3, prompt_tokens=10, completion_tokens=5))

@@ -11,11 +11,11 @@ from prefect import flow, get_client
 from prefect_reads import flow_run_artifacts, stored_events
 from replies import GOOD
 
-from flows import progress, ui
-from flows.collect import collect
-from flows.report import PNG_SIGNATURE
-from models.factory import clear_model_cache
 from w4s.config import CollectConfig
+from w4s.flows import progress, ui
+from w4s.flows.collect import collect
+from w4s.flows.report import PNG_SIGNATURE
+from w4s.models.factory import clear_model_cache
 
 
 @pytest.fixture(autouse=True)

@@ -15,11 +15,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect_reads import flow_run_artifacts, stored_events
 from replies import GOOD, NO_CODE
 
-from flows import ui
-from flows.optimize import optimize
-from flows.report import PNG_SIGNATURE
-from models.factory import clear_model_cache
 from w4s.config import build_config
+from w4s.flows import ui
+from w4s.flows.optimize import optimize
+from w4s.flows.report import PNG_SIGNATURE
+from w4s.models.factory import clear_model_cache
 
 
 @pytest.fixture(autouse=True)

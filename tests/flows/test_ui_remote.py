@@ -9,10 +9,10 @@ import pytest
 from prefect_reads import flow_run_artifacts
 from replies import GOOD
 
-from flows.optimize import optimize
-from flows.report import PNG_SIGNATURE
-from models.factory import clear_model_cache
 from w4s.config import build_config
+from w4s.flows.optimize import optimize
+from w4s.flows.report import PNG_SIGNATURE
+from w4s.models.factory import clear_model_cache
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from flows.report import PNG_SIGNATURE, accuracy_plot, cost_plot, markdown_table
+from w4s.flows.report import PNG_SIGNATURE, accuracy_plot, cost_plot, markdown_table
 
 
 def test_a_run_with_an_unscored_candidate_still_plots(tmp_path):

@@ -15,13 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _modules():
-    """models.rlao and models.packing without models/__init__ (its backends need more)."""
+    """w4s.models.rlao and packing without models/__init__ (its backends need more)."""
     sys.path.insert(0, str(ROOT))
-    if "models" not in sys.modules:
-        pkg = types.ModuleType("models")
+    if "w4s.models" not in sys.modules:
+        pkg = types.ModuleType("w4s.models")
         pkg.__path__ = [str(ROOT / "models")]
-        sys.modules["models"] = pkg
-    return importlib.import_module("models.rlao")
+        sys.modules["w4s.models"] = pkg
+    return importlib.import_module("w4s.models.rlao")
 
 
 def _model(rlao, attn: str, share: bool):

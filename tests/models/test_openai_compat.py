@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import pytest
 from fake_openai import FakeOpenAIEndpoint, chat_completion
 
-from models.factory import build_chat_model
-from models.openai_compat import OpenAICompatChatModel
 from w4s.config import BackendConfig
 from w4s.errors import BackendError, ConfigError
+from w4s.models.factory import build_chat_model
+from w4s.models.openai_compat import OpenAICompatChatModel
 
 MESSAGES = [{"role": "user", "content": "What is 2+3?"}]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import packing, rlao
+from w4s.models import packing, rlao
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 STATES = [  # two states with three and two candidates, and a state with one
@@ -197,7 +197,7 @@ def test_one_fit_step_shared_equals_unshared(tiny, tmp_path):
 
 def test_a_state_too_long_for_a_row_is_split_with_one_warning(caplog):
     samples = [rlao.Sample([1, 2, 3, 4] + [9] * 3, [rlao.IGNORE] * 4 + [9] * 3, 1.0)] * 3
-    with caplog.at_level("WARNING", logger="models.packing"):
+    with caplog.at_level("WARNING", logger="w4s.models.packing"):
         assert packing.pack_shared(samples, 11) == [[0, 1], [2]]
         packing.pack_shared(samples, 11)
     warnings = [r.getMessage() for r in caplog.records]

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from models import policy_eval
-from models.policy_eval import Candidate
+from w4s.models import policy_eval
+from w4s.models.policy_eval import Candidate
 
 PROMPT = [{"role": "system", "content": "You are a helpful assistant."},
           {"role": "user", "content": "What is 2+3?"}]
@@ -71,7 +71,7 @@ def test_offline_margin_and_a_paired_comparison(policy, tmp_path):
     # an adapter at its initialisation (lora_B = 0) leaves the policy's scores unchanged
     from peft import LoraConfig, get_peft_model
 
-    from models.rlao import load_base
+    from w4s.models.rlao import load_base
 
     base, _ = load_base(folder)
     get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flows.fit import fit_adapter
-from models import rlao
-from storage import adapters
 from w4s.errors import W4SError
+from w4s.flows.fit import fit_adapter
+from w4s.models import rlao
+from w4s.storage import adapters
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 MESSAGE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -112,11 +112,11 @@ def test_long_samples_are_dropped_and_counted_never_cut(model_tok):
 def test_the_default_max_seq_len_is_the_model_context_and_drops_are_reported(
     tiny, tmp_path, caplog
 ):
-    from flows.report import fit_report
+    from w4s.flows.report import fit_report
 
     long_row = row("What is 2+3? " * 200, "The answer is 5.", 1.0)  # over the 512 context
     data = write_dataset(tmp_path / "d.parquet", [*ROWS, long_row])
-    with caplog.at_level("WARNING", logger="models.rlao"):
+    with caplog.at_level("WARNING", logger="w4s.models.rlao"):
         result = fit_adapter(data, str(tiny), tmp_path / "out", max_steps=1, register=False,
                              **FAST)
     m = result.metrics
@@ -427,7 +427,7 @@ def test_latest_with_an_empty_registry_is_an_error():
 def test_cli_fit_and_adapters(tiny, tmp_path, capsys):
     import argparse
 
-    from flows import fit
+    from w4s.flows import fit
 
     parser = argparse.ArgumentParser(prog="w4s")
     fit.add_parser(parser.add_subparsers(dest="command", required=True))
@@ -562,8 +562,8 @@ def test_the_fit_options_of_flows_and_nightly_reach_the_trainer():
     parameter and an RLAOConfig default, so `max_grad_norm` etc. are really passed on."""
     import inspect
 
-    from flows.nightly import NightlyConfig
-    from flows.stage_flows import FitOptions
+    from w4s.flows.nightly import NightlyConfig
+    from w4s.flows.stage_flows import FitOptions
 
     params = inspect.signature(fit_adapter).parameters
     options = FitOptions(max_grad_norm=0.5, estimator="mean", step_samples=32)

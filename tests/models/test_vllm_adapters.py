@@ -10,10 +10,10 @@ import pytest
 from adapter_folders import make_adapter_folder
 from fake_openai import FakeOpenAIEndpoint, chat_completion
 
-from models.factory import build_chat_model, clear_model_cache
-from models.lora_gguf import adapter_digest
 from w4s.config import BackendConfig
 from w4s.errors import BackendError, ConfigError
+from w4s.models.factory import build_chat_model, clear_model_cache
+from w4s.models.lora_gguf import adapter_digest
 
 BASE = "Qwen/Qwen2.5-7B-Instruct"
 ASK = [{"role": "user", "content": "hi"}]
@@ -149,7 +149,7 @@ def test_an_unreachable_server_is_the_usual_error(vllm: VLLMFake, adapter: Path)
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
 def test_the_in_process_engine_without_vllm_is_one_line(adapter: Path) -> None:
-    from models.vllm_engine import VLLMChatModel
+    from w4s.models.vllm_engine import VLLMChatModel
 
     with pytest.raises(ConfigError) as err:
         VLLMChatModel(model=BASE, adapter=str(adapter))

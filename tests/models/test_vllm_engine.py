@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from adapter_folders import make_adapter_folder
 
-from models.factory import build_chat_model, clear_model_cache
 from w4s.config import BackendConfig
 from w4s.errors import ConfigError
+from w4s.models.factory import build_chat_model, clear_model_cache
 
 ASK = [{"role": "user", "content": "hi"}]
 

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from storage.call_cache import SQLiteCallCache, default_cache_path, open_call_cache
 from w4s.cost import Meter, PriceTable, Spend
 from w4s.errors import BudgetExceeded, ConfigError
 from w4s.sandbox import CallCache, Harness, MemoryCallCache, SandboxSettings, call_key
+from w4s.storage.call_cache import SQLiteCallCache, default_cache_path, open_call_cache
 
 SAMPLING = """
 def solver(agent, task):
@@ -100,7 +100,7 @@ def test_default_cache_path_follows_w4s_home(tmp_path, monkeypatch):
 
 WRITER = """
 import sys
-from storage.call_cache import SQLiteCallCache
+from w4s.storage.call_cache import SQLiteCallCache
 path, worker, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 cache = SQLiteCallCache(path, busy_timeout_s=60)
 for i in range(n):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from fake_openai import FakeOpenAIEndpoint, chat_completion
 
-from models.openai_compat import OpenAICompatChatModel
+from w4s.models.openai_compat import OpenAICompatChatModel
 from w4s.sandbox import Harness, MemoryCallCache, SandboxSettings
 
 PLAIN = "def solver(agent, task):\n    return {'answer': agent.llm('ECHO: ' + task)}\n"

@@ -107,10 +107,10 @@ def test_isolation_report_names_a_level():
 
 
 def test_evaluate_file_prints_a_table_and_json(tmp_path, monkeypatch, capsys, fake):
-    import models.factory
-    from flows.evaluate_cmd import evaluate_file
+    from w4s.flows.evaluate_cmd import evaluate_file
+    from w4s.models import factory as models_factory
 
-    monkeypatch.setattr(models.factory, "build_chat_model", lambda cfg, role=None: fake)
+    monkeypatch.setattr(models_factory, "build_chat_model", lambda cfg, role=None: fake)
     wf = tmp_path / "wf.py"
     wf.write_text("def solver(agent, task):\n    return {'answer': agent.llm('ECHO: 7')}\n")
     cfg = BackendConfig(kind="scripted", replies=["unused"])
@@ -128,7 +128,7 @@ def test_evaluate_file_prints_a_table_and_json(tmp_path, monkeypatch, capsys, fa
 
 
 def test_evaluate_file_rejects_an_invalid_workflow(tmp_path, capsys):
-    from flows.evaluate_cmd import evaluate_file
+    from w4s.flows.evaluate_cmd import evaluate_file
 
     wf = tmp_path / "wf.py"
     wf.write_text("def solver(agent):\n    return {}\n")

@@ -20,9 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fake_openai import FakeOpenAIEndpoint, chat_completion
 
-from models.openai_compat import OpenAICompatChatModel
 from w4s.cost import Meter, Spend
 from w4s.errors import BudgetExceeded
+from w4s.models.openai_compat import OpenAICompatChatModel
 from w4s.sandbox import Harness, MemoryCallCache, SandboxSettings
 from w4s.sandbox.proxy import MAX_PROMPT_CHARS, prompt_tokens_bound
 

@@ -8,12 +8,12 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from flows.dataset_cmd import add_parser
-from storage.collections import last_nights, nightly_collections
-from storage.run_store import RunStore
 from w4s.config import OptimizeConfig
 from w4s.errors import W4SError
+from w4s.flows.dataset_cmd import add_parser
 from w4s.mdp import Candidate, State
+from w4s.storage.collections import last_nights, nightly_collections
+from w4s.storage.run_store import RunStore
 
 
 def _collection(runs_dir, cid: str, runs: list[str], failed: dict | None = None) -> None:

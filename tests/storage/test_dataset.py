@@ -7,13 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.dataset_cmd import add_parser
-from storage.dataset import DATASET_SCHEMA, DatasetQuery, build_dataset, card_path_for
-from storage.run_store import RunStore
 from w4s.config import OptimizeConfig
 from w4s.errors import W4SError
+from w4s.flows.dataset_cmd import add_parser
 from w4s.mdp import Candidate, State
 from w4s.reward import rwr_weight
+from w4s.storage.dataset import DATASET_SCHEMA, DatasetQuery, build_dataset, card_path_for
+from w4s.storage.run_store import RunStore
 
 BENCH = "arithmetic (synthetic)"
 
@@ -266,8 +266,8 @@ def test_a_repaired_sample_carries_the_conversation_it_was_sampled_from(tmp_path
 
 def test_repaired_samples_can_be_dropped_or_paired_with_the_state(tmp_path):
     plain, fixed = _repaired_run(tmp_path / "runs")
-    from flows.stage_flows import DatasetOptions
-    from tasks.dataset import build
+    from w4s.flows.stage_flows import DatasetOptions
+    from w4s.tasks.dataset import build
 
     assert _cli(["dataset", "--runs-dir", str(tmp_path / "runs"), "--out",
                  str(tmp_path / "a.parquet"), "--repaired", "drop"]) == 0

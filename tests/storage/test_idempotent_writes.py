@@ -16,13 +16,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from storage import adapters
-from storage.dataset import build_dataset
-from storage.files import atomic_write, write_parquet
-from storage.query import iteration_table, query_runs
-from storage.run_store import RunStore
 from w4s.config import OptimizeConfig
 from w4s.mdp import Candidate, State
+from w4s.storage import adapters
+from w4s.storage.dataset import build_dataset
+from w4s.storage.files import atomic_write, write_parquet
+from w4s.storage.query import iteration_table, query_runs
+from w4s.storage.run_store import RunStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,7 +78,7 @@ def test_killed_trajectory_rewrite_keeps_the_old_rows_and_a_rerun_has_no_duplica
     before = _rows(store)
     ready = tmp_path / "ready"
     proc = _child(STUCK_AT_RENAME + f"""
-from storage.run_store import RunStore
+from w4s.storage.run_store import RunStore
 from tests.storage.test_idempotent_writes import _cands, _write
 _write(RunStore({str(store.root)!r}), 1, _cands("r1", 1, 5, tag="new"))
 """, ready)
@@ -103,7 +103,7 @@ def test_sigkill_at_any_moment_of_a_rewrite_leaves_one_whole_file(tmp_path):
     started = tmp_path / "started"
     proc = _child(f"""
 import pathlib, sys
-from storage.run_store import RunStore
+from w4s.storage.run_store import RunStore
 from tests.storage.test_idempotent_writes import _cands, _write
 store = RunStore({str(store.root)!r})
 a = _cands("r1", 1, 2, tag="a", size=1 << 20)
@@ -132,7 +132,7 @@ def test_killed_candidate_and_state_writes_keep_the_old_json(tmp_path):
     store.save_candidate(old)
     ready = tmp_path / "ready"
     proc = _child(STUCK_AT_RENAME + f"""
-from storage.run_store import RunStore
+from w4s.storage.run_store import RunStore
 from tests.storage.test_idempotent_writes import _cands
 RunStore({str(store.root)!r}).save_candidate(_cands("r1", 1, 1, tag="new")[0])
 """, ready)
@@ -178,7 +178,7 @@ def test_killed_dataset_build_keeps_the_old_pair_and_a_rerun_matches(tmp_path):
     _write(store, 2, _cands("r1", 2, 4))  # more rows: the next build differs
     ready = tmp_path / "ready"
     proc = _child(STUCK_AT_RENAME + f"""
-from storage.dataset import build_dataset
+from w4s.storage.dataset import build_dataset
 build_dataset({str(runs)!r}, {str(out)!r})
 """, ready)
     _kill_when_ready(proc, ready)
@@ -201,7 +201,7 @@ def test_killed_registration_lists_nothing_and_a_rerun_registers_once(tmp_path):
     folder = _adapter(tmp_path / "fit-out")
     ready = tmp_path / "ready"
     proc = _child(STUCK_AT_RENAME + f"""
-from storage.adapters import register
+from w4s.storage.adapters import register
 register({str(folder)!r}, base_model="b")
 """, ready)
     _kill_when_ready(proc, ready)
@@ -226,9 +226,9 @@ class _FakePeft:
 
 
 def test_fit_output_is_an_adapter_only_once_its_weights_are_whole(tmp_path, monkeypatch):
-    from flows.fit import save_adapter
-    from models.lora_gguf import check_adapter_dir
     from w4s.errors import ConfigError
+    from w4s.flows.fit import save_adapter
+    from w4s.models.lora_gguf import check_adapter_dir
 
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)

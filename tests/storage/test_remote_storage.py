@@ -11,14 +11,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from storage import adapters
-from storage.dataset import build_dataset
-from storage.query import iteration_table, list_runs, query_runs
-from storage.run_store import RunStore
 from w4s.config import OptimizeConfig
 from w4s.errors import ConfigError
 from w4s.mdp import Candidate, State
 from w4s.paths import location, runs_dir, storage_root, w4s_home
+from w4s.storage import adapters
+from w4s.storage.dataset import build_dataset
+from w4s.storage.query import iteration_table, list_runs, query_runs
+from w4s.storage.run_store import RunStore
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_bad_storage_settings_are_one_line(monkeypatch):
 
 
 def test_cli_lists_shows_queries_and_builds_datasets_at_a_url(monkeypatch, capsys):
-    from flows.cli import main
+    from w4s.flows.cli import main
 
     root = f"memory://w4s-cli-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("W4S_STORAGE_URL", root)

@@ -1,11 +1,11 @@
 import pyarrow.parquet as pq
 import pytest
 
-from storage.query import iteration_table, list_runs
-from storage.run_store import RunStore
 from w4s.config import OptimizeConfig
 from w4s.errors import W4SError
 from w4s.mdp import Candidate, State
+from w4s.storage.query import iteration_table, list_runs
+from w4s.storage.run_store import RunStore
 
 
 def _cand(it, j, acc, status="ok", chosen=False):
