@@ -291,9 +291,12 @@ class Jail:
         never lower it again)."""
         if sys.platform.startswith("linux"):
             get_libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            try:
-                with open("/proc/self/oom_score_adj", "w") as f:
-                    f.write("1000")
+            try:  # os.open, not open(): a text file object costs ~70 page faults per job
+                fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+                try:
+                    os.write(fd, b"1000")
+                finally:
+                    os.close(fd)
             except OSError:
                 pass
         os.setsid()
