@@ -85,7 +85,7 @@ class Jail:
             self._protect_zygote()
         self.uid: int | None = cfg.get("uid")
         if sys.platform.startswith("linux"):
-            get_libc()  # once here: finding libc runs ldconfig, ~5 ms in every job otherwise
+            get_libc()  # once here, not in every forked job
         self.landlock = landlock_abi() if cfg.get("landlock", True) else 0
         self.tmp_root = cfg["tmp_root"]
         self.private_tmp = False

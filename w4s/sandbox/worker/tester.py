@@ -251,10 +251,10 @@ def serve(sock: socket.socket) -> None:
 def main(cfg: dict) -> None:
     import gc
 
-    from .zygote import WARM_MODULES
+    from .zygote import ITEM_MODULES, WARM_MODULES
 
     get_libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    for name in WARM_MODULES:
+    for name in WARM_MODULES + ITEM_MODULES:
         try:
             __import__(name)
         except ImportError:
