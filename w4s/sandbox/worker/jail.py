@@ -117,6 +117,7 @@ class Jail:
                 self.landlock = 0
         self._seq = itertools.count()
         self.seccomp: UnixSocketFilter | None = None
+        self.sealed = False  # `seal` applied: jobs inherit the filter from the zygote
         if cfg.get("seccomp", True) and sys.platform.startswith("linux"):
             self.seccomp = UnixSocketFilter()
             if not self.seccomp.supported:
@@ -306,6 +307,17 @@ class Jail:
         os.chdir(workdir)
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
 
+    def seal(self) -> None:
+        """Apply, once in the zygote, the steps that are the same for every job and that a
+        fork inherits: the seccomp filter (no new unix sockets, io_uring or other ABIs: the
+        zygote needs none, its socketpairs stay allowed) and SIGXFSZ ignored (oversized
+        writes fail, not kill; the zygote has no file-size limit). Each job's process then
+        applies only what is its own: limits, its Landlock domain, the uid drop."""
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if self.seccomp is not None:
+            self.seccomp.apply()
+        self.sealed = True
+
     def lock(self, *, cpu_s: float, memory_mb: int, fsize_mb: int) -> None:
         """Limits, Landlock and the uid drop: the last step before untrusted code runs."""
         cpu = max(1, int(cpu_s + 1))
@@ -324,10 +336,11 @@ class Jail:
                 resource.setrlimit(which, value)
             except (ValueError, OSError):
                 pass  # e.g. macOS rejects RLIMIT_AS; the wall clock still holds
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail, not kill
+        if not self.sealed:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes fail, not kill
         if self.ruleset is not None:
             landlock_restrict(self.ruleset)
-        if self.seccomp is not None:
+        if self.seccomp is not None and not self.sealed:
             self.seccomp.apply()
         if self.uid is not None:
             os.setgroups([])

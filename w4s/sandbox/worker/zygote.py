@@ -17,6 +17,7 @@ from .framing import ProtocolError, recv_frame, send_frame
 from .jail import Jail
 from .program import run_forked_program, run_forked_solutions
 from .reap import ParentGone, describe_exit, jail_cleanup, remove_dir, wait_child
+from .solution import rehearse as rehearse_solution
 
 if TYPE_CHECKING:
     from .spare import Spare
@@ -128,6 +129,7 @@ def _warm_up(items: bool) -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+    rehearse_solution()
     gc.collect()
     gc.freeze()  # forked children then do not copy the zygote's heap to update GC state
 
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     jail = Jail(cfg)
     try:
         _warm_up(items is not None)
+        jail.seal()
         serve(ctrl, jail, items)
     finally:
         # the parent closed us or died (SIGTERM, SIGKILL, a cancelled flow run): end every
