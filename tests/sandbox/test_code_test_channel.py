@@ -111,3 +111,15 @@ def test_broken_test_texts_fail_their_answer_and_the_server_goes_on():
         assert results[1].error.startswith("test harness: SyntaxError")
         assert "<setup>" in results[1].error and "<tests>" in results[2].error
         assert results[3].error == "test harness: KeyError: 5"
+
+
+def test_an_answers_standard_streams_lead_nowhere():
+    """S no longer redirects fds 0-2 itself: it inherits the zygote's, set to /dev/null
+    when the zygote starts. What an answer prints reaches nobody, and fails nothing."""
+    probe = CodeTest(
+        solution="import os, sys\ndef f(x):\n    print('noise' * 1000)\n"
+                 "    os.write(2, b'more noise')\n"
+                 "    return [os.readlink(f'/proc/self/fd/{fd}') for fd in (0, 1, 2)]\n",
+        test="def check(c):\n    assert c(0) == ['/dev/null'] * 3\n", entry_point="f")
+    assert [r.ok for r in run_tests([probe, probe])] == [True, True], \
+        run_tests([probe])[0].error

@@ -110,8 +110,9 @@ class FrameChannel:
         self.sock, self.max_bytes, self.timed = sock, max_bytes, timed
         self._buf = bytearray()
         sock.setblocking(not timed)
-        self._readable = select.poll()
-        self._readable.register(sock, select.POLLIN)
+        self._readable = select.poll() if timed else None
+        if self._readable is not None:
+            self._readable.register(sock, select.POLLIN)
 
     def _wait(self, poller: select.poll, deadline: float | None) -> None:
         left = None if deadline is None else deadline - time.monotonic()
@@ -147,7 +148,7 @@ class FrameChannel:
                     data = bytes(buf[HEADER.size:need])
                     del buf[:need]
                     return _parse(data)
-            if self.timed:
+            if self._readable is not None:
                 self._wait(self._readable, deadline)
             try:
                 chunk = self.sock.recv(max(1 << 16, min(need - len(buf), 1 << 20)))

@@ -151,7 +151,7 @@ def run_forked_solutions(
                 for fd in close_fds:
                     os.close(fd)
                 jail.enter(workdir, cpu_s=cpu_s, memory_mb=memory_mb, fsize_mb=16)
-                redirect_stdio(None)  # its output is nobody's business
+                # its output is nobody's business: fds 0-2 are the zygote's, /dev/null
                 if conn_fd != 3:
                     os.dup2(conn_fd, 3)
                 os.closerange(4, 1 << 16)  # other tests' sockets among them

@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from .framing import ProtocolError, recv_frame, send_frame
-from .jail import Jail
+from .jail import Jail, redirect_stdio
 from .program import run_forked_program, run_forked_solutions
 from .reap import ParentGone, describe_exit, jail_cleanup, remove_dir, wait_child
 from .solution import rehearse as rehearse_solution
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = json.loads((sys.argv if argv is None else argv)[1])
     ctrl = socket.socket(fileno=int(cfg["ctrl_fd"]))
     os.set_inheritable(ctrl.fileno(), False)
+    redirect_stdio(None)  # whatever started us: every job's fds 0-2 start as /dev/null
     items = _load_items() if cfg.get("items", True) else None
     jail = Jail(cfg)
     try:
