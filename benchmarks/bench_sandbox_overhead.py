@@ -7,6 +7,8 @@
 (d) exec in this process, no isolation at all
 
 Targets: (b) at least 5x faster than (a), within 3x of (d), and all 164 pass.
+The test server keeps each test compiled, as when every candidate of a run is scored on the
+same items: (b)'s first pass compiles them and is printed too.
 Run: .venv/bin/python benchmarks/bench_sandbox_overhead.py [--repeat 3]
 """
 
@@ -99,17 +101,22 @@ def main() -> None:
           f"uid drop {report['uid_drop']})")
 
     best: dict[str, tuple[float, int]] = {}
+    first: float | None = None
     for _ in range(max(1, args.repeat)):
         for name, fn, arg in (("check_correctness", time_check_correctness, problems),
                               ("pooled_tests", time_tests, tests),
                               ("pooled_programs", time_pooled, sources),
                               ("in_process", time_in_process, sources)):
             t, ok = fn(arg)
+            if name == "pooled_tests" and first is None:
+                first = t
             if name not in best or t < best[name][0]:
                 best[name] = (t, ok)
     n = len(sources)
     for name, (t, ok) in best.items():
         print(f"  {name:18s} {t:7.3f} s  {1000 * t / n:6.2f} ms/program  passed {ok}/{n}")
+    print(f"  pooled_tests first pass (tests compiled afresh) {first:.3f} s "
+          f"({best['check_correctness'][0] / first:.1f}x faster than check_correctness)")
     a, b, c = best["check_correctness"][0], best["pooled_tests"][0], best["in_process"][0]
     speedup, slowdown = a / b, b / c
     all_pass = all(ok == n for _, ok in best.values())

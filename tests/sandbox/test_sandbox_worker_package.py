@@ -34,12 +34,14 @@ def test_worker_imports_only_the_standard_library():
 
 def test_worker_loads_in_an_isolated_interpreter_without_w4s():
     """Imported the way the zygote is started (by its own name from its parent folder, in
-    `python -I`), the package pulls in nothing but the standard library."""
+    `python -I`), the package pulls in nothing but the standard library, the workflow
+    side (`agent`) included, which a zygote for items loads before any job."""
     probe = (
         "import sys, json\n"
         f"sys.path.insert(0, {str(PKG.parent)!r})\n"
         "before = set(sys.modules)\n"
         "import worker, worker.zygote\n"
+        "worker.zygote._load_items()\n"
         "new = sorted(set(sys.modules) - before)\n"
         "print(json.dumps(new))\n"
     )
@@ -53,6 +55,22 @@ def test_worker_loads_in_an_isolated_interpreter_without_w4s():
                and m.split(".")[0] not in sys.stdlib_module_names]
     assert foreign == []
     assert not any(m == "w4s" or m.startswith("w4s.") for m in new)
+
+
+def test_workers_for_programs_and_code_tests_do_not_import_threading():
+    """The shared pool's zygotes (programs, code tests) never import `threading` (nor
+    `subprocess`, which imports it): its after-fork hook would run in every process they
+    fork, for nothing. The modules a program imports are its own to pay for."""
+    from w4s.sandbox import run_program
+
+    probe = ("import sys\n"
+             "print(sorted(m for m in ('threading', 'subprocess', 'concurrent.futures',"
+             " 'worker.agent') if m in sys.modules))\n")
+    r = run_program(probe)
+    assert r.ok, r.error
+    assert r.stdout.strip() == "[]"
+    r = run_program("import threading\nprint(threading.current_thread().name)\n")
+    assert r.ok and r.stdout.strip() == "MainThread", r.error
 
 
 def test_the_pool_starts_the_package_main_file():

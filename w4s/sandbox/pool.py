@@ -125,7 +125,10 @@ class Worker:
 
     _seq = itertools.count()
 
-    def __init__(self) -> None:
+    def __init__(self, items: bool = True) -> None:
+        """`items`: whether it runs workflow items; a worker that runs only programs and
+        code tests does without their modules (and without `threading`, which every
+        forked process would pay for)."""
         iso = detect_isolation()
         self.seq = next(Worker._seq)
         self.isolation: dict = {}
@@ -151,7 +154,7 @@ class Worker:
                 "memory_cgroup": dirs.get("memory"), "cgroups": self.cgroups,
                 "uid": iso["uid"], "mount_tmp": mount_tmp,
                 "tmp_root": self.tmp_root or "/tmp/w4s", "landlock": iso["landlock_abi"] > 0,
-                "host_root": iso["host_root"], "seccomp": True,
+                "host_root": iso["host_root"], "seccomp": True, "items": items,
                 "owner": os.getpid(),  # in every worker process's command line: findable
             }
             cmd = [*iso["unshare_prefix"], sys.executable, "-s", "-B", WORKER_MAIN,
@@ -234,10 +237,11 @@ class Worker:
 class WorkerPool:
     """At most `size` warm workers, started lazily; a dead worker is replaced on next use."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, items: bool = True) -> None:
         if size < 1:
             raise ValueError(f"`size` must be at least 1, but received {size!r}")
         self.size = size
+        self.items = items
         self._idle: list[Worker] = []
         self._all: set[Worker] = set()
         self._slots = threading.BoundedSemaphore(size)
@@ -260,7 +264,7 @@ class WorkerPool:
                     else:
                         self._forget(cand)
             if w is None:
-                w = Worker()
+                w = Worker(self.items)
                 with self._lock:
                     self._all.add(w)
             yield w
@@ -292,7 +296,8 @@ _shared_lock = threading.Lock()
 
 
 def shared_pool() -> WorkerPool:
-    """The process-wide pool for `run_programs` and `isolation_report` (lazily started).
+    """The process-wide pool for `run_programs`, `run_tests` and `isolation_report` (lazily
+    started); its workers run no workflow items.
 
     Kept apart from every Harness's pool, so a benchmark scorer running programs from
     inside a busy harness never waits on the harness's own workers.
@@ -300,7 +305,7 @@ def shared_pool() -> WorkerPool:
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = WorkerPool(max(2, os.cpu_count() or 2))
+            _shared = WorkerPool(max(2, os.cpu_count() or 2), items=False)
             atexit.register(_shared.close)
         return _shared
 

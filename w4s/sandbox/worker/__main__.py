@@ -10,20 +10,26 @@ import json
 import os
 import sys
 
+# only the role's own modules: the tester imports `threading`, which a zygote running
+# only programs and code tests must not (see `zygote.ITEM_MODULES`)
+_cfg = json.loads(sys.argv[1])
+_tester = _cfg.get("role") == "tester"
 if not __package__:
     _here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(_here))
-    from worker.tester import main as serve_tests
-    from worker.zygote import main
+    if _tester:
+        from worker.tester import main as serve_tests
+    else:
+        from worker.zygote import main
 
     del sys.path[0]
-else:  # python -m w4s.sandbox.worker (imports w4s first: for debugging only)
+elif _tester:  # python -m w4s.sandbox.worker (imports w4s first: for debugging only)
     from .tester import main as serve_tests
+else:
     from .zygote import main
 
-_cfg = json.loads(sys.argv[1])
-if _cfg.get("role") == "tester":
+if _tester:
     serve_tests(_cfg)
 else:
     main()

@@ -5,6 +5,7 @@ side (S) of a code test, see `solution` and `tester`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import linecache
@@ -25,11 +26,11 @@ PROGRAM_FILE = "<program>"
 
 
 def seed_random(*parts: str) -> None:
-    """Seed `random` from the job's content: reruns, and any worker, draw the same numbers."""
-    import hashlib
+    """Seed `random` from the job's content: reruns, and any worker, draw the same numbers.
+    (A str seed is hashed by `random` itself, with SHA-512: no hashlib object per job.)"""
     import random
 
-    random.seed(hashlib.sha256("\0".join(parts).encode()).digest())
+    random.seed("\0".join(parts))
 
 
 def exec_program(source: str, filename: str, want_solution: bool, limit: int) -> dict:
@@ -150,7 +151,7 @@ def run_forked_solutions(
                 for fd in close_fds:
                     os.close(fd)
                 jail.enter(workdir, cpu_s=cpu_s, memory_mb=memory_mb, fsize_mb=16)
-                redirect_stdio(None)  # its output is nobody's business
+                # its output is nobody's business: fds 0-2 are the zygote's, /dev/null
                 if conn_fd != 3:
                     os.dup2(conn_fd, 3)
                 os.closerange(4, 1 << 16)  # other tests' sockets among them
@@ -167,34 +168,60 @@ def run_forked_solutions(
 
 def _watch_solutions(started: list[tuple[int, int, str, float]], deadline: float) -> list[dict]:
     """Wait for each S: it ends by itself, or its peer (T) hangs up and it is killed, or
-    the deadline passes. Our copy of its socket (`conn_fd`) shows the hang-up."""
+    the deadline passes. Our copy of its socket (`conn_fd`) shows the hang-up, a pidfd the
+    exit, so this sleeps until one of them happens (no polling tick, no spinning while a
+    killed S is still exiting); without pidfds, exits are checked every 10 ms."""
     rdhup = getattr(select, "POLLRDHUP", 0x2000)
     poller = select.poll()
-    for _, conn_fd, _, _ in started:
-        poller.register(conn_fd, rdhup)
     pending = dict(enumerate(started))
-    by_fd = {conn_fd: i for i, (_, conn_fd, _, _) in pending.items()}
+    events: dict[int, tuple[int, bool]] = {}  # fd -> (index, is the pidfd)
+    pidfds: dict[int, int] = {}
+    for i, (pid, conn_fd, _, _) in pending.items():
+        poller.register(conn_fd, rdhup)
+        events[conn_fd] = (i, False)
+        try:
+            pidfds[i] = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            continue
+        poller.register(pidfds[i], select.POLLIN)
+        events[pidfds[i]] = (i, True)
+    tick = None if len(pidfds) == len(pending) else 10
     results: list[dict] = [{} for _ in started]
-    while pending:
-        left = deadline - time.monotonic()
-        timed_out = left <= 0
-        for fd, _ in [] if timed_out else poller.poll(min(left, 0.01) * 1000):
-            i = by_fd.get(fd)
-            if i in pending:  # T is done with it: nothing more to do
-                kill_group(pending[i][0])
-        for i, (pid, conn_fd, _, t0) in list(pending.items()):
-            if timed_out:
-                kill_group(pid)
-            done, status = os.waitpid(pid, 0 if timed_out else os.WNOHANG)
-            if not done:
-                continue
-            poller.unregister(conn_fd)
-            os.close(conn_fd)
-            del pending[i]
-            exit_ = None if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9 else \
-                describe_exit(status).replace("worker", "solution")
-            results[i] = {"timed_out": timed_out, "seconds": time.monotonic() - t0,
-                          "exit": exit_}
+    try:
+        while pending:
+            left = deadline - time.monotonic()
+            timed_out = left <= 0
+            exited = []
+            for fd, _ in [] if timed_out else poller.poll(
+                    max(1, int(left * 1000)) if tick is None else min(left * 1000, tick)):
+                i, is_pidfd = events[fd]
+                if is_pidfd:
+                    exited.append(i)
+                elif i in pending:  # T is done with it: nothing more to do
+                    kill_group(pending[i][0])
+                    poller.unregister(fd)  # hung up for good: would wake us again and again
+            for i in list(pending) if timed_out or tick is not None else exited:
+                if i not in pending:
+                    continue
+                pid, conn_fd, _, t0 = pending[i]
+                if timed_out:
+                    kill_group(pid)
+                done, status = os.waitpid(pid, 0 if timed_out else os.WNOHANG)
+                if not done:
+                    continue
+                with contextlib.suppress(KeyError):
+                    poller.unregister(conn_fd)
+                if i in pidfds:
+                    poller.unregister(pidfds[i])
+                os.close(conn_fd)
+                del pending[i]
+                exit_ = None if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9 else \
+                    describe_exit(status).replace("worker", "solution")
+                results[i] = {"timed_out": timed_out, "seconds": time.monotonic() - t0,
+                              "exit": exit_}
+    finally:
+        for fd in pidfds.values():
+            os.close(fd)
     return results
 
 

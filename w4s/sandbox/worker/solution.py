@@ -11,7 +11,7 @@ import socket
 import types
 from typing import Any
 
-from .framing import recv_frame, send_frame
+from .framing import FrameChannel, send_frame
 from .plain import NotPlain, Ref, decode, encode
 from .text import clip, error_text
 
@@ -23,6 +23,7 @@ def serve_solution(sock: socket.socket, source: str, limit: int) -> None:
     """Exec `source`, say which names it defines, then answer calls until T hangs up."""
     from .program import seed_random  # program imports this module
 
+    chan = FrameChannel(sock)
     linecache.cache[SOLUTION_FILE] = (len(source), None, source.splitlines(True),
                                       SOLUTION_FILE)
     seed_random(source)
@@ -30,12 +31,12 @@ def serve_solution(sock: socket.socket, source: str, limit: int) -> None:
     try:
         exec(compile(source, SOLUTION_FILE, "exec"), glb)  # noqa: S102 - jailed
     except BaseException as e:  # noqa: BLE001 - a broken solution is its own result
-        send_frame(sock, {"op": "ready", "error": error_text(e, limit)})
+        chan.send({"op": "ready", "error": error_text(e, limit)})
         return
     names = [k for k, v in list(glb.items()) if callable(v) and not k.startswith("__")]
     modules = {k: v.__name__ for k, v in list(glb.items())
                if isinstance(v, types.ModuleType) and isinstance(v.__name__, str)}
-    send_frame(sock, {"op": "ready", "names": names, "modules": modules})
+    chan.send({"op": "ready", "names": names, "modules": modules})
     objects: dict[int, Any] = {}
 
     def ref(obj: Any) -> int:
@@ -58,7 +59,7 @@ def serve_solution(sock: socket.socket, source: str, limit: int) -> None:
 
     while True:
         try:
-            req = recv_frame(sock)
+            req = chan.recv()
         except (EOFError, OSError):
             return
         try:
@@ -70,7 +71,7 @@ def serve_solution(sock: socket.socket, source: str, limit: int) -> None:
                      "args": [encode(a, ref) if type(a) in MUTABLE else None for a in args]}
         except BaseException as e:  # noqa: BLE001 - raised by the solution: T re-raises
             reply = {"raise": type(e).__name__, "message": clip(_message(e), 500)}
-        send_frame(sock, reply)
+        chan.send(reply)
 
 
 def _message(e: BaseException) -> str:
@@ -78,3 +79,24 @@ def _message(e: BaseException) -> str:
         return str(e)
     except BaseException:  # noqa: BLE001 - a hostile __str__
         return ""
+
+
+_REHEARSAL = ("from typing import List\n\n\ndef f(xs: List[int], k) -> List[int]:\n"
+              "    return [x * k for x in xs]\n")
+
+
+def rehearse() -> None:
+    """Serve a trivial solution once in the zygote itself (nothing is sent anywhere): the
+    code on that path is then warm (quickened) in the zygote's memory, so each S forked
+    later writes to, and so copies, fewer of its pages."""
+    ours, theirs = socket.socketpair()
+    try:
+        for k in range(3):
+            send_frame(ours, {"name": "f", "args": [["l", [["i", "0x1"], "a"]], ["i", hex(k)]],
+                              "kwargs": {}})
+        ours.shutdown(socket.SHUT_WR)
+        serve_solution(theirs, _REHEARSAL, 1000)
+    finally:
+        ours.close()
+        theirs.close()
+        linecache.cache.pop(SOLUTION_FILE, None)

@@ -15,6 +15,7 @@ Started as `python -s -B .../worker/__main__.py '{"role": "tester", "fd": N}'`.
 from __future__ import annotations
 
 import builtins
+import collections
 import importlib
 import json
 import os
@@ -26,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from .framing import ProtocolError, recv_frame, send_frame
+from .framing import FrameChannel, ProtocolError, recv_frame, send_frame
 from .libc import get_libc
 from .plain import NotPlain, decode, encode
 from .text import clip
@@ -60,7 +61,8 @@ class _Conn:
     broken and the test fails, whatever the test code does with the exception."""
 
     def __init__(self, sock: socket.socket, max_frame: int, timeout_s: float) -> None:
-        self.sock, self.max_frame, self.timeout_s = sock, max_frame, timeout_s
+        self.chan = FrameChannel(sock, max_bytes=max_frame, timed=True)
+        self.timeout_s = timeout_s
         self.deadline = 0.0
         self.broken: str | None = None
 
@@ -70,7 +72,7 @@ class _Conn:
 
     def ready(self, deadline: float) -> tuple[list[str], dict[str, str]]:
         try:
-            hello = recv_frame(self.sock, deadline=deadline, max_bytes=self.max_frame)
+            hello = self.chan.recv(deadline)
         except TimeoutError:
             raise self._fail("solution process did not start in time") from None
         except (EOFError, OSError, ProtocolError) as e:
@@ -95,8 +97,8 @@ class _Conn:
         except NotPlain as e:
             raise TypeError(f"test argument cannot be sent to the solution: {e}") from None
         try:
-            send_frame(self.sock, req)
-            reply = recv_frame(self.sock, deadline=self.deadline, max_bytes=self.max_frame)
+            self.chan.send(req, self.deadline)
+            reply = self.chan.recv(self.deadline)
         except TimeoutError:
             raise self._fail(f"timeout after {self.timeout_s:g}s") from None
         except (EOFError, OSError, ProtocolError) as e:
@@ -150,19 +152,77 @@ def _referenced_names(code: Any) -> set[str]:
     return names
 
 
+# compiled setup and test texts, kept by the test server: the same items are scored for
+# every candidate, and compiling them was about half of T's CPU
+_Compiled = tuple  # (code or the compile error, names the code refers to)
+CACHE_CHARS = 4_000_000  # of source text kept compiled (least recently used go first)
+
+
+def _compile(text: str, filename: str) -> _Compiled:
+    try:
+        code = compile(text, filename, "exec")
+    except Exception as e:  # noqa: BLE001 - raised in T, as if T had compiled it
+        return e, frozenset()
+    return code, frozenset(_referenced_names(code))
+
+
+class _CodeCache:
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars, self.chars = max_chars, 0
+        self.entries: collections.OrderedDict[tuple[str, str], _Compiled] = \
+            collections.OrderedDict()
+
+    def get(self, text: str, filename: str) -> _Compiled:
+        key = (text, filename)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        value = _compile(text, filename)
+        if len(text) <= self.max_chars:
+            self.entries[key] = value
+            self.chars += len(text)
+            while self.chars > self.max_chars:
+                (old, _), _ = self.entries.popitem(last=False)
+                self.chars -= len(old)
+        return value
+
+
+_cache = _CodeCache(CACHE_CHARS)
+
+
+def compile_spec(spec: dict) -> tuple[_Compiled, _Compiled]:
+    """The setup and test of a spec compiled (trusted text only: the server never holds an
+    answer), from the cache when seen before."""
+    out = []
+    for key, filename in (("setup", "<setup>"), ("test", "<tests>")):
+        text = spec.get(key) or ""
+        out.append(_cache.get(text, filename) if isinstance(text, str) else
+                   (TypeError(f"{key} is not text"), frozenset()))
+    return out[0], out[1]
+
+
+def _code(compiled: _Compiled):
+    code, _ = compiled
+    if isinstance(code, BaseException):
+        raise code
+    return code
+
+
 def run_checks(sock: socket.socket, spec: dict, *, timeout_s: float, ready_by: float,
-               max_frame: int) -> dict:
+               max_frame: int, compiled: tuple[_Compiled, _Compiled] | None = None) -> dict:
     """Exec the trusted setup and test, bind the solution's names to proxies, run `check`.
-    A pass: `check` returned, and every call got a plain value in time."""
+    A pass: `check` returned, and every call got a plain value in time.
+    `compiled`: `compile_spec(spec)`, done by the server before it forked this T."""
     conn = _Conn(sock, max_frame, timeout_s)
     entry = str(spec["entry_point"])
+    setup, test = compiled or compile_spec(spec)
     glb: dict = {"__name__": "__main__", "__builtins__": builtins}
-    exec(compile(spec.get("setup") or "", "<setup>", "exec"), glb)  # noqa: S102 - trusted
-    test_code = compile(spec["test"], "<tests>", "exec")
+    exec(_code(setup), glb)  # noqa: S102 - trusted
+    test_code = _code(test)
     try:
         offered, modules = conn.ready(ready_by)
         glb[entry] = _Proxy(conn, entry)
-        wanted = _referenced_names(test_code) - set(glb) - set(vars(builtins))
+        wanted = test[1] - set(glb) - set(vars(builtins))
         for name in wanted & set(offered):  # e.g. a class the tests build, as MBPP's `Pair`
             glb[name] = _Proxy(conn, name)
         for name in wanted & set(modules):  # a module the tests use but only S imported
@@ -183,7 +243,7 @@ def run_checks(sock: socket.socket, spec: dict, *, timeout_s: float, ready_by: f
     return {"ok": True}
 
 
-def _child(conns: list[int], verdict_fd: int, batch: dict) -> None:
+def _child(conns: list[int], verdict_fd: int, batch: dict, compiled: list) -> None:
     """T: one per batch, a thread per test (each S is forked already and waits), writing
     one verdict line per test to the parent's pipe, nowhere else."""
     code = 1
@@ -201,11 +261,11 @@ def _child(conns: list[int], verdict_fd: int, batch: dict) -> None:
         ready_by = time.monotonic() + ready_s
         max_frame = int(batch.get("max_frame") or 8 << 20)
 
-        def one(i: int, fd: int, spec: dict) -> None:
+        def one(i: int, fd: int, spec: dict, code: tuple) -> None:
             sock = socket.socket(fileno=fd)
             try:
                 verdict = run_checks(sock, spec, timeout_s=timeout_s, ready_by=ready_by,
-                                     max_frame=max_frame)
+                                     max_frame=max_frame, compiled=code)
             except BaseException as e:  # noqa: BLE001 - broken setup/test text: no pass
                 verdict = {"ok": False, "error": clip(f"test harness: {type(e).__name__}: "
                                                       f"{e}", VERDICT_LIMIT)}
@@ -215,8 +275,9 @@ def _child(conns: list[int], verdict_fd: int, batch: dict) -> None:
             os.write(verdict_fd, json.dumps(verdict).encode()[:4000] + b"\n")
 
         # the tests of a batch run side by side: each mostly waits on its own S
-        threads = [threading.Thread(target=one, args=(i, fd, spec), daemon=True)
-                   for i, (fd, spec) in enumerate(zip(conns, batch["tests"], strict=True))]
+        threads = [threading.Thread(target=one, args=(i, fd, spec, code), daemon=True)
+                   for i, (fd, spec, code) in enumerate(zip(conns, batch["tests"], compiled,
+                                                            strict=True))]
         for t in threads:
             t.start()
         for t in threads:
@@ -224,6 +285,14 @@ def _child(conns: list[int], verdict_fd: int, batch: dict) -> None:
         code = 0
     finally:
         os._exit(code)
+
+
+def _compiled_or_none(spec: dict) -> tuple | None:
+    """In the server: a spec it cannot read is T's to fail on (a verdict, not a crash)."""
+    try:
+        return compile_spec(spec)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def serve(sock: socket.socket) -> None:
@@ -239,10 +308,11 @@ def serve(sock: socket.socket) -> None:
             return
         pid = 0
         if len(fds) == n + 1:
+            compiled = [_compiled_or_none(spec) for spec in batch["tests"]]
             pid = os.fork()
             if pid == 0:
                 sock.close()
-                _child(fds[:n], fds[n], batch)
+                _child(fds[:n], fds[n], batch, compiled)
         for fd in fds:
             os.close(fd)
         send_frame(sock, {"pid": pid} if pid else {"error": "descriptors missing"})
@@ -251,10 +321,10 @@ def serve(sock: socket.socket) -> None:
 def main(cfg: dict) -> None:
     import gc
 
-    from .zygote import WARM_MODULES
+    from .zygote import ITEM_MODULES, WARM_MODULES
 
     get_libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    for name in WARM_MODULES:
+    for name in WARM_MODULES + ITEM_MODULES:
         try:
             __import__(name)
         except ImportError:
