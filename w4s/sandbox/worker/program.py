@@ -18,18 +18,11 @@ import time
 
 from .jail import Jail, redirect_stdio
 from .reap import describe_exit, jail_cleanup, kill_group, remove_dir, wait_child
+from .seeding import seed_random
 from .solution import serve_solution
 from .text import clip, error_text, one_line_error
 
 PROGRAM_FILE = "<program>"
-
-
-def seed_random(*parts: str) -> None:
-    """Seed `random` from the job's content: reruns, and any worker, draw the same numbers."""
-    import hashlib
-    import random
-
-    random.seed(hashlib.sha256("\0".join(parts).encode()).digest())
 
 
 def exec_program(source: str, filename: str, want_solution: bool, limit: int) -> dict:
