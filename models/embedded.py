@@ -16,15 +16,14 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from w4s.embedded_model import DISTRIBUTION, EMBEDDED_MODEL_ID, embedded_gguf_path
 from w4s.errors import BackendError, ConfigError, one_line
 from w4s.hashing import sha256_text
+from w4s.models.lora_gguf import adapter_digest, check_adapter_dir
+from w4s.models.transformers_local import TransformersChatModel
 from w4s.paths import models_cache_dir
-
-if TYPE_CHECKING:
-    from w4s.models.transformers_local import TransformersChatModel
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,6 @@ def ensure_embedded_folder() -> Path:
 def _embedded_weights(device: str) -> tuple[Any, Any]:
     """The loaded model and tokenizer, once per device: the meta-agent and the executor
     often both use the embedded model with different token caps, and need one copy."""
-    from w4s.models.transformers_local import TransformersChatModel
-
     base = TransformersChatModel.from_path(
         ensure_embedded_folder(), model_id=EMBEDDED_MODEL_ID, device=device
     )
@@ -101,8 +98,6 @@ def _adapted_weights(device: str, adapter: str, digest: str) -> tuple[Any, Any, 
     """A separate base copy with the adapter, once per (device, adapter content): PEFT
     injects its layers in place, so the shared base of `_embedded_weights` (the executor's)
     must never be wrapped. `digest` is in the key so a refitted adapter is loaded anew."""
-    from w4s.models.transformers_local import TransformersChatModel
-
     adapted = TransformersChatModel.from_path(
         ensure_embedded_folder(), model_id=EMBEDDED_MODEL_ID, device=device, adapter=adapter
     )
@@ -115,14 +110,10 @@ def load_embedded_chat_model(
 ) -> TransformersChatModel:
     """SmolLM2-135M-Instruct as a batching TransformersChatModel, loaded from the cache;
     with `adapter` (a PEFT LoRA folder) on its own copy of the weights."""
-    from w4s.models.transformers_local import TransformersChatModel
-
     if adapter is None:
         model, tokenizer = _embedded_weights(device)
         model_id = EMBEDDED_MODEL_ID
     else:
-        from w4s.models.lora_gguf import adapter_digest, check_adapter_dir
-
         folder = check_adapter_dir(adapter, field=field).resolve()
         model, tokenizer, model_id = _adapted_weights(device, str(folder), adapter_digest(folder))
     return TransformersChatModel(model, tokenizer, model_id=model_id, max_new_tokens=max_new_tokens)

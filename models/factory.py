@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from w4s.config import BackendConfig
+from w4s.embedded_model import embedded_gguf_path
 from w4s.errors import ConfigError
 from w4s.hashing import local_model_identity
 from w4s.protocols import ChatModel
@@ -62,8 +63,6 @@ def _set_identity(cfg: BackendConfig, model: ChatModel) -> None:
         return
     path: Path | None = None
     if cfg.kind == "embedded":
-        from w4s.models.embedded import embedded_gguf_path
-
         path = embedded_gguf_path()
     elif cfg.kind in ("transformers", "vllm"):
         candidate = Path(cfg.model or "").expanduser()

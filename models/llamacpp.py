@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from w4s.embedded_model import EMBEDDED_LLAMACPP_ID, EMBEDDED_MODEL_ID, embedded_gguf_path
 from w4s.errors import BackendError, ConfigError, one_line
 from w4s.hashing import local_model_identity
+from w4s.models.lora_gguf import adapted_model_id, gguf_adapter_for
 from w4s.protocols import Completion, Message
 
 if TYPE_CHECKING:
@@ -161,8 +162,6 @@ class LlamaCppChatModel:
                 )
             model_id = path.stem
         if cfg.adapter:
-            from w4s.models.lora_gguf import adapted_model_id, gguf_adapter_for
-
             lora, digest = gguf_adapter_for(cfg.adapter, path, field=f"{field_prefix}adapter")
             options.setdefault("lora_path", lora)
             # an adapted model answers differently: its id keeps caches and records apart

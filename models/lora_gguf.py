@@ -26,7 +26,6 @@ from typing import Any
 
 from w4s.errors import ConfigError, one_line
 from w4s.hashing import sha256_text, stream_sha256
-from w4s.paths import models_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +202,8 @@ def gguf_adapter_for(
     """The cached GGUF LoRA of `adapter_dir` for `base_gguf` (converting once) and the
     adapter's digest. The cache file is named by the adapter's content and the base's
     name and size, so a refitted adapter in the same folder is converted again."""
+    from w4s.paths import models_cache_dir  # platformdirs: not on the fit's GPU machine
+
     folder = check_adapter_dir(adapter_dir, field=field)
     digest = adapter_digest(folder)
     base = Path(base_gguf)
