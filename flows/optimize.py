@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.futures import PrefectFuture
 
 from w4s.config import OptimizeConfig
@@ -84,13 +84,15 @@ def _iterate(config: OptimizeConfig, run_dir: str) -> dict:
     return evaluate_test(run_dir, done, status)
 
 
-STAGE_TASKS = {"seed": seed, "generate": generate, "self_check": self_check,
-               "execute": execute, "reward": reward, "log_trajectory": log_trajectory}
+def stage_task(name: str) -> Task:
+    """The Prefect task of a stage of the turn (looked up when called: tests replace one)."""
+    return {"seed": seed, "generate": generate, "self_check": self_check, "execute": execute,
+            "reward": reward, "log_trajectory": log_trajectory}[name]
 
 
 def submit_stage(name: str, args: tuple) -> PrefectFuture:
     """A stage of the turn as its Prefect task, on the flow's task runner."""
-    return STAGE_TASKS[name].submit(*args)
+    return stage_task(name).submit(*args)
 
 
 class _Ran:
@@ -114,4 +116,4 @@ def submit_in_flow(name: str, args: tuple) -> PrefectFuture | _Ran:
     its workers); every other stage runs in the flow, where its models are loaded."""
     if name == "self_check":
         return submit_stage(name, args)
-    return _Ran(STAGE_TASKS[name], args)
+    return _Ran(stage_task(name), args)
