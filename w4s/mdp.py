@@ -46,10 +46,6 @@ class State:
     def last_accuracy(self) -> float:
         return self.history[-1].accuracy if self.history else 0.0
 
-    @property
-    def current_code(self) -> str | None:
-        return self.history[-1].code if self.history else None
-
     def messages(self) -> list[Message]:
         return build_messages(
             task_description=self.task_description,
