@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from configs import run_config
 from replies import GOOD, NO_CODE
 
-from w4s.config import build_config
 from w4s.errors import W4SError
 from w4s.storage.run_store import RunStore
 from w4s.tasks import runtime
@@ -26,13 +26,8 @@ def _fresh_harnesses():
 
 
 def _runs(tmp_path: Path, names: list[str], **extra) -> list[str]:
-    cfg = build_config({
-        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 2, "candidates": 2,
-        "val_size": 3, "test_size": 3, "max_repairs": 0, "runs_dir": str(tmp_path / "runs"),
-        "use_cache": False,
-        "meta_agent": {"kind": "scripted", "replies": [GOOD, NO_CODE]},
-        "executor": {"kind": "scripted", "replies": ["maybe 7"]}, **extra,
-    })
+    cfg = run_config(tmp_path, [GOOD, NO_CODE], **{
+        "iterations": 2, "candidates": 2, "max_repairs": 0, "use_cache": False, **extra})
     return [prepare_run(cfg, tmp_path / "runs", name, names) for name in names]
 
 

@@ -29,10 +29,8 @@ def tiny_base(tmp_path_factory) -> Path:
 def _fresh(tmp_path, monkeypatch):
     monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
     runtime.close_all()
-    clear_model_cache()
     yield
     runtime.close_all()
-    clear_model_cache()
 
 
 def nightly_config(tmp_path: Path, base: Path, **extra) -> NightlyConfig:

@@ -22,10 +22,8 @@ from w4s.tasks import runtime
 def _fresh(tmp_path, monkeypatch):
     monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
     runtime.close_all()
-    clear_model_cache()
     yield
     runtime.close_all()
-    clear_model_cache()
 
 
 def _config(tmp_path: Path, base: Path, replies: list[str], window: int) -> NightlyConfig:
