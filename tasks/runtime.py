@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from w4s.benchmarks import Benchmark, Item, get_benchmark
-from w4s.config import BackendConfig, OptimizeConfig
+from w4s.config import OptimizeConfig
 from w4s.cost import Meter, PriceTable, Spend
 from w4s.errors import ConfigError, InfrastructureError
 from w4s.models.factory import build_chat_model
@@ -68,7 +68,7 @@ def harness(cfg: OptimizeConfig) -> Harness:
             raise InfrastructureError("w4s is shutting down: no new sandbox workers")
         if key not in _harnesses:
             _harnesses[key] = new_harness(
-                cfg.executor,
+                executor(cfg), cfg.executor.kind,
                 SandboxSettings(
                     item_timeout_s=cfg.item_timeout_s, code_timeout_s=cfg.code_timeout_s,
                     concurrency=cfg.concurrency, reuse_outcomes=cfg.reuse_outcomes,
@@ -78,16 +78,15 @@ def harness(cfg: OptimizeConfig) -> Harness:
         return _harnesses[key]
 
 
-def new_harness(executor_cfg: BackendConfig, settings: SandboxSettings, *,
+def new_harness(model: ChatModel, kind: str, settings: SandboxSettings, *,
                 cache: CallCache | None = None,
                 prices: Mapping[str, tuple[float, float]] | None = None,
                 budget_usd: float | None = None, budget_tokens: int | None = None) -> Harness:
-    """A sandbox harness over an executor backend, priced for it: the one place a harness
-    is built from a config (the stages' shared pools above, and `w4s evaluate`'s). The
-    caller owns it and the cache (closes both)."""
-    model = build_chat_model(executor_cfg, role="executor")
+    """A sandbox harness over an executor model of backend `kind`, priced for it: the one
+    place a harness is built for a stage (the shared pools above; `w4s evaluate` should
+    too). The caller owns it and the cache (closes both)."""
     return Harness(model, settings=settings, cache=cache,
-                   prices=PriceTable.for_executor(executor_cfg.kind, model.model_id, prices),
+                   prices=PriceTable.for_executor(kind, model.model_id, prices),
                    budget_usd=budget_usd, budget_tokens=budget_tokens)
 
 
