@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from w4s.models.embedded import EMBEDDED_MODEL_ID
+from w4s.embedded_model import EMBEDDED_MODEL_ID, embedded_gguf_path
 from w4s.protocols import ChatModel
 
 TOPICS = ["a cat", "the sea", "a robot", "a library", "winter", "a train", "a garden", "stars"]
@@ -101,7 +101,6 @@ def main() -> None:
 
     rows = [_measure("transformers", load_transformers, args)]
     if not args.skip_llamacpp:
-        from w4s.models.embedded import embedded_gguf_path
         from w4s.models.llamacpp import LlamaCppChatModel
 
         def load_llamacpp() -> ChatModel:

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,21 +83,15 @@ class Intervals:
 
 
 def plain_run(cfg: Any, runs_dir: Path) -> dict[str, Any]:
-    """The flow's stage order without Prefect (flows/optimize.py `_iterate`)."""
+    """The flow's turn sequence (tasks/turn.py) over the plain stages, without Prefect."""
     from w4s.storage.run_store import new_run_id
     from w4s.tasks import stages
+    from w4s.tasks.turn import Episodes, plain_submit, run_turns
 
     run_dir = stages.prepare_run(cfg, runs_dir, new_run_id(cfg))
-    stages.seed(run_dir)
-    stages.log_trajectory(run_dir, 0)
-    for it in range(1, cfg.iterations + 1):
-        indices = stages.generate(run_dir, it)
-        with ThreadPoolExecutor(max_workers=max(len(indices), 1)) as pool:
-            list(pool.map(lambda j, i=it: stages.self_check(run_dir, i, j), indices))
-        stages.execute(run_dir, it)
-        stages.reward(run_dir, it)
-        stages.log_trajectory(run_dir, it)
-    return stages.evaluate_test(run_dir, cfg.iterations)
+    with plain_submit(max(cfg.candidates, 1)) as submit:
+        status, done = run_turns(Episodes([run_dir], submit), cfg.iterations)
+    return stages.evaluate_test(run_dir, done, status)
 
 
 def work(summary: dict[str, Any]) -> dict[str, Any]:

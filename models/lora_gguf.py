@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from w4s.errors import ConfigError, one_line
+from w4s.hashing import sha256_text, stream_sha256
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ def adapter_digest(path: str | Path) -> str:
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         h.update(name.encode())
         with open(folder / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+            stream_sha256(f, h)
     return h.hexdigest()
 
 
@@ -202,13 +202,13 @@ def gguf_adapter_for(
     """The cached GGUF LoRA of `adapter_dir` for `base_gguf` (converting once) and the
     adapter's digest. The cache file is named by the adapter's content and the base's
     name and size, so a refitted adapter in the same folder is converted again."""
-    from w4s.models.embedded import models_cache_root
+    from w4s.paths import models_cache_dir  # platformdirs: not on the fit's GPU machine
 
     folder = check_adapter_dir(adapter_dir, field=field)
     digest = adapter_digest(folder)
     base = Path(base_gguf)
-    base_id = hashlib.sha256(f"{base.name}:{base.stat().st_size}".encode()).hexdigest()[:8]
-    out = models_cache_root() / "lora" / f"{digest[:16]}-{base_id}.gguf"
+    base_id = sha256_text(f"{base.name}:{base.stat().st_size}")[:8]
+    out = models_cache_dir() / "lora" / f"{digest[:16]}-{base_id}.gguf"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         convert_adapter(folder, base, out, field=field)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from w4s.cancel import current_scope
 from w4s.errors import BackendError, ConfigError, one_line
 from w4s.models.http_json import HTTPStatusError, HTTPUnreachable, JSONClient
+from w4s.models.lora_gguf import adapted_model_id, adapter_digest, check_adapter_dir
 from w4s.protocols import Completion, Message
 
 if TYPE_CHECKING:
@@ -128,8 +129,6 @@ class OpenAICompatChatModel:
         and an adapted model's id differs from its base's, which the executor-call cache
         and recorded outcomes key on.
         """
-        from w4s.models.lora_gguf import adapted_model_id, adapter_digest, check_adapter_dir
-
         folder = check_adapter_dir(adapter, field=field).resolve()
         digest = adapter_digest(folder)
         name = f"w4s-lora-{digest[:10]}"

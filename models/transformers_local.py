@@ -24,6 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from w4s.errors import BackendError, ConfigError, one_line
+from w4s.models.lora_gguf import (
+    ADAPTER_WEIGHTS,
+    LORA_KEY,
+    adapted_model_id,
+    adapter_digest,
+    check_adapter_dir,
+    read_adapter_config,
+)
 from w4s.protocols import Completion, Message
 
 if TYPE_CHECKING:
@@ -311,15 +319,6 @@ def apply_adapter(
     """
     from peft import PeftModel
     from safetensors import safe_open
-
-    from w4s.models.lora_gguf import (
-        ADAPTER_WEIGHTS,
-        LORA_KEY,
-        adapted_model_id,
-        adapter_digest,
-        check_adapter_dir,
-        read_adapter_config,
-    )
 
     folder = check_adapter_dir(adapter, field=field)
     read_adapter_config(folder, field=field)

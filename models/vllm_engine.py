@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from w4s.errors import BackendError, ConfigError, one_line
+from w4s.models.lora_gguf import adapted_model_id, adapter_digest, check_adapter_dir
 from w4s.protocols import Completion, Message
 
 MISSING_VLLM = "`kind: vllm` needs `pip install 'w4s[vllm]'` (a GPU machine)"
@@ -54,8 +55,6 @@ class VLLMChatModel:
         self.model_id = model
         self._lora = None
         if adapter is not None:
-            from w4s.models.lora_gguf import adapted_model_id, adapter_digest, check_adapter_dir
-
             folder = check_adapter_dir(adapter, field=field).resolve()
             digest = adapter_digest(folder)
             # an adapted model's id differs from its base's: caches and records key on it

@@ -24,7 +24,6 @@ One optimization run is one episode (a multi-turn trajectory from a seed state),
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +35,7 @@ import pyarrow as pa
 
 from w4s import reward as reward_formula
 from w4s.errors import W4SError
+from w4s.hashing import file_sha256
 from w4s.paths import location
 from w4s.reward import TAU
 from w4s.storage.files import atomic_write, connect, publish_file, staging_file
@@ -281,7 +281,7 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
         try:
             con.execute(f"COPY ({_SAMPLES}) TO '{tmp.replace(chr(39), chr(39) * 2)}' "
                         "(FORMAT parquet)", sample_params)
-            digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+            digest = file_sha256(tmp)
             publish_file(tmp, out)
         except BaseException as e:
             Path(tmp).unlink(missing_ok=True)

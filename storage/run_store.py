@@ -28,7 +28,7 @@ from w4s.storage.schema import TRAJECTORY_SCHEMA
 
 CONFIG, SPLIT, SUMMARY = "config.json", "split.json", "summary.json"
 FAILED = "failed.json"
-SPEND, SPEND_DIR, BUDGET_GROUP = "spend.json", "spend", "budget_group.json"
+SPEND_DIR, BUDGET_GROUP = "spend", "budget_group.json"
 
 __all__ = ["RunStore", "atomic_write", "benchmark_slug", "group_run_ids", "new_run_id"]
 
@@ -158,9 +158,6 @@ class RunStore:
     def spend(self, exclude: str | None = None) -> Spend:
         """The run's spend over every process (but `exclude`, a writer's own file)."""
         total = Spend()
-        legacy = self.root / SPEND  # one file per run, as written before per-writer files
-        if legacy.is_file():
-            total = total + Spend(**json.loads(legacy.read_text()))
         folder = self.root / SPEND_DIR
         if folder.is_dir():
             for path in sorted(folder.glob("*.json")):

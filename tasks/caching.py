@@ -27,6 +27,7 @@ from prefect.cache_policies import INPUTS, CachePolicy
 from prefect.utilities.hashing import hash_objects
 
 from w4s.errors import ConfigError
+from w4s.hashing import stream_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE_PACKAGES = ("w4s", "models", "storage", "tasks", "flows")
@@ -60,7 +61,8 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     """sha256 of a file's bytes; `missing` when it does not exist."""
     fs, p = _fs_path(path)
     try:
-        return hashlib.sha256(fs.cat_file(p)).hexdigest()
+        with fs.open(p, "rb") as f:
+            return stream_sha256(f).hexdigest()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return MISSING
 

@@ -12,7 +12,7 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,6 +26,7 @@ from w4s.models.factory import build_chat_model
 from w4s.paths import location
 from w4s.protocols import ChatModel
 from w4s.sandbox import Harness, SandboxSettings
+from w4s.sandbox.cache import CallCache
 from w4s.storage.call_cache import default_cache_path, open_call_cache
 from w4s.storage.run_store import RunStore
 
@@ -66,17 +67,27 @@ def harness(cfg: OptimizeConfig) -> Harness:
         if _stopping.is_set():
             raise InfrastructureError("w4s is shutting down: no new sandbox workers")
         if key not in _harnesses:
-            model = executor(cfg)
-            _harnesses[key] = Harness(
-                model,
-                settings=SandboxSettings(
+            _harnesses[key] = new_harness(
+                executor(cfg), cfg.executor.kind,
+                SandboxSettings(
                     item_timeout_s=cfg.item_timeout_s, code_timeout_s=cfg.code_timeout_s,
                     concurrency=cfg.concurrency, reuse_outcomes=cfg.reuse_outcomes,
                 ),
-                cache=open_call_cache() if cfg.use_cache else None,
-                prices=PriceTable.for_executor(cfg.executor.kind, model.model_id, cfg.prices),
+                cache=open_call_cache() if cfg.use_cache else None, prices=cfg.prices,
             )
         return _harnesses[key]
+
+
+def new_harness(model: ChatModel, kind: str, settings: SandboxSettings, *,
+                cache: CallCache | None = None,
+                prices: Mapping[str, tuple[float, float]] | None = None,
+                budget_usd: float | None = None, budget_tokens: int | None = None) -> Harness:
+    """A sandbox harness over an executor model of backend `kind`, priced for it: the one
+    place a harness is built for a stage (the shared pools above; `w4s evaluate` should
+    too). The caller owns it and the cache (closes both)."""
+    return Harness(model, settings=settings, cache=cache,
+                   prices=PriceTable.for_executor(kind, model.model_id, prices),
+                   budget_usd=budget_usd, budget_tokens=budget_tokens)
 
 
 # this process's name in a run's spend files: host, pid and a nonce (pids are reused)

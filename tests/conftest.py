@@ -1,6 +1,7 @@
 """Every test writes under a temporary W4S_HOME; nothing touches the user's runs or caches.
 The dequantized embedded model is the one exception: its folder is shared by the session
-(a symlink in each test's home) so the real model is converted once, not once per test."""
+(a symlink in each test's home) so the real model is converted once, not once per test.
+Every test also starts and ends with no built model in the process (one reset, here)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,14 @@ def _isolated_home(tmp_path, monkeypatch, shared_models_dir):
     (home / "cache" / "models").symlink_to(shared_models_dir, target_is_directory=True)
     monkeypatch.setenv("W4S_HOME", str(home))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_models():
+    """Models are cached per process by config: a scripted model's position in its replies
+    or a loaded adapter must not leak from one test into the next."""
+    from w4s.models.factory import clear_model_cache  # lazily: some tests check imports
+
+    clear_model_cache()
+    yield
+    clear_model_cache()

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from w4s.embedded_model import EMBEDDED_LLAMACPP_ID, EMBEDDED_MODEL_ID
 from w4s.errors import BudgetExceeded, ConfigError
 
 # Public list prices (USD per 1M tokens) as of 2025; override or extend per run.
@@ -30,8 +31,8 @@ KNOWN_PRICES: dict[str, tuple[float, float]] = {
     "o3-mini": (1.10, 4.40),
     "o4-mini": (1.10, 4.40),
     # local backends: free to run, priced explicitly
-    "smollm2-135m-instruct": (0.0, 0.0),
-    "smollm2-135m-instruct-llamacpp": (0.0, 0.0),
+    EMBEDDED_MODEL_ID: (0.0, 0.0),
+    EMBEDDED_LLAMACPP_ID: (0.0, 0.0),
     "embedded": (0.0, 0.0),
     "scripted": (0.0, 0.0),
     "fake": (0.0, 0.0),

@@ -7,14 +7,13 @@ protocols, so tests drive it with scripted doubles.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from w4s.extraction import parse_action
+from w4s.hashing import json_sha256, sha256_text
 from w4s.prompts import FailureCase, HistoryEntry, build_messages, repair_messages
 from w4s.protocols import ChatModel, Completion, Message
 from w4s.reward import reward
@@ -25,12 +24,11 @@ def now() -> str:
 
 
 def hash_messages(messages: Sequence[Message]) -> str:
-    text = json.dumps(list(messages), sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_sha256(list(messages), compact=False)[:16]
 
 
 def hash_code(code: str | None) -> str | None:
-    return hashlib.sha256(code.encode()).hexdigest()[:16] if code is not None else None
+    return sha256_text(code)[:16] if code is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +45,6 @@ class State:
     @property
     def last_accuracy(self) -> float:
         return self.history[-1].accuracy if self.history else 0.0
-
-    @property
-    def current_code(self) -> str | None:
-        return self.history[-1].code if self.history else None
 
     def messages(self) -> list[Message]:
         return build_messages(

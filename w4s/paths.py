@@ -77,3 +77,8 @@ def cache_dir() -> Path:
     """Model and executor-call caches: `$W4S_HOME/cache`, else the user's cache dir."""
     home = _home_env()
     return home / "cache" if home else Path(platformdirs.user_cache_dir("w4s"))
+
+
+def models_cache_dir() -> Path:
+    """Converted local models (the dequantized embedded model, GGUF LoRAs) live here."""
+    return cache_dir() / "models"

@@ -43,6 +43,6 @@ def test_state_advance_tracks_running_best_and_round_trips():
     s = s.advance(1, 0.2, "c1", [FailureCase("q", "x", "y")])
     assert s.best_accuracy == 0.4 and s.last_accuracy == 0.2 and s.best_before_latest == 0.4
     s = s.advance(2, 0.7, "c2", [])
-    assert s.best_accuracy == 0.7 and s.current_code == "c2"
+    assert s.best_accuracy == 0.7 and s.history[-1].code == "c2"
     assert State.from_json(s.to_json()) == s
     assert "went up: from 0.40 to 0.70" in s.messages()[1]["content"]

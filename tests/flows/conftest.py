@@ -23,3 +23,14 @@ def prefect_harness(tmp_path_factory):
                              PREFECT_SERVER_ANALYTICS_ENABLED: False}):
         with prefect_test_harness(server_startup_timeout=90):
             yield
+
+
+@pytest.fixture
+def nightly_home(tmp_path, monkeypatch):
+    """A nightly test's W4S_HOME (`tmp_path/home`), and no sandbox pool left by another test."""
+    from w4s.tasks import runtime
+
+    monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
+    runtime.close_all()
+    yield
+    runtime.close_all()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from configs import run_config
 from replies import GOOD, NO_CODE
 
 from w4s.config import CollectConfig
@@ -22,23 +23,10 @@ from w4s.models.factory import clear_model_cache
 from w4s.storage.dataset import build_dataset
 
 
-@pytest.fixture(autouse=True)
-def _fresh_models():
-    clear_model_cache()
-    yield
-    clear_model_cache()
-
-
 def _config(tmp_path: Path, **extra) -> CollectConfig:
-    data = {
-        "benchmark": "arithmetic", "seed_workflow": "direct", "episodes": 2, "iterations": 2,
-        "candidates": 2, "val_size": 4, "test_size": 4, "max_repairs": 0,
-        "runs_dir": str(tmp_path / "runs"),
-        "meta_agent": {"kind": "scripted", "replies": [GOOD, NO_CODE]},
-        "executor": {"kind": "scripted", "replies": ["maybe 7"]},
-    }
-    data.update(extra)
-    return CollectConfig.model_validate(data)
+    return run_config(tmp_path, [GOOD, NO_CODE], config_type=CollectConfig, **{
+        "episodes": 2, "iterations": 2, "candidates": 2, "val_size": 4, "test_size": 4,
+        "max_repairs": 0, **extra})
 
 
 def _rows(tmp_path: Path) -> list[dict]:

@@ -14,12 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-GOOD = '''```python
-def solver(agent, task: str) -> dict:
-    expr = task.split("What is ")[1].rstrip("?")
-    return {"answer": agent.execute_code("print(" + expr + ")")}
-```'''
+from replies import GOOD
 
 
 @pytest.mark.slow

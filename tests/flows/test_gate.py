@@ -9,27 +9,17 @@ from pathlib import Path
 
 import pytest
 from adapter_folders import make_adapter_folder
+from configs import run_config
 from replies import GOOD, NO_CODE
 
 from w4s.config import BackendConfig, CollectConfig
 from w4s.flows.gate import GATE_FILE, GateOptions, run_gate
-from w4s.models.factory import clear_model_cache
 from w4s.storage import adapters
 
 
-@pytest.fixture(autouse=True)
-def _fresh_models():
-    clear_model_cache()
-    yield
-    clear_model_cache()
-
-
 def _env(tmp_path: Path) -> CollectConfig:
-    return CollectConfig.model_validate({
-        "benchmark": "arithmetic", "seed_workflow": "direct", "val_size": 3, "test_size": 2,
-        "max_repairs": 0, "runs_dir": str(tmp_path / "unused"),
-        "meta_agent": {"kind": "scripted", "replies": [NO_CODE]},
-        "executor": {"kind": "scripted", "replies": ["maybe 7"]}})
+    return run_config(tmp_path, [NO_CODE], config_type=CollectConfig, test_size=2,
+                      max_repairs=0, runs_dir=str(tmp_path / "unused"))
 
 
 def _adapter(tmp_path: Path, name: str) -> adapters.AdapterRecord:

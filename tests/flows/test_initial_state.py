@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from configs import run_config
 
 from w4s.benchmarks import Item
 from w4s.config import CollectConfig, build_config
@@ -37,12 +38,8 @@ def test_all_seeds_in_view_with_the_start_last_and_the_best_as_reference():
 
 
 def test_seed_stage_evaluates_every_seed_and_starts_from_the_named_one(tmp_path):
-    cfg = build_config({
-        "benchmark": "arithmetic", "seed_workflow": "code", "initial_state": "all_seeds",
-        "val_size": 3, "test_size": 3, "runs_dir": str(tmp_path / "runs"),
-        "meta_agent": {"kind": "scripted", "replies": ["x"]},
-        "executor": {"kind": "scripted", "replies": ["print(7)"]},
-    })
+    cfg = run_config(tmp_path, executor_reply="print(7)", seed_workflow="code",
+                     initial_state="all_seeds")
     run_dir = stages.prepare_run(cfg, tmp_path / "runs", "all-seeds")
     stages.seed(run_dir)
     store = RunStore(run_dir)
@@ -51,7 +48,7 @@ def test_seed_stage_evaluates_every_seed_and_starts_from_the_named_one(tmp_path)
     assert all(c.accuracy is not None for c in seeds)
     assert [c.seed_name for c in seeds if c.chosen] == ["code"]
     state = store.load_state(0)
-    assert len(state.history) == 4 and state.current_code == seeds[3].code
+    assert len(state.history) == 4 and state.history[-1].code == seeds[3].code
 
 
 def test_episodes_split_apart_only_when_asked():
@@ -62,13 +59,8 @@ def test_episodes_split_apart_only_when_asked():
 
 
 def test_seeds_narrow_what_is_evaluated_and_in_view(tmp_path):
-    cfg = build_config({
-        "benchmark": "arithmetic", "seed_workflow": "direct", "initial_state": "all_seeds",
-        "seeds": ["direct", "code"], "val_size": 2, "test_size": 2,
-        "runs_dir": str(tmp_path / "runs"),
-        "meta_agent": {"kind": "scripted", "replies": ["x"]},
-        "executor": {"kind": "scripted", "replies": ["print(7)"]},
-    })
+    cfg = run_config(tmp_path, executor_reply="print(7)", initial_state="all_seeds",
+                     seeds=["direct", "code"], val_size=2, test_size=2)
     run_dir = stages.prepare_run(cfg, tmp_path / "runs", "two-seeds")
     stages.seed(run_dir)
     store = RunStore(run_dir)

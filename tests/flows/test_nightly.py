@@ -25,14 +25,7 @@ def tiny_base(tmp_path_factory) -> Path:
     return build_tiny_base(tmp_path_factory.mktemp("tiny-llama"))
 
 
-@pytest.fixture(autouse=True)
-def _fresh(tmp_path, monkeypatch):
-    monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
-    runtime.close_all()
-    clear_model_cache()
-    yield
-    runtime.close_all()
-    clear_model_cache()
+pytestmark = pytest.mark.usefixtures("nightly_home")
 
 
 def nightly_config(tmp_path: Path, base: Path, **extra) -> NightlyConfig:

@@ -15,17 +15,8 @@ from replies import GOOD, NO_CODE
 from w4s.flows.nightly import NightlyConfig, _optimize_adapter, nightly
 from w4s.models.factory import clear_model_cache
 from w4s.storage import adapters
-from w4s.tasks import runtime
 
-
-@pytest.fixture(autouse=True)
-def _fresh(tmp_path, monkeypatch):
-    monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
-    runtime.close_all()
-    clear_model_cache()
-    yield
-    runtime.close_all()
-    clear_model_cache()
+pytestmark = pytest.mark.usefixtures("nightly_home")
 
 
 def _config(tmp_path: Path, base: Path, replies: list[str], window: int) -> NightlyConfig:

@@ -7,43 +7,22 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from configs import run_config
+from replies import GOOD, GOOD_CODE, RAISES
 
-from w4s.config import build_config
 from w4s.flows.cli import main as cli
 from w4s.flows.optimize import optimize
 from w4s.models.factory import clear_model_cache
 from w4s.storage.query import iteration_table
 from w4s.storage.run_store import RunStore
 
-# A workflow that computes the expression itself through the sandboxed code runner.
-GOOD = '''Direct answers fail; compute the expression with code instead.
-```python
-def solver(agent, task: str) -> dict:
-    expr = task.split("What is ")[1].rstrip("?")
-    return {"answer": agent.execute_code("print(" + expr + ")")}
-```'''
 NO_CODE = "I would use chain of thought here."
-RAISES = '''```python
-def solver(agent, task: str) -> dict:
-    raise RuntimeError("boom")
-```'''
-
-
-@pytest.fixture(autouse=True)
-def _fresh_models():
-    clear_model_cache()
-    yield
-    clear_model_cache()
 
 
 def _config(tmp_path, meta_replies, **extra):
-    return build_config({
-        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 2, "candidates": 3,
-        "val_size": 6, "test_size": 8, "max_repairs": 1, "runs_dir": str(tmp_path / "runs"),
-        "meta_agent": {"kind": "scripted", "replies": meta_replies},
-        "executor": {"kind": "scripted", "replies": ["I am not sure, maybe 7."]},
-        **extra,
-    })
+    return run_config(tmp_path, meta_replies, "I am not sure, maybe 7.", **{
+        "iterations": 2, "candidates": 3, "val_size": 6, "test_size": 8, "max_repairs": 1,
+        **extra})
 
 
 def test_flow_improves_logs_every_candidate_and_tests_once(tmp_path):
@@ -136,12 +115,10 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):
 def test_flow_on_the_real_embedded_model(tmp_path):
     """SmolLM2-135M as meta-agent (transformers, from the GGUF) and executor (llama.cpp, as in
     the demo): the loop runs and every candidate is logged."""
-    cfg = build_config({
-        "benchmark": "arithmetic", "seed_workflow": "code", "iterations": 1, "candidates": 2,
-        "val_size": 3, "test_size": 3, "max_repairs": 1, "runs_dir": str(tmp_path / "runs"),
-        "meta_agent": {"kind": "embedded", "max_new_tokens": 160},
-        "executor": {"kind": "llamacpp", "model": "smollm2-135m-instruct", "max_new_tokens": 32},
-    })
+    cfg = run_config(
+        tmp_path, seed_workflow="code", iterations=1, candidates=2, max_repairs=1,
+        meta_agent={"kind": "embedded", "max_new_tokens": 160},
+        executor={"kind": "llamacpp", "model": "smollm2-135m-instruct", "max_new_tokens": 32})
     summary = optimize(cfg, run_id="real")
     store = RunStore(tmp_path / "runs" / "real")
     rows = pq.read_table(store.trajectory_path(1)).to_pylist()
@@ -155,7 +132,7 @@ def test_flow_on_the_real_embedded_model(tmp_path):
 
 def test_cli_evaluate_a_workflow_file(tmp_path, capsys):
     workflow = tmp_path / "wf.py"
-    workflow.write_text(GOOD.split("```python\n")[1].split("```")[0])
+    workflow.write_text(GOOD_CODE)
     code = cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
                 "--val-size", "4", "--executor", "{kind: scripted, replies: ['0']}", "--json"])
     assert code == 0

@@ -76,15 +76,12 @@ def test_a_chain_killed_in_its_fit_stage_reruns_to_consistent_data(tmp_path):
 
 
 def _optimize_config(tmp_path: Path):
+    from configs import run_config
     from nightly_support import EXECUTOR, GOOD, NO_CODE
 
-    from w4s.config import build_config
-
-    return build_config({
-        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 1, "candidates": 2,
-        "val_size": 2, "test_size": 2, "max_repairs": 0, "runs_dir": str(tmp_path / "runs"),
-        "use_cache": False, "reuse_outcomes": False, "executor": EXECUTOR,
-        "meta_agent": {"kind": "scripted", "replies": [GOOD, NO_CODE]}})
+    return run_config(tmp_path, [GOOD, NO_CODE], iterations=1, candidates=2, val_size=2,
+                      test_size=2, max_repairs=0, use_cache=False, reuse_outcomes=False,
+                      executor=EXECUTOR)
 
 
 def test_cached_stages_never_stand_in_for_files_that_are_gone(tmp_path, monkeypatch):

@@ -20,7 +20,6 @@ SMOL = {"kind": "llamacpp", "model": "smollm2-135m-instruct"}
 
 @pytest.mark.slow
 def test_collect_dataset_fit_then_optimize_with_the_adapter(tmp_path, capsys):
-    clear_model_cache()
     runs = tmp_path / "runs"
     common = {"benchmark": "arithmetic", "seed_workflow": "code", "val_size": 3,
               "test_size": 3, "max_repairs": 0, "runs_dir": str(runs),
@@ -51,4 +50,3 @@ def test_collect_dataset_fit_then_optimize_with_the_adapter(tmp_path, capsys):
     # the run's rows name the adapter that sampled them (resolved from `latest`)
     assert {r["meta_adapter"] for r in rows} == {str((tmp_path / "adapter").resolve())}
     assert all(r["meta_completion_tokens"] > 0 for r in rows)
-    clear_model_cache()

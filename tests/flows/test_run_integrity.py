@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 import pytest
+from configs import run_config
 from fake_openai import FakeOpenAIEndpoint, chat_completion
+from replies import GOOD
 
-from w4s.config import build_config
 from w4s.flows.optimize import optimize
 from w4s.models.factory import build_chat_model, clear_model_cache
 from w4s.storage.query import iteration_table
@@ -20,12 +21,6 @@ from w4s.tasks import execute as execute_tasks
 from w4s.tasks import self_check as self_check_tasks
 from w4s.tasks import stages
 
-GOOD = '''Compute the expression with code.
-```python
-def solver(agent, task: str) -> dict:
-    expr = task.split("What is ")[1].rstrip("?")
-    return {"answer": agent.execute_code("print(" + expr + ")")}
-```'''
 # Asks the executor, swallows its failure, then computes the answer itself: an outage must
 # still not pass for a clean, scored run.
 ASKS_THEN_COMPUTES = '''Ask, then check with code.
@@ -40,13 +35,6 @@ def solver(agent, task: str) -> dict:
 ```'''
 
 
-@pytest.fixture(autouse=True)
-def _fresh_models():
-    clear_model_cache()
-    yield
-    clear_model_cache()
-
-
 @pytest.fixture
 def no_retry_delay(monkeypatch):
     for task in (execute_tasks.execute, execute_tasks.seed, execute_tasks.evaluate_test,
@@ -55,14 +43,9 @@ def no_retry_delay(monkeypatch):
 
 
 def _config(tmp_path, meta_replies, **extra):
-    data = {
-        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 2, "candidates": 3,
-        "val_size": 6, "test_size": 8, "max_repairs": 1, "runs_dir": str(tmp_path / "runs"),
-        "meta_agent": {"kind": "scripted", "replies": meta_replies},
-        "executor": {"kind": "scripted", "replies": ["I am not sure, maybe 7."]},
-    }
-    data.update(extra)
-    return build_config(data)
+    return run_config(tmp_path, meta_replies, "I am not sure, maybe 7.", **{
+        "iterations": 2, "candidates": 3, "val_size": 6, "test_size": 8, "max_repairs": 1,
+        **extra})
 
 
 def _rows(store: RunStore, iteration: int) -> list[dict]:

@@ -7,23 +7,16 @@ import os
 import sys
 
 import pytest
+from configs import run_config
 from prefect import flow, task
+from replies import GOOD_CODE, RAISES_CODE
 
-from w4s.config import build_config
 from w4s.errors import ConfigError
 from w4s.flows.runners import task_runner
 from w4s.mdp import Candidate
 from w4s.storage.run_store import RunStore
 from w4s.tasks.self_check import self_check
 from w4s.tasks.stages import prepare_run
-
-GOOD = '''def solver(agent, task: str) -> dict:
-    expr = task.split("What is ")[1].rstrip("?")
-    return {"answer": agent.execute_code("print(" + expr + ")")}
-'''
-RAISES = '''def solver(agent, task: str) -> dict:
-    raise RuntimeError("boom")
-'''
 
 
 @task
@@ -43,16 +36,11 @@ def test_self_checks_run_in_two_dask_worker_processes(tmp_path, monkeypatch):
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
-    cfg = build_config({
-        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 1,
-        "candidates": 4, "val_size": 2, "test_size": 2, "max_repairs": 0,
-        "runs_dir": str(tmp_path / "runs"), "use_cache": False,
-        "meta_agent": {"kind": "scripted", "replies": ["unused"]},
-        "executor": {"kind": "scripted", "replies": ["7"]},
-    })
+    cfg = run_config(tmp_path, ["unused"], "7", iterations=1, candidates=4, val_size=2,
+                     test_size=2, max_repairs=0, use_cache=False)
     run_dir = prepare_run(cfg, tmp_path / "runs", "dask-run")
     store = RunStore(run_dir)
-    codes = [GOOD, RAISES, GOOD, GOOD]
+    codes = [GOOD_CODE, RAISES_CODE, GOOD_CODE, GOOD_CODE]
     for j, code in enumerate(codes):
         store.save_candidate(Candidate(run_id="dask-run", iteration=1, index=j, kind="action",
                                        prompt=[], reply=f"```python\n{code}```", code=code))
@@ -60,7 +48,7 @@ def test_self_checks_run_in_two_dask_worker_processes(tmp_path, monkeypatch):
     results = check_candidates.with_options(task_runner=runner)(run_dir, 1, [0, 1, 2, 3])
 
     statuses, pids = zip(*results, strict=True)
-    expected = ["skipped" if code == RAISES else "ok" for code in codes]
+    expected = ["skipped" if code == RAISES_CODE else "ok" for code in codes]
     assert list(statuses) == expected, [c.error for c in store.candidates(1)]
     assert [c.status for c in store.candidates(1)] == expected  # written by the workers
     assert "boom" in store.load_candidate(1, 1).error

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from w4s.config import build_config
+from configs import run_config
+
 from w4s.cost import Spend
 from w4s.storage.run_store import RunStore
 from w4s.tasks import runtime, stages
@@ -25,11 +26,7 @@ print(runtime.run_spend(sys.argv[1]).executor_calls)
 
 
 def test_concurrent_processes_add_up_and_a_later_stage_counts_them(tmp_path):
-    cfg = build_config({"benchmark": "arithmetic", "seed_workflow": "direct", "val_size": 2,
-                        "test_size": 2, "runs_dir": str(tmp_path / "runs"),
-                        "budget_tokens": 40,
-                        "meta_agent": {"kind": "scripted", "replies": ["x"]},
-                        "executor": {"kind": "scripted", "replies": ["1"]}})
+    cfg = run_config(tmp_path, executor_reply="1", val_size=2, test_size=2, budget_tokens=40)
     run_dir = stages.prepare_run(cfg, tmp_path / "runs", "spread")
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, run_dir], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True) for _ in range(2)]

@@ -6,23 +6,16 @@ import json
 import threading
 
 import pytest
+from configs import run_config
 from PIL import Image
 from prefect import flow, get_client
 from prefect_reads import flow_run_artifacts, stored_events
-from replies import GOOD
+from replies import GOOD, NO_CODE
 
 from w4s.config import CollectConfig
 from w4s.flows import progress, ui
 from w4s.flows.collect import collect
 from w4s.flows.report import PNG_SIGNATURE
-from w4s.models.factory import clear_model_cache
-
-
-@pytest.fixture(autouse=True)
-def _fresh_models():
-    clear_model_cache()
-    yield
-    clear_model_cache()
 
 
 @pytest.fixture
@@ -41,13 +34,8 @@ def _valid_png(path):
 
 
 def test_a_collection_is_named_tagged_reported_and_shows_its_stages(tmp_path):
-    cfg = CollectConfig.model_validate({
-        "benchmark": "arithmetic", "seed_workflow": "direct", "episodes": 2, "iterations": 1,
-        "candidates": 2, "val_size": 3, "test_size": 3, "max_repairs": 0,
-        "runs_dir": str(tmp_path / "runs"),
-        "meta_agent": {"kind": "scripted", "replies": [GOOD, "no code"]},
-        "executor": {"kind": "scripted", "replies": ["maybe 7"]},
-    })
+    cfg = run_config(tmp_path, [GOOD, NO_CODE], config_type=CollectConfig, episodes=2,
+                     iterations=1, candidates=2, max_repairs=0)
     state = collect(cfg, collection_id="c-ui", return_state=True)
     summary = state.result()
     fr_id = state.state_details.flow_run_id

@@ -9,24 +9,16 @@ import json
 import re
 
 import pytest
+from configs import run_config
 from PIL import Image
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect_reads import flow_run_artifacts, stored_events
 from replies import GOOD, NO_CODE
 
-from w4s.config import build_config
 from w4s.flows import ui
 from w4s.flows.optimize import optimize
 from w4s.flows.report import PNG_SIGNATURE
-from w4s.models.factory import clear_model_cache
-
-
-@pytest.fixture(autouse=True)
-def _fresh_models():
-    clear_model_cache()
-    yield
-    clear_model_cache()
 
 
 @pytest.fixture
@@ -40,14 +32,9 @@ def events(monkeypatch):
 
 
 def _config(tmp_path, **extra):
-    return build_config({
-        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 2, "candidates": 2,
-        "val_size": 4, "test_size": 4, "max_repairs": 0, "runs_dir": str(tmp_path / "runs"),
-        "prices": {"scripted": [1000.0, 2000.0]},
-        "meta_agent": {"kind": "scripted", "replies": [GOOD, NO_CODE]},
-        "executor": {"kind": "scripted", "replies": ["maybe 7"]},
-        **extra,
-    })
+    return run_config(tmp_path, [GOOD, NO_CODE], **{
+        "iterations": 2, "candidates": 2, "val_size": 4, "test_size": 4, "max_repairs": 0,
+        "prices": {"scripted": [1000.0, 2000.0]}, **extra})
 
 
 def _flow_run(flow_run_id):

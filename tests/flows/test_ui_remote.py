@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import fsspec
-import pytest
+from configs import run_config
 from prefect_reads import flow_run_artifacts
 from replies import GOOD
 
-from w4s.config import build_config
 from w4s.flows.optimize import optimize
 from w4s.flows.report import PNG_SIGNATURE
-from w4s.models.factory import clear_model_cache
-
-
-@pytest.fixture(autouse=True)
-def _fresh_models():
-    clear_model_cache()
-    yield
-    clear_model_cache()
 
 
 def test_a_run_at_a_url_publishes_its_report_and_plots_there():
     root = f"memory://w4s-ui-{uuid.uuid4().hex[:8]}"
-    cfg = build_config({
-        "benchmark": "arithmetic", "seed_workflow": "direct", "iterations": 1, "candidates": 1,
-        "val_size": 3, "test_size": 3, "max_repairs": 0, "runs_dir": root,
-        "meta_agent": {"kind": "scripted", "replies": [GOOD]},
-        "executor": {"kind": "scripted", "replies": ["maybe 7"]},
-    })
+    cfg = run_config(Path(), [GOOD], iterations=1, candidates=1, max_repairs=0, runs_dir=root)
     state = optimize(cfg, run_id="remote-a", return_state=True)
     assert state.result()["best_val_accuracy"] == 1.0
     fs = fsspec.filesystem("memory")

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from w4s.models.factory import clear_model_cache
-
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -66,11 +64,3 @@ def build_tiny_model(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(autouse=True)
-def _fresh_model_cache():
-    """Each test builds its own backends; the process-level cache must not leak between them."""
-    clear_model_cache()
-    yield
-    clear_model_cache()

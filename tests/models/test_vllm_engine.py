@@ -13,7 +13,7 @@ from adapter_folders import make_adapter_folder
 
 from w4s.config import BackendConfig
 from w4s.errors import ConfigError
-from w4s.models.factory import build_chat_model, clear_model_cache
+from w4s.models.factory import build_chat_model
 
 ASK = [{"role": "user", "content": "hi"}]
 
@@ -49,7 +49,6 @@ class FakeLoRARequest:
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    clear_model_cache()
     FakeLLM.made.clear()
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.SamplingParams = FakeLLM, FakeSamplingParams
@@ -58,8 +57,6 @@ def fake_vllm(monkeypatch):
     request.LoRARequest = FakeLoRARequest
     for name, module in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
         monkeypatch.setitem(sys.modules, name, module)
-    yield
-    clear_model_cache()
 
 
 def test_m_samples_come_from_one_request_with_the_adapter(fake_vllm, tmp_path: Path) -> None:

@@ -8,10 +8,11 @@ entirely from it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from typing import Any, Protocol, runtime_checkable
+
+from w4s.hashing import json_sha256
 
 
 @runtime_checkable
@@ -30,8 +31,7 @@ def call_key(*, model: str, messages: list[dict], temperature: float, max_tokens
         "model": model, "messages": messages, "temperature": temperature,
         "max_tokens": max_tokens, "json_mode": json_mode, "sample_index": sample_index,
     }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return json_sha256(payload)
 
 
 class MemoryCallCache:

@@ -10,10 +10,10 @@ so those are always run again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from w4s.hashing import json_sha256
 
 if TYPE_CHECKING:
     from w4s.benchmarks.base import Item
@@ -48,8 +48,7 @@ class OutcomeStore:
             "outcome-v1", code, item.id, item.question, self._key_model,
             st.item_timeout_s, st.code_timeout_s, st.memory_mb, st.max_output_chars,
         ]
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
-        return "outcome:" + hashlib.sha256(text.encode()).hexdigest()
+        return "outcome:" + json_sha256(payload)
 
     def get(self, key: str | None) -> Recorded | None:
         """The outcome of an identical earlier clean run, if one was recorded."""

@@ -19,8 +19,9 @@ Jobs (frames, see `framing`):
 The parent enforces the item's wall clock; on timeout it kills the whole worker.
 
 Modules: framing (the wire), text (clip, tracebacks), libc, landlock, readable (what a
-job may read), jail, reap (waiting and killing), program (forked programs), agent (the
-workflow's `agent`), item (running a workflow), spare (forking ahead), zygote (the loop).
+job may read), jail, reap (waiting and killing), seeding (`random` per job), program
+(forked programs), agent (the workflow's `agent`), item (running a workflow), spare
+(forking ahead), zygote (the loop).
 The parent uses only the names below.
 """
 

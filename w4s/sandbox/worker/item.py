@@ -11,7 +11,7 @@ import linecache
 import socket
 
 from .agent import Agent, Channel
-from .program import seed_random
+from .seeding import seed_random
 from .text import clip, error_text, one_line_error
 
 WORKFLOW_FILE = "<workflow>"

@@ -19,18 +19,11 @@ import time
 
 from .jail import Jail, redirect_stdio
 from .reap import describe_exit, jail_cleanup, kill_group, remove_dir, wait_child
+from .seeding import seed_random
 from .solution import serve_solution
 from .text import clip, error_text, one_line_error
 
 PROGRAM_FILE = "<program>"
-
-
-def seed_random(*parts: str) -> None:
-    """Seed `random` from the job's content: reruns, and any worker, draw the same numbers.
-    (A str seed is hashed by `random` itself, with SHA-512: no hashlib object per job.)"""
-    import random
-
-    random.seed("\0".join(parts))
 
 
 def exec_program(source: str, filename: str, want_solution: bool, limit: int) -> dict:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .framing import FrameChannel, send_frame
 from .plain import NotPlain, Ref, decode, encode
+from .seeding import seed_random
 from .text import clip, error_text
 
 SOLUTION_FILE = "<solution>"
@@ -21,8 +22,6 @@ MUTABLE = (list, dict, set)
 
 def serve_solution(sock: socket.socket, source: str, limit: int) -> None:
     """Exec `source`, say which names it defines, then answer calls until T hangs up."""
-    from .program import seed_random  # program imports this module
-
     chan = FrameChannel(sock)
     linecache.cache[SOLUTION_FILE] = (len(source), None, source.splitlines(True),
                                       SOLUTION_FILE)
