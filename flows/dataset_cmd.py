@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from w4s.reward import TAU
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the `dataset` subcommand."""
@@ -33,22 +31,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--include-skipped", action="store_true",
                    help="also candidates that failed their self-check after the repairs")
     p.add_argument("--sft", action="store_true", help="every weight 1.0 (the SFT ablation)")
-    p.add_argument("--tau", type=float, default=TAU,
-                   help=f"weight = exp(reward / tau) (default: {TAU})")
+    p.add_argument("--tau", type=float, default=argparse.SUPPRESS,
+                   help=_help("tau"))
     p.add_argument("--repaired", choices=("conversation", "drop", "state"),
-                   default="conversation",
+                   default=None,
                    help="a repaired candidate's prompt: the conversation its reply was sampled "
                         "from (default), none (drop the row), or its original state")
     p.set_defaults(func=cmd_dataset)
     return p
 
 
+def _help(name: str) -> str:
+    from w4s.stage_config import DatasetConfig
+
+    info = DatasetConfig.model_fields[name]
+    return f"{info.description} (default: {info.default})"
+
+
 def cmd_dataset(args: argparse.Namespace) -> int:
     """Build the dataset; print one summary line and the card's path. Errors: W4SError."""
+    from w4s.config import build_config
     from w4s.errors import ConfigError
     from w4s.paths import runs_dir
+    from w4s.stage_config import DatasetConfig
     from w4s.storage.collections import last_nights
-    from w4s.storage.dataset import DatasetQuery, build_dataset
+    from w4s.storage.dataset import build_dataset
 
     root, window, runs = runs_dir(args.runs_dir), None, tuple(args.run)
     if args.last_nights is not None:
@@ -58,13 +65,12 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             raise ConfigError(f"`--last-nights` must be >= 1, but received {args.last_nights}")
         window = last_nights(root, args.last_nights)
         runs = tuple(window["runs"])
-    query = DatasetQuery(
-        runs=runs, benchmarks=tuple(args.benchmark), since=args.since,
-        until=args.until, min_reward=args.min_reward, max_reward=args.max_reward,
-        statuses=tuple(args.status), include_skipped=args.include_skipped,
-        tau=args.tau, sft=args.sft, repaired=args.repaired,
-    )
-    result = build_dataset(root, args.out, query, window=window)
+    given = {"runs": runs, "benchmarks": tuple(args.benchmark), "since": args.since,
+             "until": args.until, "min_reward": args.min_reward, "max_reward": args.max_reward,
+             "statuses": tuple(args.status), "include_skipped": args.include_skipped,
+             "sft": args.sft, "repaired": args.repaired, "tau": getattr(args, "tau", None)}
+    config = build_config({k: v for k, v in given.items() if v is not None}, DatasetConfig)
+    result = build_dataset(root, args.out, config, window=window)
     if window is not None:
         print(f"window: {len(window['collections'])} collection(s) of the last "
               f"{window['nights']} night(s): "

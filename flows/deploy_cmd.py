@@ -65,7 +65,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-CONFIG_MODELS = {"nightly": "w4s.flows.nightly:NightlyConfig",
+CONFIG_MODELS = {"nightly": "w4s.stage_config:NightlyConfig",
                  "optimize": "w4s.config:OptimizeConfig",
                  "collect": "w4s.config:CollectConfig"}
 

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field
 
 from w4s.config import BackendConfig, CollectConfig
 from w4s.errors import InfrastructureError
 from w4s.flows.prefect_setup import route_w4s_logs
-from w4s.gate import PROMOTED, GateRule, decide, paired_margin, paired_reward
+from w4s.gate import PROMOTED, decide, paired_margin, paired_reward
 from w4s.paths import is_url, location
+from w4s.stage_config import GateConfig
 from w4s.storage import adapters
 from w4s.storage.files import atomic_write
 
@@ -38,37 +38,13 @@ LoglikFn = Callable[[dict[str, str | None], list[dict[str, Any]]],
                     dict[str, list[float | None]]]
 
 
-class GateOptions(BaseModel):
-    """How the gate compares a new adapter with the champion (see docs/rlao.md, The gate)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = Field(True, description="off: optimize uses the new adapter unmeasured, "
-                                            "nothing is promoted")
-    states: int = Field(4, ge=1, le=256, description="k fresh states")
-    candidates: int = Field(4, ge=1, le=64, description="m candidates per state and policy")
-    temperature: float = Field(0.7, ge=0.0, le=2.0, description="meta-agent temperature")
-    split_seed: int | None = Field(
-        None, description="first split seed of the fresh states; default: derived from the "
-                          "challenger's id, far above any collection's")
-    reward_tolerance: float = Field(0.05, ge=0, description="promoted if the paired mean "
-                                    "reward difference is >= -this")
-    margin_tolerance: float = Field(0.05, ge=0, description="and the margin difference "
-                                    "(nats per token) is >= -this, when measured")
-    margin: bool = Field(True, description="measure the offline log-likelihood margin")
-
-    @property
-    def rule(self) -> GateRule:
-        return GateRule(self.reward_tolerance, self.margin_tolerance)
-
-
 def fresh_split_seed(challenger_id: str) -> int:
     """Stable for a rerun of the same gate, different per challenger, and far from the seeds
     collections use (`split_seed` + episode)."""
     return 1_000_000 + int(hashlib.sha256(challenger_id.encode()).hexdigest()[:6], 16)
 
 
-def sample_config(env: CollectConfig, options: GateOptions, split_seed: int,
+def sample_config(env: CollectConfig, options: GateConfig, split_seed: int,
                   runs_dir: str, meta_agent: BackendConfig) -> CollectConfig:
     """One turn of m candidates from each of k states: the same states for every policy."""
     t = options.temperature
@@ -149,7 +125,7 @@ def _margin_measures(champion: str | None, challenger: str, rows: list[dict],
                                [r["state"] for r in scored_pool])
 
 
-def run_gate(challenger: adapters.AdapterRecord, env: CollectConfig, options: GateOptions,
+def run_gate(challenger: adapters.AdapterRecord, env: CollectConfig, options: GateConfig,
              runs_dir: str, *, policy: PolicyFn | None = None,
              logliks: LoglikFn | None = None, out: str | Path | None = None) -> dict[str, Any]:
     """Measure, decide, promote when not worse, write gate.json; returns its document.
@@ -250,7 +226,7 @@ def gate_markdown(doc: dict[str, Any]) -> str:
 
 
 @flow(name="gate", log_prints=True)
-def gate(challenger: str, environment: CollectConfig, options: GateOptions | None = None,
+def gate(challenger: str, environment: CollectConfig, options: GateConfig | None = None,
          runs_dir: str | None = None, base: str = "embedded") -> dict[str, Any]:
     """Compare the adapter `challenger` (id or folder) with the champion on fresh states of
     `environment` (a collection config: benchmark, executor, meta-agent without adapter);
@@ -261,7 +237,7 @@ def gate(challenger: str, environment: CollectConfig, options: GateOptions | Non
 
     route_w4s_logs()
     logger = get_run_logger()
-    options = options or GateOptions()
+    options = options or GateConfig()
     record = adapters.resolve(challenger)
     if runs_dir is None:
         runs_dir = str(location(adapters.adapters_dir()).parent / "gates")
@@ -285,4 +261,4 @@ def champion_folder() -> str | None:
     return None if record is None else str(adapters.local_folder(record))
 
 
-__all__ = ["GATE_FILE", "GateOptions", "champion_folder", "gate", "run_gate"]
+__all__ = ["GATE_FILE", "GateConfig", "champion_folder", "gate", "run_gate"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from w4s.errors import ConfigError, one_line
 
 if TYPE_CHECKING:
-    from w4s.flows.nightly import NightlyConfig
+    from w4s.stage_config import NightlyConfig
 
 WORKER_STALE_S = 90.0  # Prefect marks a worker offline after 3 missed 30 s heartbeats
 

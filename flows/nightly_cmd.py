@@ -30,8 +30,8 @@ def add_parser(subparsers: Any) -> None:
 def _config_data(args: Any, base: dict[str, Any]) -> dict[str, Any]:
     """The config as a dict: `base` (the file's, or the deployment's), then --set."""
     from w4s.config import deep_merge
-    from w4s.flows.cli import _overrides
-    from w4s.flows.nightly import NightlyConfig
+    from w4s.flows.cli_common import _overrides
+    from w4s.stage_config import NightlyConfig
 
     return deep_merge(base, _overrides(args, NightlyConfig))
 
@@ -50,8 +50,8 @@ def trigger(name: str, data: dict[str, Any] | None, args: Any) -> list[str]:
 
     from w4s.config import build_config
     from w4s.errors import ConfigError
-    from w4s.flows.nightly import NightlyConfig
     from w4s.flows.nightly_checks import config_problems
+    from w4s.stage_config import NightlyConfig
 
     with get_client(sync_client=True) as client:
         try:
@@ -76,7 +76,8 @@ def trigger(name: str, data: dict[str, Any] | None, args: Any) -> list[str]:
 def cmd_nightly(args: Any) -> int:
     from w4s.config import build_config
     from w4s.errors import ConfigError
-    from w4s.flows.nightly import NightlyConfig, nightly
+    from w4s.flows.nightly import nightly
+    from w4s.stage_config import NightlyConfig
 
     if args.deployment:
         data = _read_file(args.config) if args.config else None

@@ -14,8 +14,9 @@ import pytest
 from pydantic import BaseModel
 
 from w4s.config import OptimizeConfig
-from w4s.flows.cli import build_parser, config_flags, print_table
+from w4s.flows.cli import build_parser
 from w4s.flows.cli import main as cli
+from w4s.flows.cli_common import config_flags, print_table
 
 
 def _is_scalar(annotation: Any) -> bool:
@@ -44,7 +45,7 @@ def test_every_scalar_config_field_has_a_flag_with_its_description():
 
 
 def _overrides(*argv: str) -> dict[str, Any]:
-    from w4s.flows.cli import _overrides
+    from w4s.flows.cli_common import _overrides
 
     return _overrides(build_parser().parse_args(["optimize", *argv]))
 
@@ -210,7 +211,7 @@ def test_tables_piped_are_plain_text_one_line_per_row(capsys):
 
 
 def test_an_accuracy_never_scored_prints_as_a_dash():
-    from w4s.flows.cli import _score
+    from w4s.flows.cli_common import _score
 
     assert _score(None) == "-" and _score(0.5) == "0.50"  # e.g. a budget spent before the seed
 

@@ -20,7 +20,9 @@ SPEC = ROOT / "deployments" / "prefect.yaml"
 
 def _flow(entrypoint: str):
     module, name = entrypoint.split(":")
-    return getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
+    # flows/x.py installs as w4s.flows.x (pyproject maps the folders into one namespace)
+    return getattr(importlib.import_module("w4s." + module.removesuffix(".py").replace("/", ".")),
+                   name)
 
 
 def test_every_deployment_resolves_to_a_flow_with_valid_parameters():

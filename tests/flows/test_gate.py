@@ -12,7 +12,7 @@ from adapter_folders import make_adapter_folder
 from replies import GOOD, NO_CODE
 
 from w4s.config import BackendConfig, CollectConfig
-from w4s.flows.gate import GATE_FILE, GateOptions, run_gate
+from w4s.flows.gate import GATE_FILE, GateConfig, run_gate
 from w4s.models.factory import clear_model_cache
 from w4s.storage import adapters
 
@@ -60,7 +60,7 @@ def _logliks(prefers: dict[str | None, str]):
     return score
 
 
-OPTIONS = GateOptions(states=2, candidates=2, split_seed=500)
+OPTIONS = GateConfig(states=2, candidates=2, split_seed=500)
 
 
 def test_the_gate_promotes_a_better_adapter_and_refuses_a_worse_one(tmp_path):
@@ -135,8 +135,8 @@ def test_the_real_margin_scores_both_policies_with_the_base_model(tmp_path, tmp_
     import pyarrow.parquet as pq
     from nightly_support import build_tiny_base
 
-    from w4s.flows.fit import fit_adapter
     from w4s.flows.gate import default_logliks
+    from w4s.tasks.fit import fit_adapter
 
     base = build_tiny_base(tmp_path_factory.mktemp("tiny-llama"))
     message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))

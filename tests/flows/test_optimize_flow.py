@@ -106,7 +106,7 @@ def test_cli_runs_and_show(tmp_path, capsys):
     assert "run-c" in out and "completed" in out
     assert cli(["show", "run-c", "--runs-dir", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "chosen_val" in out and "test 1.00" in out
+    assert "chosen_val" in out and "test accuracy:      1.00 on" in out
     sql = "SELECT run_id, count(*) AS n, max(val_accuracy) AS best FROM candidates GROUP BY run_id"
     assert cli(["query", sql, "--runs-dir", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out

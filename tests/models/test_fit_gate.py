@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from w4s.errors import NothingToLearn
-from w4s.flows import fit
-from w4s.flows.fit import fit_adapter
+from w4s.flows import fit_cmd as fit
 from w4s.flows.gate import default_logliks
 from w4s.gate import paired_margin
 from w4s.storage import adapters
+from w4s.tasks.fit import fit_adapter
 
 MESSAGE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 USER = [{"role": "user", "content": "What is 2+3?"}]

@@ -8,7 +8,8 @@ from adapter_folders import make_adapter_folder
 
 from w4s.config import CollectConfig, OptimizeConfig
 from w4s.errors import W4SError
-from w4s.flows.cli import _load, with_resolved_adapter
+from w4s.flows.cli import _load
+from w4s.flows.cli_common import with_resolved_adapter
 from w4s.storage import adapters
 
 BASE = "smollm2-135m-instruct"
@@ -61,7 +62,7 @@ def test_a_champion_whose_record_is_gone_is_an_error(tmp_path):
 def test_w4s_adapters_marks_the_champion_and_promotes_by_hand(tmp_path, capsys):
     import argparse
 
-    from w4s.flows import fit
+    from w4s.flows import fit_cmd as fit
 
     parser = argparse.ArgumentParser(prog="w4s")
     fit.add_parser(parser.add_subparsers(dest="command", required=True))
