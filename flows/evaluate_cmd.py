@@ -9,8 +9,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from w4s.config import BackendConfig, build_config
-from w4s.errors import InfrastructureError
+from w4s.config import BackendConfig, build_config, deep_merge
+from w4s.errors import InfrastructureError, W4SError
+from w4s.flows.config_cli import Given, config_command, option
 from w4s.sandbox import EvalResult, Harness
 from w4s.stage_config import EvaluateConfig
 from w4s.tasks.evaluate import Evaluation, run_evaluation
@@ -128,3 +129,32 @@ def _print_table(header: dict, result: EvalResult, level: str) -> None:
     rows = [(o.item_id, o.score, o.executor_calls, o.prompt_tokens + o.completion_tokens,
              o.seconds, _answer_text(o)) for o in result.outcomes]
     print_table(cols, rows, wide={"answer / error": 60})
+
+
+def _evaluate(given: Given, *, workflow: str, executor: str | None = None,
+              json_out: bool = False) -> int:
+    import yaml
+
+    base: dict[str, Any] = {}
+    if executor is not None:  # the whole executor as YAML/JSON; --set executor.x=... over it
+        try:
+            base = {"executor": yaml.safe_load(executor) or {}}
+        except yaml.YAMLError as e:
+            raise W4SError(f"`--executor` is not valid YAML/JSON: {executor!r}") from e
+    given = Given(given.config_file, deep_merge(base, given.overrides))
+    return evaluate_config(Path(workflow), given.load(EvaluateConfig), json_out=json_out)
+
+
+evaluate = config_command(
+    EvaluateConfig, _evaluate, benchmark_flags=True,
+    names={"use_cache": {"negative": ("--no-use-cache", "--no-cache")},
+           "reuse_outcomes": {"negative": ("--no-reuse-outcomes", "--rerun")}},
+    help="Score a workflow file in the sandbox. --rerun runs every item, even one already "
+         "run by identical code (executor calls still come from the cache).",
+    options=[
+        option("workflow", str, "a Python file defining solver(agent, task)", required=True),
+        option("executor", str | None, "executor BackendConfig as YAML/JSON, e.g. "
+               "'{kind: openai, model: gpt-4o-mini}'"),
+        option("json_out", bool, "print one JSON document (and no progress bar)",
+               default=False, name="--json", negative=""),
+    ])

@@ -3,11 +3,15 @@ function `w4s.tasks.fit.fit_stage`), register it, list and promote adapters."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
+
+from cyclopts import Parameter
+
+from w4s.flows.config_cli import Given, config_command, option
+from w4s.stage_config import FitConfig
 
 # ----------------------------------------------------------------------------- commands
 
@@ -20,17 +24,15 @@ def _stderr_progress(step: int, total: int, loss: float, tokens_per_s: float) ->
     )
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
+def _fit(given: Given, *, dataset: str, out: str) -> int:
     from w4s.errors import NothingToLearn
     from w4s.flows import progress, ui
-    from w4s.flows.cli_common import load_config
-    from w4s.stage_config import FitConfig
     from w4s.tasks.fit import fit_stage
 
-    config = load_config(args, FitConfig)
-    on_step = progress.fit_on_step(f"fit {args.out}: optimizer steps", _stderr_progress)
+    config = given.load(FitConfig)
+    on_step = progress.fit_on_step(f"fit {out}: optimizer steps", _stderr_progress)
     try:
-        result = fit_stage(args.dataset, args.out, config, on_step=on_step)
+        result = fit_stage(dataset, out, config, on_step=on_step)
     except NothingToLearn as e:
         print(f"w4s fit: {e}")
         return 0
@@ -51,17 +53,23 @@ def fit_summary(result: Any) -> str:
     )
 
 
-def cmd_adapters(args: argparse.Namespace) -> int:
-    from w4s.storage.adapters import champion, list_adapters, promote, resolve
+def adapters(*, json_out: Annotated[bool, Parameter(
+                 name="--json", negative="", help="print the records as JSON")] = False,
+             promote: Annotated[str | None, Parameter(
+                 help="make this adapter the champion by hand, by id (the nightly's gate "
+                      "promotes only what is not worse)")] = None) -> int:
+    """List the fitted adapters (* the champion)."""
+    from w4s.storage.adapters import champion, list_adapters, resolve
+    from w4s.storage.adapters import promote as promote_adapter
 
-    if args.promote:  # by hand: a rollback, or an adapter fitted outside the nightly
-        record, previous = resolve(args.promote), champion()
-        promote(record, previous=previous.id if previous else None,
-                gate={"verdict": "promoted", "by": "w4s adapters --promote"})
+    if promote:  # by hand: a rollback, or an adapter fitted outside the nightly
+        record, previous = resolve(promote), champion()
+        promote_adapter(record, previous=previous.id if previous else None,
+                        gate={"verdict": "promoted", "by": "w4s adapters --promote"})
         print(f"champion: {record.id} (was {previous.id if previous else 'base'})")
         return 0
     records = list_adapters()
-    if args.json:
+    if json_out:
         print(json.dumps([asdict(r) for r in records], indent=2))
         return 0
     if not records:
@@ -81,19 +89,7 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: Any) -> None:
-    """Adds the `fit` and `adapters` subcommands to the `w4s` parser."""
-    from w4s.flows.cli_common import add_config_flags
-    from w4s.stage_config import FitConfig
-
-    p = subparsers.add_parser("fit", help="fit a LoRA adapter on a reward-weighted dataset")
-    p.add_argument("--dataset", required=True, help="a prompt-completion Parquet file")
-    p.add_argument("--out", required=True, help="the adapter folder (rerun to resume)")
-    add_config_flags(p, FitConfig)
-    p.set_defaults(func=cmd_fit)
-
-    p = subparsers.add_parser("adapters", help="list the fitted adapters (* the champion)")
-    p.add_argument("--json", action="store_true", help="print the records as JSON")
-    p.add_argument("--promote", metavar="ID", help="make this adapter the champion by hand "
-                   "(the nightly's gate promotes only what is not worse)")
-    p.set_defaults(func=cmd_adapters)
+fit = config_command(
+    FitConfig, _fit, help="Fit a LoRA adapter on a reward-weighted dataset (RLAO).",
+    options=[option("dataset", str, "a prompt-completion Parquet file", required=True),
+             option("out", str, "the adapter folder (rerun to resume)", required=True)])

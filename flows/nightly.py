@@ -37,7 +37,7 @@ from w4s.errors import W4SError
 from w4s.flows import nightly_report, ui
 from w4s.flows.collect import collect
 from w4s.flows.gate import GATE_FILE, gate
-from w4s.flows.nightly_checks import check_config, require_pool
+from w4s.flows.nightly_checks import check_config, require_pool, stage_pool
 from w4s.flows.optimize import optimize
 from w4s.flows.prefect_setup import route_w4s_logs
 from w4s.flows.stage_flows import (
@@ -46,7 +46,6 @@ from w4s.flows.stage_flows import (
     evaluate,
     fit,
     gpu_slot,
-    on_gpu,
 )
 from w4s.paths import runs_dir as default_runs_dir
 from w4s.stage_config import STAGES, NightlyConfig
@@ -77,23 +76,6 @@ def resolve_adapter(spec: str, nightly_id: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- routing
-
-
-def _pool(stage: str, config: NightlyConfig) -> str:
-    if stage in ("fit", "gate"):  # the gate scores completions with the base model too
-        return "gpu"
-    if stage in ("collect", "optimize"):
-        cfg = config.collect if stage == "collect" else config.optimize
-        return "gpu" if on_gpu(cfg.meta_agent, cfg.executor) else "cpu"
-    if stage == "evaluate":
-        return "gpu" if on_gpu(config.evaluate_config().executor) else "cpu"
-    return "cpu"
-
-
-def routed_pools(config: NightlyConfig) -> dict[str, str]:
-    """stage flow -> the pool its deployment runs on, for `routing: deployments` (the dataset
-    stage runs inside the parent)."""
-    return {s: _pool(s, config) for s in STAGES if s != "dataset"}
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +152,7 @@ def run_stage(stage: str, nightly_id: str, params: dict[str, Any], outputs: list
 def _stage(stage: str, params: dict[str, Any], outputs: list[str], config: NightlyConfig,
            nightly_id: str, stages: list[dict[str, Any]]) -> Any:
     """Run (or serve from the cache) one stage; its timing goes to `stages`."""
-    pool = "cpu" if stage == "dataset" else _pool(stage, config)
+    pool = "cpu" if stage == "dataset" else stage_pool(stage, config)
     state = run_stage(stage, nightly_id, _jsonable(params), [str(p) for p in outputs],
                       config.routing, pool, config.timeouts.get(stage), return_state=True)
     out = state.result()

@@ -18,9 +18,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from w4s.config import BackendConfig
 from w4s.flows.prefect_setup import route_w4s_logs
-from w4s.stage_config import DatasetConfig, EvaluateConfig, FitConfig
+from w4s.stage_config import DatasetConfig, EvaluateConfig, FitConfig, on_gpu
 from w4s.tasks import evaluate as evaluate_stage
 from w4s.tasks import fit as fit_stage
 from w4s.tasks.caching import RealInputs, file_digest, stage_timeout
@@ -28,14 +27,6 @@ from w4s.tasks.dataset import dataset as dataset_task
 from w4s.tasks.retry import backoff, retry_unless_final
 
 GPU_LIMIT = "w4s-gpu"  # the global concurrency limit `w4s deploy` creates (deploy_cmd)
-LOCAL_KINDS = ("embedded", "transformers", "llamacpp", "vllm")  # served in this process
-
-
-def on_gpu(*backends: BackendConfig) -> bool:
-    """Whether a stage with these models needs a GPU host: a model served in-process on a
-    GPU. A model behind an OpenAI-compatible server (vLLM) runs wherever that server is."""
-    return any(b.kind == "vllm" or (b.kind in LOCAL_KINDS and b.device != "cpu")
-               for b in backends)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ line naming the field."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -237,8 +238,68 @@ class NightlyConfig(_Frozen):
             executor=o.executor, **limits)
 
 
+LOCAL_KINDS = ("embedded", "transformers", "llamacpp", "vllm")  # served in this process
+
+
+def on_gpu(*backends: BackendConfig) -> bool:
+    """Whether a stage with these models needs a GPU host: a model served in-process on a
+    GPU. A model behind an OpenAI-compatible server (vLLM) runs wherever that server is."""
+    return any(b.kind == "vllm" or (b.kind in LOCAL_KINDS and b.device != "cpu")
+               for b in backends)
+
+
 STAGE_CONFIGS: dict[str, type[_Frozen]] = {
     "optimize": OptimizeConfig, "collect": CollectConfig, "dataset": DatasetConfig,
     "fit": FitConfig, "gate": GateConfig, "evaluate": EvaluateConfig,
     "nightly": NightlyConfig,
 }
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation).replace("typing.", "")
+    return re.sub(r"[\w.]+\.(\w+Config)\b", r"\1", text).replace("|", "or")
+
+
+def _default(info: Any) -> str:
+    from pydantic_core import PydanticUndefined
+
+    if info.default_factory is not None:
+        value = info.default_factory()
+    elif info.default is PydanticUndefined:
+        return "required"
+    else:
+        value = info.default
+    if isinstance(value, _Frozen):
+        return "see its table" if value == type(value)() else "`" + json_text(value) + "`"
+    return "`" + json_text(value) + "`"
+
+
+def json_text(value: Any) -> str:
+    import json
+
+    if isinstance(value, _Frozen):
+        value = value.model_dump(mode="json", exclude_defaults=True)
+    return json.dumps(value, default=str).replace("|", "\\|")
+
+
+def markdown_tables() -> str:
+    """Every stage config as a markdown table (docs/configuration.md holds this text;
+    regenerate it with `python -m w4s.stage_config`)."""
+    models = {"BackendConfig": BackendConfig, **{m.__name__: m for m in STAGE_CONFIGS.values()}}
+    out = []
+    for name, model in models.items():
+        out += [f"### {name}", "", " ".join((model.__doc__ or "").split("\n\n")[0].split()),
+                "", "| field | type | default | description |", "|---|---|---|---|"]
+        for field_name, info in model.model_fields.items():
+            text = (info.description or "").replace("|", "\\|").replace("\n", " ")
+            out.append(f"| `{field_name}` | {_type_name(info.annotation)} | {_default(info)} "
+                       f"| {text} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    from w4s.stage_config import markdown_tables as tables  # the module, not this __main__
+
+    print(tables(), end="")

@@ -87,3 +87,15 @@ def test_a_bad_value_is_one_line_naming_the_field():
 def test_clipping_off_has_one_spelling():
     assert FitConfig(max_grad_norm=0).max_grad_norm is None
     assert FitConfig(max_grad_norm=0.5).hyperparameters()["max_grad_norm"] == 0.5
+
+
+def test_the_configuration_page_holds_every_table_as_generated():
+    from w4s.stage_config import markdown_tables
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    begin, end = "<!-- config tables: begin -->\n", "<!-- config tables: end -->"
+    section = text[text.index(begin) + len(begin):text.index(end)]
+    assert section == markdown_tables(), "rerun `python -m w4s.stage_config` into the page"
+    for model in STAGE_CONFIGS.values():
+        for name in model.model_fields:
+            assert f"| `{name}` |" in section

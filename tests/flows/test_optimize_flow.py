@@ -171,7 +171,7 @@ def test_cli_evaluate_a_workflow_file(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["reused_outcomes"] == 0
     assert cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
                 "--executor", "{kind: nope}"]) == 2
-    assert "`kind`" in capsys.readouterr().err
+    assert "`executor.kind`: Input should be" in capsys.readouterr().err
     assert cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
                 "--executor", "{kind: ["]) == 2
     assert "`--executor` is not valid YAML" in capsys.readouterr().err

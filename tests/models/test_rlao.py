@@ -427,14 +427,10 @@ def test_latest_with_an_empty_registry_is_an_error():
 
 
 def test_cli_fit_and_adapters(tiny, tmp_path, capsys):
-    import argparse
+    from w4s.flows.cli import main
 
-    from w4s.flows import fit_cmd as fit
-
-    parser = argparse.ArgumentParser(prog="w4s")
-    fit.add_parser(parser.add_subparsers(dest="command", required=True))
     data = write_dataset(tmp_path / "d.parquet", ROWS)
-    args = parser.parse_args(
+    assert main(
         [
             "fit",
             "--dataset",
@@ -463,12 +459,10 @@ def test_cli_fit_and_adapters(tiny, tmp_path, capsys):
             "2",
             "--no-gradient-checkpointing",
         ]
-    )
-    assert args.func(args) == 0
+    ) == 0
     captured = capsys.readouterr()
     assert "step 2/2" in captured.err and "fitted " in captured.out
-    args = parser.parse_args(["adapters"])
-    assert args.func(args) == 0
+    assert main(["adapters"]) == 0
     assert str((tmp_path / "out").resolve()) in capsys.readouterr().out
     record = adapters.resolve("latest")
     assert record.hyperparameters["target_modules"] == ["q_proj", "k_proj"]

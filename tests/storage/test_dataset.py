@@ -9,7 +9,6 @@ import pytest
 
 from w4s.config import OptimizeConfig, build_config
 from w4s.errors import W4SError
-from w4s.flows.dataset_cmd import add_parser
 from w4s.mdp import Candidate, State
 from w4s.reward import rwr_weight
 from w4s.stage_config import DatasetConfig
@@ -200,12 +199,11 @@ def test_only_seeds_is_an_empty_selection(tmp_path):
 
 
 def _cli(argv):
-    import argparse
+    """The `w4s` command without main's error printing: its W4SError propagates."""
+    from w4s.flows.cli import build_app
 
-    parser = argparse.ArgumentParser(prog="w4s")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    command, bound, _ = build_app().parse_args(argv, exit_on_error=False, print_error=False)
+    return command(*bound.args, **bound.kwargs)
 
 
 def test_cli_writes_the_dataset_and_prints_a_summary(runs, tmp_path, capsys):
