@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_fit_gpu import state_samples  # noqa: E402
 from w4s.models import packing, rlao  # noqa: E402
-from w4s.stage_config import FitConfig  # noqa: E402
+from w4s.trainer_config import TrainerConfig  # noqa: E402
 
 
 def tiny_model(vocab: int = 1024):
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
-    config = FitConfig(lora_dropout=0.0)
+    config = TrainerConfig(lora_dropout=0.0)
     model, name = tiny_model()
     model = rlao.add_lora(model, config)
     runs = {name: measure(model, synthetic_samples(args.samples, 32, 512, 1024), 512, 2048,

@@ -20,8 +20,8 @@ from prefect import flow, get_run_logger, task
 
 from w4s.flows.prefect_setup import route_w4s_logs
 from w4s.stage_config import DatasetConfig, EvaluateConfig, FitConfig, on_gpu
-from w4s.tasks import evaluate as evaluate_stage
-from w4s.tasks import fit as fit_stage
+from w4s.tasks import evaluate as evaluate_work
+from w4s.tasks import fit as fit_work
 from w4s.tasks.caching import RealInputs, file_digest, stage_timeout
 from w4s.tasks.dataset import dataset as dataset_task
 from w4s.tasks.retry import backoff, retry_unless_final
@@ -92,7 +92,7 @@ def fit_task(dataset: str, out: str, options: dict[str, Any]) -> dict[str, Any]:
 
     on_step = progress.fit_on_step(f"fit {Path(out).name}: optimizer steps", on_step)
     try:
-        result = fit_stage.fit_stage(dataset, out, FitConfig.model_validate(options),
+        result = fit_work.fit_stage(dataset, out, FitConfig.model_validate(options),
                                      on_step=on_step)
     except NothingToLearn as e:
         logger.warning("%s", e)
@@ -143,8 +143,8 @@ EVALUATE_STAGE = RealInputs(extra=_evaluate_inputs, outputs=lambda inputs: [inpu
       cache_policy=EVALUATE_STAGE, persist_result=True, timeout_seconds=stage_timeout("evaluate"))
 def evaluate_task(workflow: str, report: str, options: dict[str, Any]) -> dict[str, Any]:
     """Score a workflow file on a benchmark split in the sandbox."""
-    result = evaluate_stage.evaluate_workflow(workflow, report,
-                                              EvaluateConfig.model_validate(options))
+    result = evaluate_work.evaluate_workflow(workflow, report,
+                                             EvaluateConfig.model_validate(options))
     get_run_logger().info("evaluate %s on %s (%s, %d items): accuracy %.4f", workflow,
                           result["benchmark"], result["split"], result["items"],
                           result["accuracy"])

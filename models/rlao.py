@@ -43,7 +43,7 @@ from typing import Any
 
 from w4s.errors import ConfigError, one_line
 from w4s.models import packing
-from w4s.stage_config import FitConfig
+from w4s.trainer_config import RUN_LENGTH, TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +439,7 @@ def load_base(folder: str | Path, device: str = "cpu", dtype: Any = None) -> tup
     return model.to(device), tokenizer
 
 
-def add_lora(model: Any, config: FitConfig) -> Any:
+def add_lora(model: Any, config: TrainerConfig) -> Any:
     """Wrap the base in a trainable peft LoRA; the seed fixes lora_A's initialisation."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -460,7 +460,7 @@ def add_lora(model: Any, config: FitConfig) -> Any:
         ) from e
 
 
-def use_gradient_checkpointing(config: FitConfig, device: str) -> bool:
+def use_gradient_checkpointing(config: TrainerConfig, device: str) -> bool:
     """On a GPU by default: activations of 10-20k-token states dominate its memory; on the
     CPU memory is rarely the limit and recomputation costs a third more time."""
     if config.gradient_checkpointing is not None:
@@ -468,7 +468,7 @@ def use_gradient_checkpointing(config: FitConfig, device: str) -> bool:
     return device != "cpu"
 
 
-def use_flex_attention(model: Any, config: FitConfig, device: str) -> bool:
+def use_flex_attention(model: Any, config: TrainerConfig, device: str) -> bool:
     """Prefix-shared rows on a GPU run under flex attention, which skips the blocks the mask
     rules out (5.70x the unshared tokens/s against 3.46x with sdpa's dense mask on an H200,
     docs/performance.md); its backward needs a GPU, so the CPU keeps sdpa. A model or torch
@@ -519,7 +519,7 @@ def pack_step(samples: Sequence[Sample], row_tokens: int, indices: list[int]) ->
     return pack([len(s.input_ids) for s in samples], row_tokens, indices)
 
 
-def schedule(samples: Sequence[Sample], config: FitConfig) -> list[list[list[list[int]]]]:
+def schedule(samples: Sequence[Sample], config: TrainerConfig) -> list[list[list[list[int]]]]:
     """Optimizer steps -> micro-batches -> packed rows -> sample indices, fixed by the seed,
     so a resumed fit replays the same order. The epochs' orders are one stream cut into
     steps of step_samples samples (all of them when there are fewer); each step's samples
@@ -550,13 +550,10 @@ def schedule(samples: Sequence[Sample], config: FitConfig) -> list[list[list[lis
     return steps[: config.max_steps] if config.max_steps is not None else steps
 
 
-# fields a resumed fit may change; `base` is matched by the base model's id in `extra`
-RUN_LENGTH = ("epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "base", "force")
-
-
-def resume_fingerprint(config: FitConfig, extra: dict[str, Any]) -> dict[str, Any]:
+def resume_fingerprint(config: TrainerConfig, extra: dict[str, Any]) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (not epochs or max_steps)."""
-    keep = config.model_dump(mode="json", exclude=set(RUN_LENGTH))
+    keep = {k: v for k, v in asdict(config).items() if k not in RUN_LENGTH}
+    keep["target_modules"] = list(config.target_modules)
     return {**keep, **extra}
 
 
@@ -638,7 +635,7 @@ StepCallback = Callable[[int, int, float, float], None]  # step, total, loss, to
 def train(
     model: Any,
     samples: Sequence[Sample],
-    config: FitConfig,
+    config: TrainerConfig,
     out: Path,
     fingerprint: dict[str, Any] | None = None,
     on_step: StepCallback | None = None,

@@ -87,7 +87,7 @@ def fit_stage(dataset: str | Path, out: str | Path, config: FitConfig, *,
     sha = file_digest(dataset)
     device, dtype = rlao.pick_device()
     model, tokenizer = rlao.load_base(folder, device=device, dtype=dtype)
-    rlao.use_flex_attention(model, config, device)
+    rlao.use_flex_attention(model, config.trainer(), device)
     if config.max_seq_len is None:
         config = config.model_copy(update={"max_seq_len": rlao.model_context(model, tokenizer)})
     samples, stats = rlao.tokenize_rows(tokenizer, rows, config.max_seq_len)
@@ -98,13 +98,14 @@ def fit_stage(dataset: str | Path, out: str | Path, config: FitConfig, *,
         )
     if not any(s.weight > 0 for s in samples):
         raise ConfigError("every sample left after dropping the too long ones has weight zero")
-    model = rlao.add_lora(model, config)
-    checkpointing = rlao.use_gradient_checkpointing(config, device)
+    trainer = config.trainer()  # the trainer's part, max_seq_len resolved
+    model = rlao.add_lora(model, trainer)
+    checkpointing = rlao.use_gradient_checkpointing(trainer, device)
     if checkpointing:
         rlao.enable_gradient_checkpointing(model)
-    fingerprint = rlao.resume_fingerprint(config, {"dataset_sha256": sha, "base_model": base_id})
+    fingerprint = rlao.resume_fingerprint(trainer, {"dataset_sha256": sha, "base_model": base_id})
     out.mkdir(parents=True, exist_ok=True)
-    state, resumed_from = rlao.train(model, samples, config, out, fingerprint, on_step=on_step)
+    state, resumed_from = rlao.train(model, samples, trainer, out, fingerprint, on_step=on_step)
     save_adapter(model, out)
     import peft
     import torch

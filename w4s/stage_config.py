@@ -7,11 +7,12 @@ line naming the field."""
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from w4s.config import (
     BackendConfig,
@@ -23,10 +24,10 @@ from w4s.config import (
 )
 from w4s.gate import GateRule
 from w4s.reward import TAU
+from w4s.trainer_config import TrainerConfig
 
 Stage = Literal["collect", "dataset", "fit", "gate", "optimize", "evaluate"]
 STAGES: tuple[str, ...] = ("collect", "dataset", "fit", "gate", "optimize", "evaluate")
-ESTIMATORS = ("self_normalized", "mean")
 REPAIRED = ("conversation", "drop", "state")
 
 
@@ -58,51 +59,17 @@ class DatasetConfig(_Frozen):
                                "nights' collections (tonight's included)")
 
 
-class FitConfig(_Frozen):
+class _FitBase(_Frozen):
     """One LoRA fit of the meta-agent (models/rlao.py); recorded whole in metrics.json. The
-    trainer's fields minus `base`, `force` and the length of the run (epochs, max_steps,
+    trainer's fields (w4s/trainer_config.py) minus the length of the run (epochs, max_steps,
     checkpointing) must match for a checkpoint to be resumed."""
 
     base: str = Field("embedded", description="`embedded` (SmolLM2-135M-Instruct) or a local "
                       "Hugging Face folder")
-    epochs: int = Field(1, ge=1, description="passes over the samples (ignored when "
-                        "max_steps asks for more)")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps (overrides epochs)")
-    lr: float = Field(1e-4, gt=0, description="AdamW learning rate, constant")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    max_grad_norm: float | None = Field(1.0, ge=0, description="gradient clipping; None or 0 "
-                                        "= off")
-    estimator: Literal["self_normalized", "mean"] = Field(
-        "self_normalized", description="step loss: sum w*loss / sum w, or / n (the paper's)")
-    step_samples: int = Field(16, ge=1, description="samples per optimizer step, shuffled "
-                              "across states")
-    lora_r: int = Field(8, ge=1, description="LoRA rank")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
-    target_modules: tuple[str, ...] = Field(
-        ("q_proj", "v_proj"), min_length=1, description="the modules LoRA adapts")
-    batch_tokens: int = Field(4096, ge=1, description="tokens per forward pass (micro-batch)")
-    row_tokens: int | None = Field(
-        None, ge=2, description="tokens per packed row; default: min(batch_tokens, "
-        "max_seq_len). Attention cost grows with its square: on a CPU, rows of about the "
-        "longest sample are fastest")
-    max_seq_len: int | None = Field(
-        None, ge=2, description="default: the base model's context; longer samples are "
-        "dropped and counted, never cut")
-    gradient_checkpointing: bool | None = Field(
-        None, description="recompute activations in the backward pass; default: on on a GPU")
-    seed: int = Field(0, description="seed of the LoRA init, dropout and sample order")
-    checkpoint_every: int = Field(50, ge=0, description="optimizer steps; 0 = none")
-    keep_checkpoints: int = Field(
-        1, ge=1, description="checkpoints (optimizer states) left after the fit; the last "
-        "two are kept while it runs")
-    share_prefix: bool = Field(
-        True, description="prefix-shared packing: the candidates of one prompt share one "
-        "copy of it per row under a block mask")
     force: bool = Field(False, description="fit even when no row has a positive reward "
                         "(the stage skips otherwise)")
 
-    @field_validator("max_grad_norm")
+    @field_validator("max_grad_norm", check_fields=False)
     @classmethod
     def _clipping_off(cls, value: float | None) -> float | None:
         return None if value == 0 else value  # one spelling of "off" in metrics.json
@@ -110,6 +77,22 @@ class FitConfig(_Frozen):
     def hyperparameters(self) -> dict[str, Any]:
         """What metrics.json and the adapter registry record: every field, as JSON."""
         return self.model_dump(mode="json")
+
+    def trainer(self) -> TrainerConfig:
+        """The trainer's part, for models/rlao.py."""
+        return TrainerConfig(**{f.name: getattr(self, f.name) for f in fields(TrainerConfig)})
+
+
+def _trainer_fields() -> dict[str, Any]:
+    hints = get_type_hints(TrainerConfig)
+    return {f.name: (hints[f.name], Field(f.default, description=f.metadata["description"],
+                                          **f.metadata["bounds"]))
+            for f in fields(TrainerConfig)}
+
+
+FitConfig = create_model("FitConfig", __base__=_FitBase, __module__=__name__,
+                         **_trainer_fields())
+FitConfig.__doc__ = _FitBase.__doc__
 
 
 class EvaluateConfig(SandboxLimits):

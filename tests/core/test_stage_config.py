@@ -99,3 +99,16 @@ def test_the_configuration_page_holds_every_table_as_generated():
     for model in STAGE_CONFIGS.values():
         for name in model.model_fields:
             assert f"| `{name}` |" in section
+
+
+def test_the_fit_config_is_generated_from_the_trainers_fields():
+    from w4s.trainer_config import TrainerConfig
+
+    trainer = {f.name: f for f in dataclasses.fields(TrainerConfig)}
+    assert set(FitConfig.model_fields) == set(trainer) | {"base", "force"}
+    for name, spec in trainer.items():
+        info = FitConfig.model_fields[name]
+        assert info.default == spec.default and info.description == spec.metadata["description"]
+    assert FitConfig(lr=0.5, base="x").trainer() == TrainerConfig(lr=0.5)
+    with pytest.raises(ConfigError, match="`lr`: Input should be greater than 0"):
+        build_config({"lr": 0}, FitConfig)  # the bounds come along

@@ -127,15 +127,15 @@ def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, ti
                                                                     monkeypatch):
     cfg = nightly_config(tmp_path, tiny_base)
     tally = _count_model_calls(monkeypatch)
-    from w4s.tasks import evaluate as evaluate_stage
+    from w4s.tasks import evaluate as evaluate_work
 
-    real_task, real_evaluate = stage_flows.evaluate_task, evaluate_stage.evaluate_workflow
+    real_task, real_evaluate = stage_flows.evaluate_task, evaluate_work.evaluate_workflow
 
     def lost(*_a, **_k):
         raise InfrastructureError("injected: the evaluation host went away")
 
     # the last stage fails (and is not retried within the run: retries off for the test)
-    monkeypatch.setattr(evaluate_stage, "evaluate_workflow", lost)
+    monkeypatch.setattr(evaluate_work, "evaluate_workflow", lost)
     monkeypatch.setattr(stage_flows, "evaluate_task", real_task.with_options(retries=0))
     with pytest.raises(InfrastructureError, match="injected"):
         nightly(cfg, nightly_id="n1")
@@ -149,7 +149,7 @@ def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, ti
     before = _files(tmp_path)
 
     # the stage works again; count afresh
-    monkeypatch.setattr(evaluate_stage, "evaluate_workflow", real_evaluate)
+    monkeypatch.setattr(evaluate_work, "evaluate_workflow", real_evaluate)
     monkeypatch.setattr(stage_flows, "evaluate_task", real_task)
     tally.update(dict.fromkeys(tally, 0))
     clear_model_cache()

@@ -18,6 +18,7 @@ from w4s.models import rlao
 from w4s.stage_config import FitConfig
 from w4s.storage import adapters
 from w4s.tasks.fit import fit_adapter
+from w4s.trainer_config import TrainerConfig
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 MESSAGE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -193,7 +194,7 @@ def _lora_grads(model, batch) -> torch.Tensor:
 
 def test_doubling_a_weight_doubles_its_gradient(model_tok):
     model, tok = model_tok
-    model = rlao.add_lora(model, FitConfig(lora_dropout=0.0))
+    model = rlao.add_lora(model, TrainerConfig(lora_dropout=0.0))
     with torch.no_grad():  # lora_B starts at zero, so lora_A would get no gradient
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -278,7 +279,7 @@ def test_save_load_round_trip_of_a_trained_adapter(model_tok, tiny, tmp_path):
     from peft import PeftModel
 
     model, tok = model_tok
-    config = FitConfig(max_steps=2, lr=1e-2, **FAST)
+    config = TrainerConfig(max_steps=2, lr=1e-2, **FAST)
     model = rlao.add_lora(model, config)
     rlao.train(model, samples_of(tok), config, tmp_path / "ck")
     model.save_pretrained(tmp_path / "adapter")
@@ -509,14 +510,14 @@ def test_packed_rows_in_one_batch_equal_the_padded_loss(model_tok):
 
 def test_schedule_steps_count_samples_not_rows():
     samples = [rlao.Sample([1] * n, [rlao.IGNORE] + [1] * (n - 1), 1.0) for n in [5] * 40]
-    config = FitConfig(batch_tokens=20, row_tokens=10, epochs=2, share_prefix=False)
+    config = TrainerConfig(batch_tokens=20, row_tokens=10, epochs=2, share_prefix=False)
     plan = rlao.schedule(samples, config)
     sizes = [sum(len(r) for rows in step for r in rows) for step in plan]
     assert sizes == [16, 16, 16, 16, 16]  # 80 samples; a step spans micro-batches of 2 rows
     assert all(len(rows) <= 2 and all(len(r) <= 2 for r in rows) for rows in plan[0])
     first = [i for rows in plan[0] for r in rows for i in r]
     assert first != sorted(first) and len(set(first)) == 16  # shuffled, no repeats
-    few = rlao.schedule(samples[:3], FitConfig(max_steps=5))
+    few = rlao.schedule(samples[:3], TrainerConfig(max_steps=5))
     assert len(few) == 5 and all(sorted(i for rows in s for r in rows for i in r) == [0, 1, 2]
                                  for s in few)
 
@@ -554,8 +555,9 @@ def test_the_weighting_survives_clipping(tiny, tmp_path):
 
 
 def test_the_fit_config_is_the_trainers_config_everywhere():
-    """One FitConfig: the trainer's, the fit flow's `options` and the nightly's `fit:`; every
-    keyword of fit_adapter is one of its fields, checked by it (no second declaration)."""
+    """One FitConfig (its trainer part declared in w4s/trainer_config.py): the fit flow's
+    `options` and the nightly's `fit:`; every keyword of fit_adapter is one of its fields,
+    checked by it (no second declaration)."""
     import inspect
 
     from w4s.flows import stage_flows
@@ -573,13 +575,13 @@ def test_the_fit_config_is_the_trainers_config_everywhere():
 def test_gradient_checkpointing_recomputes_layers_with_equal_gradients(tiny, tmp_path):
     """On by default on a GPU; on, each decoder layer runs again in the backward pass of the
     trainer's own forward path, and the LoRA gradients are unchanged."""
-    assert rlao.use_gradient_checkpointing(FitConfig(), "cuda")
-    assert not rlao.use_gradient_checkpointing(FitConfig(), "cpu")
-    assert rlao.use_gradient_checkpointing(FitConfig(gradient_checkpointing=True), "cpu")
+    assert rlao.use_gradient_checkpointing(TrainerConfig(), "cuda")
+    assert not rlao.use_gradient_checkpointing(TrainerConfig(), "cpu")
+    assert rlao.use_gradient_checkpointing(TrainerConfig(gradient_checkpointing=True), "cpu")
 
     def grads_and_layer_calls(checkpointing: bool) -> tuple[torch.Tensor, int]:
         base, tok = rlao.load_base(tiny)
-        model = rlao.add_lora(base, FitConfig(lora_dropout=0.0))
+        model = rlao.add_lora(base, TrainerConfig(lora_dropout=0.0))
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
