@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_fit_gpu import state_samples  # noqa: E402
 from w4s.models import packing, rlao  # noqa: E402
+from w4s.trainer_config import TrainerConfig  # noqa: E402
 
 
 def tiny_model(vocab: int = 1024):
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
-    config = rlao.RLAOConfig(lora_dropout=0.0)
+    config = TrainerConfig(lora_dropout=0.0)
     model, name = tiny_model()
     model = rlao.add_lora(model, config)
     runs = {name: measure(model, synthetic_samples(args.samples, 32, 512, 1024), 512, 2048,
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     row_tokens = max(state_len, args.prompt + args.candidates * (args.completion + 1))
     sharing = {f"{name} sharing": measure_sharing(model, states, row_tokens, args.repeats)}
     if args.base:
-        from w4s.flows.fit import resolve_base
+        from w4s.tasks.fit import resolve_base
 
         folder, base_id = resolve_base(args.base)
         base, _ = rlao.load_base(folder)

@@ -85,7 +85,7 @@ def build(shape: dict[str, Any], device: str, dtype: Any, rlao: Any) -> Any:
         torch.set_default_dtype(previous)
     model.config.use_cache = False
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = rlao.RLAOConfig(lora_r=16, lora_alpha=32, lora_dropout=0.0,
+    config = rlao.TrainerConfig(lora_r=16, lora_alpha=32, lora_dropout=0.0,
                              target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))
     return rlao.add_lora(model, config).train()  # checkpointing acts in training mode only
 

@@ -134,7 +134,7 @@ def main() -> int:
 
     set_environment_defaults()
     from w4s.config import build_config
-    from w4s.flows.cli import DEMO
+    from w4s.flows.optimize_cmd import DEMO
 
     data = {**DEMO[args.benchmark], "use_cache": False, "runs_dir": str(home / "runs")}
     for name in ("iterations", "candidates", "val_size", "test_size"):

@@ -1,7 +1,7 @@
 """Does RWR's weighting survive the optimizer? Margin moved by a weighted vs an equal fit.
 
 One W4S state and two completions of it: a heavy one (reward 1, weight 12.18) and a light
-one (reward -0.1, weight 0.78). Each setting fits them through `w4s.flows.fit.fit_adapter` (the
+one (reward -0.1, weight 0.78). Each setting fits them through `w4s.tasks.fit.fit_adapter` (the
 real path: dataset file, tokenization, schedule, clipping at max_grad_norm 1.0) twice, once
 with the RWR weights and once with equal weights (SFT), on the same sample visits, and
 reports how far each moved the log-likelihood margin (heavy minus light, mean per token).
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the JSON here too")
     args = p.parse_args(argv)
 
-    from w4s.flows.fit import fit_adapter, resolve_base
     from w4s.mdp import State
     from w4s.reward import rwr_weight
+    from w4s.tasks.fit import fit_adapter, resolve_base
 
     base_dir, _ = resolve_base(args.base)
     prompt = State("Answer the arithmetic question.", "What is (3+4)*5?", "35").messages()

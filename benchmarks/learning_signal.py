@@ -279,16 +279,17 @@ def prompt_hashes(rows: Sequence[dict[str, Any]]) -> dict[str, set[str]]:
 
 
 def build(runs_dir: Path, out: Path, runs: Sequence[str], sft: bool) -> dict[str, Any]:
-    from w4s.storage.dataset import DatasetQuery, build_dataset
+    from w4s.stage_config import DatasetConfig
+    from w4s.storage.dataset import build_dataset
 
-    data = build_dataset(runs_dir, out, DatasetQuery(runs=tuple(runs), sft=sft))
+    data = build_dataset(runs_dir, out, DatasetConfig(runs=tuple(runs), sft=sft))
     say(f"dataset {out.name}: {data.summary_line()}")
     return {"path": str(data.path), "rows": data.rows, "weights": data.card["weights"],
             "reward_histogram": data.card.get("reward_histogram")}
 
 
 def fit(dataset: str, out: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    from w4s.flows.fit import fit_adapter
+    from w4s.tasks.fit import fit_adapter
 
     if (out / "metrics.json").is_file() and (out / "adapter_config.json").is_file():
         say(f"fit {out.name}: kept from an earlier run")

@@ -9,15 +9,15 @@ to the throwaway server a bare Prefect process starts would vanish with the proc
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from cyclopts import Parameter
 
 from w4s.errors import ConfigError, W4SError, one_line
 
@@ -26,46 +26,45 @@ GPU_LIMIT = "w4s-gpu"  # flows.stage_flows.GPU_LIMIT (not imported: `w4s --help`
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
 
 
-def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "deploy", help="create the work pools, the GPU concurrency limit and the deployments "
-                       "on the Prefect server (PREFECT_API_URL)")
-    p.add_argument("--api-url", help="the Prefect API, e.g. http://127.0.0.1:4200/api "
-                                     "(default: PREFECT_API_URL)")
-    p.add_argument("--prefect-file", default=str(PREFECT_FILE),
-                   help="the deployments file (default: deployments/prefect.yaml)")
-    p.add_argument("--timezone", help="the nightly schedule's timezone, e.g. Europe/Berlin "
-                                      "(default: the file's, UTC)")
-    p.add_argument("--cron", help="the nightly schedule (default: the file's, '0 2 * * *')")
-    p.add_argument("--pool-type", default="process",
-                   help="type of the pools created (default: process; existing pools are "
-                        "left as they are)")
-    p.add_argument("--gpu-slots", type=int, default=1,
-                   help=f"slots of the `{GPU_LIMIT}` limit: GPU stages at once (default: 1)")
-    p.add_argument("--paused", action="store_true",
-                   help="create the schedules paused (resume: `prefect deployment schedule "
-                        "resume nightly/nightly SCHEDULE_ID`, or the UI's toggle)")
-    p.add_argument("--check", action="store_true",
-                   help="apply nothing: check the deployed parameters on the server (config "
-                        "fields, adapter ids, benchmark data, pools and their workers); exit "
-                        "1 on any problem")
-    p.set_defaults(func=cmd_deploy)
-
-
-def cmd_deploy(args: argparse.Namespace) -> int:
-    if args.check:
-        lines, ok = check(api_url=args.api_url, prefect_file=args.prefect_file)
+def command(
+    *,
+    api_url: Annotated[str | None, Parameter(
+        help="the Prefect API, e.g. http://127.0.0.1:4200/api (default: PREFECT_API_URL)")]
+        = None,
+    prefect_file: Annotated[str, Parameter(
+        help="the deployments file (default: deployments/prefect.yaml)",
+        show_default=False)] = str(PREFECT_FILE),
+    timezone: Annotated[str | None, Parameter(
+        help="the nightly schedule's timezone, e.g. Europe/Berlin (default: the file's, "
+             "UTC)")] = None,
+    cron: Annotated[str | None, Parameter(
+        help="the nightly schedule (default: the file's, '0 2 * * *')")] = None,
+    pool_type: Annotated[str, Parameter(
+        help="type of the pools created (existing pools are left as they are)")] = "process",
+    gpu_slots: Annotated[int, Parameter(
+        help=f"slots of the `{GPU_LIMIT}` limit: GPU stages at once")] = 1,
+    paused: Annotated[bool, Parameter(
+        negative="", help="create the schedules paused (resume: `prefect deployment "
+        "schedule resume nightly/nightly SCHEDULE_ID`, or the UI's toggle)")] = False,
+    check_only: Annotated[bool, Parameter(
+        name="--check", negative="", help="apply nothing: check the deployed parameters on "
+        "the server (config fields, adapter ids, benchmark data, pools and their workers); "
+        "exit 1 on any problem")] = False,
+) -> int:
+    """Create the work pools, the GPU concurrency limit and the deployments on the Prefect
+    server (PREFECT_API_URL)."""
+    if check_only:
+        lines, ok = check(api_url=api_url, prefect_file=prefect_file)
         for line in lines:
             print(line, flush=True)
         return 0 if ok else 1
-    for line in deploy(api_url=args.api_url, prefect_file=args.prefect_file,
-                       timezone=args.timezone, cron=args.cron, pool_type=args.pool_type,
-                       gpu_slots=args.gpu_slots, paused=args.paused):
+    for line in deploy(api_url=api_url, prefect_file=prefect_file, timezone=timezone,
+                       cron=cron, pool_type=pool_type, gpu_slots=gpu_slots, paused=paused):
         print(line, flush=True)
     return 0
 
 
-CONFIG_MODELS = {"nightly": "w4s.flows.nightly:NightlyConfig",
+CONFIG_MODELS = {"nightly": "w4s.stage_config:NightlyConfig",
                  "optimize": "w4s.config:OptimizeConfig",
                  "collect": "w4s.config:CollectConfig"}
 

@@ -1,66 +1,49 @@
-"""`w4s evaluate`: score one workflow file on a benchmark split in the sandbox (no Prefect)."""
+"""`w4s evaluate`: score one workflow file on a benchmark split in the sandbox (no Prefect);
+the stage itself is `w4s.tasks.evaluate`, this module prints it."""
 
 from __future__ import annotations
 
 import json
 import sys
 import threading
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from w4s.config import BackendConfig
-from w4s.cost import PriceTable
-from w4s.errors import BenchmarkError, ConfigError, InfrastructureError
-from w4s.sandbox import EvalResult, Harness, SandboxSettings, check_workflow_source
-from w4s.sandbox.pool import isolation_report
-
-EXIT_OK, EXIT_INVALID_WORKFLOW, EXIT_BUDGET = 0, 1, 3
-SPLITS = ("validation", "test", "all")
-FILE_PREFIX = "file:"
-
-
-@dataclass
-class Evaluation:
-    """One scored workflow: the header (what was run), the result, the isolation level;
-    or, for a workflow that failed its static check, the error and nothing run."""
-
-    header: dict[str, Any]
-    result: EvalResult | None = None
-    level: str | None = None
-    error: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        if self.error is not None:
-            return EXIT_INVALID_WORKFLOW
-        return EXIT_BUDGET if self.result.budget_exceeded else EXIT_OK
-
-    def document(self) -> dict[str, Any]:
-        """The JSON document `w4s evaluate --json` prints."""
-        if self.error is not None:
-            return {**self.header, "error": self.error}
-        return _document(self.header, self.result, self.level)
+from w4s.config import BackendConfig, build_config, deep_merge
+from w4s.errors import InfrastructureError, W4SError
+from w4s.flows.config_cli import Given, config_command, option
+from w4s.sandbox import EvalResult, Harness
+from w4s.stage_config import EvaluateConfig
+from w4s.tasks.evaluate import Evaluation, run_evaluation
 
 
 def evaluate_file(workflow: Path, benchmark: str, split: str | None = None, *,
                   json_out: bool = False, progress: bool | None = None,
-                  **options: Any) -> int:
+                  executor_cfg: BackendConfig | None = None, **options: Any) -> int:
     """Print accuracy, spend and per-item outcomes; return the process exit code.
 
     `split`: "validation" or "test" (the seeded split `val_size`/`test_size`/`split_seed`
     draw), or "all" (every item, in file order); None is "all" for a `file:` benchmark and
     "validation" for a named one. `progress`: a progress bar on stderr; None shows it when
-    stderr is a terminal and the output is not JSON. `options`: those of `run_evaluation`.
+    stderr is a terminal and the output is not JSON. `options`: EvaluateConfig's fields.
 
     0: evaluated; 1: the workflow is invalid (nothing ran); 3: the budget ran out. Items
     lost to infrastructure (the executor down, a 401...) raise InfrastructureError: the CLI
     prints its one line and exits 2, as `optimize` does, rather than an accuracy that says
     nothing about the workflow (the items that did run are cached for the rerun).
     """
+    config = build_config({**options, "benchmark": benchmark, "split": split,
+                           "executor": executor_cfg or BackendConfig()}, EvaluateConfig)
+    return evaluate_config(workflow, config, json_out=json_out, progress=progress)
+
+
+def evaluate_config(workflow: Path, config: EvaluateConfig, *, json_out: bool = False,
+                    progress: bool | None = None) -> int:
+    """`evaluate_file` for a built config: print, return the exit code."""
     if progress is None:
         progress = not json_out and sys.stderr.isatty()
-    ev = run_evaluation(workflow, benchmark, split, progress=progress, **options)
+    ev = run_evaluation(workflow, config,
+                        run_items=_evaluate_with_progress if progress else None)
     if ev.result is not None and ev.result.infra_errors:
         lost = next(o.infra_error for o in ev.result.outcomes if o.infra_error is not None)
         raise InfrastructureError(
@@ -73,79 +56,6 @@ def evaluate_file(workflow: Path, benchmark: str, split: str | None = None, *,
     else:
         _print_table(ev.header, ev.result, ev.level)
     return ev.exit_code
-
-
-def run_evaluation(
-    workflow: Path,
-    benchmark: str,
-    split: str | None = None,
-    *,
-    executor_cfg: BackendConfig,
-    val_size: int | None = 10,
-    test_size: int | None = None,
-    split_seed: int = 0,
-    concurrency: int = 4,
-    use_cache: bool = True,
-    reuse_outcomes: bool = True,
-    benchmark_options: dict[str, Any] | None = None,
-    item_timeout_s: float = 60.0,
-    code_timeout_s: float = 5.0,
-    budget_usd: float | None = None,
-    budget_tokens: int | None = None,
-    progress: bool = False,
-) -> Evaluation:
-    """Score a workflow file on a benchmark split; nothing is printed (a flow stores the
-    document, the CLI prints it). `split` as in `evaluate_file`; `progress`: a rich bar on
-    stderr. An invalid workflow runs nothing: its Evaluation has `error` and no result."""
-    from w4s.benchmarks import get_benchmark
-    from w4s.models.factory import build_chat_model
-
-    if split is None:
-        split = "all" if benchmark.startswith(FILE_PREFIX) else "validation"
-    if split not in SPLITS:
-        raise ConfigError(f"`split` must be one of {', '.join(SPLITS)}, but received {split!r}")
-    try:
-        code = Path(workflow).read_text()
-    except OSError as e:
-        raise ConfigError(f"`workflow`: cannot read {str(workflow)!r}: {e.strerror}") from e
-    bench = get_benchmark(benchmark, **(benchmark_options or {}))
-    if split == "all":
-        items = bench.load()
-    else:
-        try:
-            parts = bench.split(seed=split_seed, val_size=val_size, test_size=test_size)
-        except BenchmarkError as e:
-            raise BenchmarkError(f"{e}; `--split all` scores every item") from e
-        items = parts.validation if split == "validation" else parts.test
-    header = {
-        "workflow": str(workflow), "benchmark": bench.display_name, "split": split,
-        "items": len(items), "executor": executor_cfg.label,
-    }
-    static = check_workflow_source(code)
-    if static is not None:
-        return Evaluation(header, error=static)
-    cache = None
-    if use_cache:
-        from w4s.storage.call_cache import open_call_cache
-
-        cache = open_call_cache()
-    settings = SandboxSettings(item_timeout_s=item_timeout_s, code_timeout_s=code_timeout_s,
-                               concurrency=concurrency, reuse_outcomes=reuse_outcomes)
-    executor = build_chat_model(executor_cfg, role="executor")
-    prices = PriceTable.for_executor(executor_cfg.kind, executor.model_id)
-    try:
-        with Harness(executor, settings=settings, cache=cache, prices=prices,
-                     budget_usd=budget_usd, budget_tokens=budget_tokens) as harness:
-            if progress:
-                result = _evaluate_with_progress(harness, code, items, bench,
-                                                 f"{bench.display_name} ({split})")
-            else:
-                result = harness.evaluate(code, items, bench)
-        level = isolation_report()["level"]
-    finally:
-        if cache is not None:
-            cache.close()
-    return Evaluation(header, result, level)
 
 
 def _evaluate_with_progress(harness: Harness, code: str, items: list, bench: Any,
@@ -180,18 +90,6 @@ def _evaluate_with_progress(harness: Harness, code: str, items: list, bench: Any
         return harness.evaluate(code, items, bench, on_item=on_item)
 
 
-def _document(header: dict, result: EvalResult, level: str) -> dict:
-    return {
-        **header, "isolation": level, "accuracy": result.accuracy,
-        "executor_calls": result.executor_calls, "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens, "cost_usd": result.cost_usd,
-        "cache_hits": result.cache_hits, "cache_misses": result.cache_misses,
-        "reused_outcomes": result.reused, "budget_exceeded": result.budget_exceeded,
-        "infra_errors": result.infra_errors,
-        "outcomes": [asdict(o) for o in result.outcomes],
-    }
-
-
 def _emit_invalid(header: dict, error: str, json_out: bool) -> None:
     if json_out:
         print(json.dumps(Evaluation(header, error=error).document(), indent=2))
@@ -211,7 +109,7 @@ def _answer_text(outcome: Any) -> str:
 
 
 def _print_table(header: dict, result: EvalResult, level: str) -> None:
-    from w4s.flows.cli import print_table
+    from w4s.flows.cli_common import print_table
 
     cost = "unknown" if result.cost_usd is None else f"${result.cost_usd:.4f}"
     print(f"benchmark:  {header['benchmark']} ({header['split']}, {header['items']} items)")
@@ -231,3 +129,32 @@ def _print_table(header: dict, result: EvalResult, level: str) -> None:
     rows = [(o.item_id, o.score, o.executor_calls, o.prompt_tokens + o.completion_tokens,
              o.seconds, _answer_text(o)) for o in result.outcomes]
     print_table(cols, rows, wide={"answer / error": 60})
+
+
+def _evaluate(given: Given, *, workflow: str, executor: str | None = None,
+              json_out: bool = False) -> int:
+    import yaml
+
+    base: dict[str, Any] = {}
+    if executor is not None:  # the whole executor as YAML/JSON; --set executor.x=... over it
+        try:
+            base = {"executor": yaml.safe_load(executor) or {}}
+        except yaml.YAMLError as e:
+            raise W4SError(f"`--executor` is not valid YAML/JSON: {executor!r}") from e
+    given = Given(given.config_file, deep_merge(base, given.overrides))
+    return evaluate_config(Path(workflow), given.load(EvaluateConfig), json_out=json_out)
+
+
+evaluate = config_command(
+    EvaluateConfig, _evaluate, benchmark_flags=True,
+    names={"use_cache": {"negative": ("--no-use-cache", "--no-cache")},
+           "reuse_outcomes": {"negative": ("--no-reuse-outcomes", "--rerun")}},
+    help="Score a workflow file in the sandbox. --rerun runs every item, even one already "
+         "run by identical code (executor calls still come from the cache).",
+    options=[
+        option("workflow", str, "a Python file defining solver(agent, task)", required=True),
+        option("executor", str | None, "executor BackendConfig as YAML/JSON, e.g. "
+               "'{kind: openai, model: gpt-4o-mini}'"),
+        option("json_out", bool, "print one JSON document (and no progress bar)",
+               default=False, name="--json", negative=""),
+    ])

@@ -25,118 +25,32 @@ import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel
 
-from w4s.config import CollectConfig, OptimizeConfig, build_config, hash_json
+from w4s.config import CollectConfig, build_config
 from w4s.errors import W4SError
 from w4s.flows import nightly_report, ui
 from w4s.flows.collect import collect
-from w4s.flows.gate import GATE_FILE, GateOptions, gate
-from w4s.flows.nightly_checks import check_config, require_pool
+from w4s.flows.gate import GATE_FILE, gate
+from w4s.flows.nightly_checks import check_config, require_pool, stage_pool
 from w4s.flows.optimize import optimize
 from w4s.flows.prefect_setup import route_w4s_logs
 from w4s.flows.stage_flows import (
     GPU_LIMIT,
-    DatasetOptions,
-    EvaluateOptions,
-    FitOptions,
     dataset,
     evaluate,
     fit,
     gpu_slot,
-    on_gpu,
 )
 from w4s.paths import runs_dir as default_runs_dir
+from w4s.stage_config import STAGES, NightlyConfig
 from w4s.storage.run_store import atomic_write
 from w4s.tasks.caching import RealInputs
-
-Stage = Literal["collect", "dataset", "fit", "gate", "optimize", "evaluate"]
-STAGES: tuple[str, ...] = ("collect", "dataset", "fit", "gate", "optimize", "evaluate")
-
-
-class NightlyConfig(BaseModel):
-    """Parameters of one nightly chain; the Prefect UI shows them as a form."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    collect: CollectConfig = Field(..., description="RLAO collection (episodes)")
-    dataset: DatasetOptions = Field(default_factory=DatasetOptions)
-    fit: FitOptions = Field(default_factory=FitOptions)
-    gate: GateOptions = Field(default_factory=GateOptions,
-                              description="the new adapter is promoted only if not worse")
-    optimize: OptimizeConfig = Field(
-        ..., description="the optimization run; its meta-agent gets the new adapter")
-    evaluate: EvaluateOptions | None = Field(
-        None, description="where the best workflow is scored; default: the optimize "
-                          "benchmark's held-out test split with the optimize executor")
-    routing: Literal["local", "deployments"] = Field(
-        "local", description="local: every stage in this process; deployments: stages run "
-                             "as deployment runs on the gpu and cpu pools")
-    timeouts: dict[Stage, float] = Field(
-        default_factory=dict, description="seconds per stage, e.g. {fit: 7200}")
-    timezone: str = Field("UTC", description="the timezone of the nightly id's date")
-    adapters_dir: str | None = Field(
-        None, description="where the fitted adapter folders go (default: beside the runs "
-                          "folder, in adapters/)")
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r} (an IANA name such as "
-                             "Europe/Berlin)") from None
-        return value
-
-    @field_validator("timeouts")
-    @classmethod
-    def _timeouts(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = {k: v for k, v in value.items() if not v > 0}
-        if bad:
-            raise ValueError(f"timeouts must be positive seconds, but received {bad}")
-        return value
-
-    @model_validator(mode="after")
-    def _adapter_fits(self) -> NightlyConfig:
-        meta = self.optimize.meta_agent
-        if not isinstance(self.optimize.benchmark, str):
-            raise ValueError("`optimize.benchmark`: the nightly chain optimizes one benchmark")
-        if meta.adapter is not None:
-            raise ValueError("`optimize.meta_agent.adapter` is set by the chain (the adapter "
-                             "it fits); leave it empty")
-        if meta.kind == "openai":
-            return self  # a vLLM server loads the adapter at runtime
-        if self.fit.base == "embedded":
-            ok = meta.kind in ("embedded", "llamacpp") and meta.model in (
-                None, "smollm2-135m-instruct")
-        else:  # a local base folder: transformers or an in-process vLLM engine loads it
-            ok = meta.kind in ("transformers", "vllm") and meta.model is not None and (
-                Path(meta.model).expanduser().resolve()
-                == Path(self.fit.base).expanduser().resolve())
-        if not ok:
-            raise ValueError(f"`optimize.meta_agent` ({meta.label}) cannot load an adapter "
-                             f"fitted on `fit.base` {self.fit.base!r}")
-        return self
-
-    def config_hash(self) -> str:
-        return hash_json(self.model_dump(mode="json"))
-
-    def evaluate_options(self) -> EvaluateOptions:
-        """The evaluation options, defaulting to the optimize run's own held-out split."""
-        if self.evaluate is not None:
-            return self.evaluate
-        o = self.optimize
-        return EvaluateOptions(
-            benchmark=str(o.benchmark), benchmark_options=o.benchmark_options, split="test",
-            val_size=o.val_size, test_size=o.test_size, split_seed=o.split_seed,
-            executor=o.executor, concurrency=o.concurrency, use_cache=o.use_cache,
-            item_timeout_s=o.item_timeout_s, code_timeout_s=o.code_timeout_s)
 
 
 def default_nightly_id(config: NightlyConfig) -> str:
@@ -162,23 +76,6 @@ def resolve_adapter(spec: str, nightly_id: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- routing
-
-
-def _pool(stage: str, config: NightlyConfig) -> str:
-    if stage in ("fit", "gate"):  # the gate scores completions with the base model too
-        return "gpu"
-    if stage in ("collect", "optimize"):
-        cfg = config.collect if stage == "collect" else config.optimize
-        return "gpu" if on_gpu(cfg.meta_agent, cfg.executor) else "cpu"
-    if stage == "evaluate":
-        return "gpu" if on_gpu(config.evaluate_options().executor) else "cpu"
-    return "cpu"
-
-
-def routed_pools(config: NightlyConfig) -> dict[str, str]:
-    """stage flow -> the pool its deployment runs on, for `routing: deployments` (the dataset
-    stage runs inside the parent)."""
-    return {s: _pool(s, config) for s in STAGES if s != "dataset"}
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
@@ -255,7 +152,7 @@ def run_stage(stage: str, nightly_id: str, params: dict[str, Any], outputs: list
 def _stage(stage: str, params: dict[str, Any], outputs: list[str], config: NightlyConfig,
            nightly_id: str, stages: list[dict[str, Any]]) -> Any:
     """Run (or serve from the cache) one stage; its timing goes to `stages`."""
-    pool = "cpu" if stage == "dataset" else _pool(stage, config)
+    pool = "cpu" if stage == "dataset" else stage_pool(stage, config)
     state = run_stage(stage, nightly_id, _jsonable(params), [str(p) for p in outputs],
                       config.routing, pool, config.timeouts.get(stage), return_state=True)
     out = state.result()
@@ -325,7 +222,7 @@ def nightly_run_name() -> str:
 def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, Any]:
     """collect -> dataset -> fit -> optimize with the new adapter -> evaluate the best
     workflow. Rerun with the same parameters (or the same `nightly_id`) to resume."""
-    from w4s.flows.cli import with_resolved_adapter
+    from w4s.flows.cli_common import with_resolved_adapter
 
     route_w4s_logs()
     logger = get_run_logger()
@@ -374,7 +271,7 @@ def nightly(config: NightlyConfig, nightly_id: str | None = None) -> dict[str, A
 
     report = str(root / run_id / "evaluation.json")
     scored = _stage("evaluate", {"workflow": summary["best_workflow"],
-                                 "options": config.evaluate_options(), "report": report},
+                                 "options": config.evaluate_config(), "report": report},
                     [report], config, nid, stages)
 
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 from w4s.errors import ConfigError, one_line
 
 if TYPE_CHECKING:
-    from w4s.flows.nightly import NightlyConfig
+    from w4s.stage_config import NightlyConfig
+
+from w4s.stage_config import STAGES, on_gpu
 
 WORKER_STALE_S = 90.0  # Prefect marks a worker offline after 3 missed 30 s heartbeats
 
@@ -90,7 +92,6 @@ def _benchmarks(config: NightlyConfig) -> list[tuple[str, str, dict[str, Any]]]:
 
 def config_problems(config: NightlyConfig, *, check_pools: bool = True) -> list[str]:
     """Everything about `config` that would fail a stage later, one short line each."""
-    from w4s.flows.nightly import routed_pools
     from w4s.storage.adapters import resolve_spec
 
     problems = []
@@ -141,3 +142,20 @@ def check_config(config: NightlyConfig) -> None:
 
 __all__ = ["check_config", "config_problems", "pool_problem", "require_pool",
            "worker_command"]
+
+
+def stage_pool(stage: str, config: NightlyConfig) -> str:
+    if stage in ("fit", "gate"):  # the gate scores completions with the base model too
+        return "gpu"
+    if stage in ("collect", "optimize"):
+        cfg = config.collect if stage == "collect" else config.optimize
+        return "gpu" if on_gpu(cfg.meta_agent, cfg.executor) else "cpu"
+    if stage == "evaluate":
+        return "gpu" if on_gpu(config.evaluate_config().executor) else "cpu"
+    return "cpu"
+
+
+def routed_pools(config: NightlyConfig) -> dict[str, str]:
+    """stage flow -> the pool its deployment runs on, for `routing: deployments` (the dataset
+    stage runs inside the parent)."""
+    return {s: stage_pool(s, config) for s in STAGES if s != "dataset"}

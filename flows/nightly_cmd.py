@@ -5,52 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from w4s.flows.config_cli import Given, config_command, option
+from w4s.stage_config import NightlyConfig
+
 DEPLOYMENT = "nightly/nightly"
 
 
-def add_parser(subparsers: Any) -> None:
-    """The `nightly` subcommand: the whole chain once, now, in this process (or routed)."""
-    p = subparsers.add_parser(
-        "nightly", help="RLAO chain: collect -> dataset -> fit -> gate -> optimize -> evaluate",
-        description="Runs the chain once; rerun with the same --nightly-id to resume. With "
-                    "--deployment, triggers a run of the deployed chain on the Prefect "
-                    "server (its parameters, changed by --set) and returns.")
-    p.add_argument("--config", help="YAML or TOML file of NightlyConfig fields (with "
-                                    "--deployment: replaces the deployment's config)")
-    p.add_argument("--deployment", nargs="?", const=DEPLOYMENT, metavar="FLOW/NAME",
-                   help=f"trigger a run of this deployment (default {DEPLOYMENT}) on the "
-                        "server (PREFECT_API_URL) instead of running here")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="change one config field, dotted, the value as YAML, e.g. "
-                        "--set collect.episodes=2 (repeatable)")
-    p.add_argument("--nightly-id", help="resume this chain (default: nightly-<date>-<hash>)")
-    p.set_defaults(func=cmd_nightly)
-
-
-def _config_data(args: Any, base: dict[str, Any]) -> dict[str, Any]:
-    """The config as a dict: `base` (the file's, or the deployment's), then --set."""
-    from w4s.config import deep_merge
-    from w4s.flows.cli import _overrides
-    from w4s.flows.nightly import NightlyConfig
-
-    return deep_merge(base, _overrides(args, NightlyConfig))
-
-
-def _read_file(path: str) -> dict[str, Any]:
-    from w4s.config import read_config_data
-
-    return read_config_data(path)
-
-
-def trigger(name: str, data: dict[str, Any] | None, args: Any) -> list[str]:
-    """Validate the deployment's config with the changes, then create one flow run."""
+def trigger(name: str, given: Given, nightly_id: str | None = None) -> list[str]:
+    """Validate the deployment's config (or the `--config` file, which replaces it) with the
+    changes, then create one flow run."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    from w4s.config import build_config
+    from w4s.config import build_config, deep_merge, read_config_data
     from w4s.errors import ConfigError
-    from w4s.flows.nightly import NightlyConfig
     from w4s.flows.nightly_checks import config_problems
 
     with get_client(sync_client=True) as client:
@@ -59,35 +28,36 @@ def trigger(name: str, data: dict[str, Any] | None, args: Any) -> list[str]:
         except ObjectNotFound:
             raise ConfigError(f"`--deployment`: {name} is not on the server; run "
                               "`w4s deploy`") from None
-    config = _config_data(args, data if data is not None else
-                          dict(deployment.parameters.get("config") or {}))
+    base = (read_config_data(given.config_file) if given.config_file
+            else dict(deployment.parameters.get("config") or {}))
+    config = deep_merge(base, given.overrides)
     cfg = build_config(config, NightlyConfig)  # type: ignore[arg-type]
     problems = config_problems(cfg)  # type: ignore[arg-type]
     if problems:
         raise ConfigError(f"{name}: " + "; ".join(problems))
     params: dict[str, Any] = {"config": config}
-    if args.nightly_id:
-        params["nightly_id"] = args.nightly_id
+    if nightly_id:
+        params["nightly_id"] = nightly_id
     run = run_deployment(name, parameters=params, timeout=0)
     return [f"triggered {name}: flow run {run.name} ({run.id})",
             f"follow it: prefect flow-run logs {run.id}  (or the UI)"]
 
 
-def cmd_nightly(args: Any) -> int:
-    from w4s.config import build_config
+def _nightly(given: Given, *, deployment: bool | str | None = None,
+             nightly_id: str | None = None) -> int:
     from w4s.errors import ConfigError
-    from w4s.flows.nightly import NightlyConfig, nightly
+    from w4s.flows.nightly import nightly
 
-    if args.deployment:
-        data = _read_file(args.config) if args.config else None
-        for line in trigger(args.deployment, data, args):
+    if deployment:
+        name = DEPLOYMENT if deployment is True else str(deployment)
+        for line in trigger(name, given, nightly_id):
             print(line)
         return 0
-    if not args.config:
+    if not given.config_file:
         raise ConfigError("`--config` is required to run the chain here (or pass "
                           "--deployment to trigger the deployed one)")
-    cfg = build_config(_config_data(args, _read_file(args.config)), NightlyConfig)
-    result = nightly(cfg, nightly_id=args.nightly_id)
+    cfg = given.load(NightlyConfig)
+    result = nightly(cfg, nightly_id=nightly_id)
     ev = result["evaluation"]
     print(f"nightly {result['nightly_id']}: {result['rows']} rows -> {result['dataset_rows']}"
           f" samples -> adapter {result['adapter_id']} ({result['fit_steps']} steps)")
@@ -105,3 +75,17 @@ def cmd_nightly(args: Any) -> int:
     for warning in result.get("warnings", []):
         print(f"warning:        {warning}")
     return 0
+
+
+nightly = config_command(
+    NightlyConfig, _nightly,
+    help="RLAO chain: collect -> dataset -> fit -> gate -> optimize -> evaluate, once; rerun "
+         "with the same --nightly-id to resume. With --deployment, triggers a run of the "
+         "deployed chain on the Prefect server (its parameters, changed by --set or replaced "
+         "by --config) and returns. One nested field: --set collect.episodes=2.",
+    options=[
+        option("deployment", bool | str | None, "trigger a run of this deployment (FLOW/NAME, "
+               f"default {DEPLOYMENT}) on the server (PREFECT_API_URL) instead of running "
+               "here", negative=""),
+        option("nightly_id", str | None, "resume this chain (default: nightly-<date>-<hash>)"),
+    ])

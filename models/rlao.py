@@ -43,6 +43,7 @@ from typing import Any
 
 from w4s.errors import ConfigError, one_line
 from w4s.models import packing
+from w4s.trainer_config import RUN_LENGTH, TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,76 +53,10 @@ _CHECKPOINTS = "checkpoints"
 _KEEP_CHECKPOINTS = 2
 
 
-ESTIMATORS = ("self_normalized", "mean")
 # end-of-turn tokens of common chat templates, besides the tokenizer's eos token
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eot|>")
 # a context above this is a tokenizer's "no limit" placeholder (e.g. 1e30), not a context
 _SANE_CONTEXT = 10_000_000
-
-
-@dataclass
-class RLAOConfig:
-    """Hyperparameters of one fit; saved in metrics.json and in every checkpoint."""
-
-    epochs: int = 1  # passes over the samples (ignored when max_steps asks for more)
-    max_steps: int | None = None  # optimizer steps; None = epochs x steps per epoch
-    lr: float = 1e-4  # AdamW, constant
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0  # None (or 0) disables clipping
-    estimator: str = "self_normalized"  # or "mean" (the paper's); see the module docstring
-    step_samples: int = 16  # samples per optimizer step, shuffled across states
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    batch_tokens: int = 4096  # token budget of one micro-batch (one forward pass)
-    # token budget of one packed row; None = min(batch_tokens, max_seq_len). Attention runs
-    # over the whole row under a block-diagonal mask (sdpa/eager), so its cost grows with
-    # the row length squared: on a CPU, rows of about the longest sample are fastest
-    row_tokens: int | None = None
-    # longer samples are dropped and counted, never cut; None = the base model's context
-    max_seq_len: int | None = None
-    gradient_checkpointing: bool | None = None  # None = on on a GPU, off on the CPU
-    seed: int = 0
-    checkpoint_every: int = 50  # optimizer steps; 0 disables checkpoints
-    # checkpoints left once the fit finishes: the final one (its optimizer state resumes or
-    # extends the fit); while it runs the last two are kept, so a kill mid-write loses none
-    keep_checkpoints: int = 1
-    # prefix-shared packing (models/packing.py): the candidates of one prompt share one copy
-    # of it per row under a block mask; False = the plain packing above
-    share_prefix: bool = True
-
-    def __post_init__(self) -> None:
-        self.target_modules = tuple(self.target_modules)
-        positive = ("epochs", "lora_r", "lora_alpha", "batch_tokens", "step_samples")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"`{name}` must be a positive integer, but received {value!r}")
-        for name in ("row_tokens", "max_seq_len"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 2):
-                raise ConfigError(f"`{name}` must be an integer >= 2 or None, received {value!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"`max_steps` must be positive or None, received {self.max_steps!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"`lr` must be positive, but received {self.lr!r}")
-        if self.max_grad_norm is not None and not self.max_grad_norm >= 0:
-            raise ConfigError(
-                f"`max_grad_norm` must be >= 0 or None, received {self.max_grad_norm!r}"
-            )
-        if self.estimator not in ESTIMATORS:
-            raise ConfigError(
-                f"`estimator` {self.estimator!r} is unknown; choose from: {', '.join(ESTIMATORS)}"
-            )
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"`lora_dropout` must be in [0, 1), received {self.lora_dropout!r}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(
-                f"`checkpoint_every` must be >= 0, received {self.checkpoint_every!r}"
-            )
-        if not self.target_modules:
-            raise ConfigError("`target_modules` is empty: name at least one, e.g. q_proj,v_proj")
 
 
 @dataclass
@@ -504,7 +439,7 @@ def load_base(folder: str | Path, device: str = "cpu", dtype: Any = None) -> tup
     return model.to(device), tokenizer
 
 
-def add_lora(model: Any, config: RLAOConfig) -> Any:
+def add_lora(model: Any, config: TrainerConfig) -> Any:
     """Wrap the base in a trainable peft LoRA; the seed fixes lora_A's initialisation."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -525,7 +460,7 @@ def add_lora(model: Any, config: RLAOConfig) -> Any:
         ) from e
 
 
-def use_gradient_checkpointing(config: RLAOConfig, device: str) -> bool:
+def use_gradient_checkpointing(config: TrainerConfig, device: str) -> bool:
     """On a GPU by default: activations of 10-20k-token states dominate its memory; on the
     CPU memory is rarely the limit and recomputation costs a third more time."""
     if config.gradient_checkpointing is not None:
@@ -533,7 +468,7 @@ def use_gradient_checkpointing(config: RLAOConfig, device: str) -> bool:
     return device != "cpu"
 
 
-def use_flex_attention(model: Any, config: RLAOConfig, device: str) -> bool:
+def use_flex_attention(model: Any, config: TrainerConfig, device: str) -> bool:
     """Prefix-shared rows on a GPU run under flex attention, which skips the blocks the mask
     rules out (5.70x the unshared tokens/s against 3.46x with sdpa's dense mask on an H200,
     docs/performance.md); its backward needs a GPU, so the CPU keeps sdpa. A model or torch
@@ -584,7 +519,7 @@ def pack_step(samples: Sequence[Sample], row_tokens: int, indices: list[int]) ->
     return pack([len(s.input_ids) for s in samples], row_tokens, indices)
 
 
-def schedule(samples: Sequence[Sample], config: RLAOConfig) -> list[list[list[list[int]]]]:
+def schedule(samples: Sequence[Sample], config: TrainerConfig) -> list[list[list[list[int]]]]:
     """Optimizer steps -> micro-batches -> packed rows -> sample indices, fixed by the seed,
     so a resumed fit replays the same order. The epochs' orders are one stream cut into
     steps of step_samples samples (all of them when there are fewer); each step's samples
@@ -615,13 +550,9 @@ def schedule(samples: Sequence[Sample], config: RLAOConfig) -> list[list[list[li
     return steps[: config.max_steps] if config.max_steps is not None else steps
 
 
-def resume_fingerprint(config: RLAOConfig, extra: dict[str, Any]) -> dict[str, Any]:
+def resume_fingerprint(config: TrainerConfig, extra: dict[str, Any]) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (not epochs or max_steps)."""
-    keep = {
-        k: v
-        for k, v in asdict(config).items()
-        if k not in ("epochs", "max_steps", "checkpoint_every", "keep_checkpoints")
-    }
+    keep = {k: v for k, v in asdict(config).items() if k not in RUN_LENGTH}
     keep["target_modules"] = list(config.target_modules)
     return {**keep, **extra}
 
@@ -704,7 +635,7 @@ StepCallback = Callable[[int, int, float, float], None]  # step, total, loss, to
 def train(
     model: Any,
     samples: Sequence[Sample],
-    config: RLAOConfig,
+    config: TrainerConfig,
     out: Path,
     fingerprint: dict[str, Any] | None = None,
     on_step: StepCallback | None = None,

@@ -25,7 +25,7 @@ One optimization run is one episode (a multi-turn trajectory from a seed state),
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from w4s import reward as reward_formula
 from w4s.errors import W4SError
 from w4s.hashing import file_sha256
 from w4s.paths import location
-from w4s.reward import TAU
+from w4s.stage_config import DatasetConfig
 from w4s.storage.files import atomic_write, connect, publish_file, staging_file
 
 STATUSES = ("ok", "skipped", "budget_exceeded", "infra_error")
@@ -45,7 +45,6 @@ STATUSES = ("ok", "skipped", "budget_exceeded", "infra_error")
 # them, so no option can include them.
 NEVER_TRAINED = ("budget_exceeded", "infra_error")
 MESSAGES_TYPE = '[{"role":"VARCHAR","content":"VARCHAR"}]'
-REPAIRED = ("conversation", "drop", "state")
 # columns a trajectory file may predate, and what they read as there
 _LATER_COLUMNS = {"conversation_json": "CAST(NULL AS VARCHAR)", "repairs": "0"}
 
@@ -62,32 +61,6 @@ DATASET_SCHEMA = pa.schema([
     ("benchmark", pa.string()),
 ])
 """The output columns (TRL's conversational prompt-completion layout plus provenance)."""
-
-
-@dataclass(frozen=True)
-class DatasetQuery:
-    """Which trajectory rows become samples, and how they are weighted.
-
-    `runs`: run ids (all runs under the runs dir when empty). `benchmarks`: a row's stored
-    benchmark name, with or without its " (synthetic)" label. `since` <= created_at < `until`
-    (ISO 8601; a time without an offset is UTC; half-open so consecutive ranges never
-    overlap). `min_reward` <= reward <= `max_reward`. `statuses`: narrow to these (of ok,
-    and skipped when `include_skipped`). `sft`: every weight 1 (the paper's ablation).
-    `repaired`: a repaired candidate's prompt is the `conversation` its reply was sampled
-    from (default), or it is left out (`drop`), or paired with its original `state`.
-    """
-
-    runs: tuple[str, ...] = ()
-    benchmarks: tuple[str, ...] = ()
-    since: str | None = None
-    until: str | None = None
-    min_reward: float | None = None
-    max_reward: float | None = None
-    statuses: tuple[str, ...] = ()
-    include_skipped: bool = False
-    tau: float = TAU
-    sft: bool = False
-    repaired: str = "conversation"
 
 
 @dataclass
@@ -119,13 +92,8 @@ def _utc(name: str, value: str | None) -> datetime | None:
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
 
 
-def _check(q: DatasetQuery) -> tuple[datetime | None, datetime | None, tuple[str, ...]]:
+def _check(q: DatasetConfig) -> tuple[datetime | None, datetime | None, tuple[str, ...]]:
     """Validate a query; returns (since, until, allowed statuses)."""
-    if not q.tau > 0:
-        raise W4SError(f"`tau` must be > 0, but received {q.tau!r}")
-    if q.repaired not in REPAIRED:
-        raise W4SError(f"`repaired` {q.repaired!r} is unknown; choose from: "
-                       f"{', '.join(REPAIRED)}")
     unknown = [s for s in q.statuses if s not in STATUSES]
     if unknown:
         raise W4SError(f"`status` {unknown[0]!r} is unknown; choose from: {', '.join(STATUSES)}")
@@ -228,7 +196,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) 
 
 
 def build_dataset(runs_dir: str | Path, out: str | Path,
-                  query: DatasetQuery | None = None, *,
+                  query: DatasetConfig | None = None, *,
                   window: dict[str, Any] | None = None) -> DatasetResult:
     """Select trajectory rows by `query`, write them as one RLAO Parquet file plus its card.
 
@@ -238,7 +206,7 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
     `runs_dir` and `out` are local paths or fsspec URLs. `window`: the collections the runs
     came from (`w4s.storage.collections.last_nights`), recorded in the card.
     """
-    q = query or DatasetQuery()
+    q = query or DatasetConfig()
     since, until, statuses = _check(q)
     runs_dir, out = location(runs_dir), location(out)
     files = trajectory_files(runs_dir, q.runs)
@@ -293,7 +261,7 @@ def build_dataset(runs_dir: str | Path, out: str | Path,
         "dataset": out.name,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sha256": digest,
-        "query": {**asdict(q), "runs": list(q.runs), "benchmarks": list(q.benchmarks),
+        "query": {**q.model_dump(mode="json", exclude={"window_nights"}),
                   "runs_dir": str(runs_dir), "statuses": list(statuses),
                   "since": params["since"], "until": params["until"]},
         "sql": " ".join((reasoned + ";" + _SAMPLES).split()),

@@ -33,12 +33,13 @@ def build(runs_dir: str, out: str, runs: list[str], options: dict[str, Any],
           window: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the dataset; returns its path, card, row count and sha256 (plain values).
     `window` (the collections `runs` came from) goes into the card."""
-    from w4s.storage.dataset import DatasetQuery, build_dataset
+    from w4s.config import build_config
+    from w4s.stage_config import DatasetConfig
+    from w4s.storage.dataset import build_dataset
 
-    query = DatasetQuery(runs=tuple(runs), **{
-        k: tuple(v) if isinstance(v, list) else v for k, v in options.items()
-        if k != "window_nights"})  # the window is chosen by the caller: `runs`, `window`
-    result = build_dataset(runs_dir, out, query, window=window)
+    # the runs are the caller's choice (the nightly's window), not the config's
+    config = build_config({**options, "runs": list(runs)}, DatasetConfig)
+    result = build_dataset(runs_dir, out, config, window=window)
     positive = sum(n for r, n in result.card["reward_histogram"].items() if float(r) > 0)
     return {"path": str(result.path), "card": str(result.card_path), "rows": result.rows,
             "positive_rows": positive,

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from w4s import limits
 from w4s.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -73,7 +74,29 @@ class BackendConfig(_Frozen):
         return f"{self.kind}:{self.model or 'smollm2-135m-instruct'}"
 
 
-class OptimizeConfig(_Frozen):
+class SandboxLimits(_Frozen):
+    """How workflows run in the sandbox and what they may spend; shared by every config
+    that scores workflows (optimize, collect, evaluate)."""
+
+    item_timeout_s: float = Field(
+        limits.ITEM_TIMEOUT_S, gt=0,
+        description="wall-clock limit of one item in the sandbox, seconds"
+    )
+    code_timeout_s: float = Field(
+        limits.CODE_TIMEOUT_S, gt=0, description="limit of one agent.execute_code call, seconds"
+    )
+    concurrency: int = Field(limits.CONCURRENCY, ge=1, le=512, description="items run at once")
+    use_cache: bool = Field(True, description="use the executor-call cache")
+    reuse_outcomes: bool = Field(
+        True, description="with the cache: an item already run by identical code is not rerun"
+    )
+    budget_usd: float | None = Field(None, gt=0, description="stop cleanly past this spend")
+    budget_tokens: int | None = Field(
+        None, gt=0, description="stop cleanly past this many executor tokens"
+    )
+
+
+class OptimizeConfig(SandboxLimits):
     """One W4S optimization run: iterations of m candidates, validated on a fixed split."""
 
     benchmark: str | list[str] = Field(
@@ -116,23 +139,8 @@ class OptimizeConfig(_Frozen):
         20, ge=1, description="held-out test items, scored once; None takes all the rest"
     )
     split_seed: int = Field(0, description="seed of the validation/test split")
-    item_timeout_s: float = Field(
-        60.0, gt=0, description="wall-clock limit of one item in the sandbox, seconds"
-    )
-    code_timeout_s: float = Field(
-        5.0, gt=0, description="limit of one agent.execute_code call, seconds"
-    )
-    concurrency: int = Field(4, ge=1, le=512, description="items run at once")
-    use_cache: bool = Field(True, description="use the executor-call cache")
-    reuse_outcomes: bool = Field(
-        True, description="with the cache: an item already run by identical code is not rerun"
-    )
     prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="model -> (USD per 1M input, per 1M output tokens)"
-    )
-    budget_usd: float | None = Field(None, gt=0, description="stop cleanly past this spend")
-    budget_tokens: int | None = Field(
-        None, gt=0, description="stop cleanly past this many executor tokens"
     )
     max_infra_errors: int = Field(
         0, ge=0, description="validation items per stage that may be lost to the executor or "

@@ -14,8 +14,10 @@ import pytest
 from pydantic import BaseModel
 
 from w4s.config import OptimizeConfig
-from w4s.flows.cli import build_parser, config_flags, print_table
+from w4s.flows.cli import build_app
 from w4s.flows.cli import main as cli
+from w4s.flows.cli_common import print_table
+from w4s.flows.config_cli import given_from
 
 
 def _is_scalar(annotation: Any) -> bool:
@@ -29,24 +31,36 @@ def _is_scalar(annotation: Any) -> bool:
 
 
 def test_every_scalar_config_field_has_a_flag_with_its_description():
-    flags = config_flags()
-    assert set(flags) == set(OptimizeConfig.model_fields)
+    import inspect
+
+    from cyclopts import Parameter
+
+    from w4s.flows.optimize_cmd import optimize
+
+    params = inspect.signature(optimize).parameters
     for name, info in OptimizeConfig.model_fields.items():
-        action = flags[name]
         if _is_scalar(info.annotation):
-            assert action is not None, f"OptimizeConfig.{name} has no flag"
-            assert f"--{name.replace('_', '-')}" in action.option_strings
-            assert info.description is None or info.description in action.help
+            assert name in params, f"OptimizeConfig.{name} has no flag"
+            spec = next(a for a in get_args(params[name].annotation) if isinstance(a, Parameter))
+            assert info.description is None or info.description in spec.help
         else:  # nested: a model or a mapping, set with --set a.b=v
-            assert action is None
+            assert name not in params
             ann = info.annotation
             assert get_origin(ann) is dict or (isinstance(ann, type) and issubclass(ann, BaseModel))
 
 
-def _overrides(*argv: str) -> dict[str, Any]:
-    from w4s.flows.cli import _overrides
+OPTIONS = ("run_id", "adapter", "task_runner")  # `w4s optimize`'s own, not config fields
 
-    return _overrides(build_parser().parse_args(["optimize", *argv]))
+
+def _parse(*argv: str) -> dict[str, Any]:
+    _, bound, _ = build_app().parse_args(["optimize", *argv], exit_on_error=False,
+                                         print_error=False)
+    return dict(bound.arguments)
+
+
+def _overrides(*argv: str) -> dict[str, Any]:
+    given = {k: v for k, v in _parse(*argv).items() if k not in OPTIONS}
+    return given_from(OptimizeConfig, given).overrides
 
 
 def test_every_existing_flag_name_still_works_with_its_type():
@@ -66,10 +80,19 @@ def test_every_existing_flag_name_still_works_with_its_type():
     OptimizeConfig.model_validate(data)
     assert _overrides("--benchmark", "svamp") == {"benchmark": "svamp"}
     assert _overrides() == {}  # nothing given: the file's or the model's defaults hold
-    args = build_parser().parse_args(["optimize", "--run-id", "r1", "--config", "c.yaml"])
-    assert args.run_id == "r1" and args.config == "c.yaml"
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["optimize", "--iterations", "three"])
+    args = _parse("--run-id", "r1", "--config", "c.yaml")
+    assert args["run_id"] == "r1" and args["config"] == "c.yaml"
+
+
+def test_a_bad_flag_value_is_one_line_and_exit_code_2(capsys):
+    assert cli(["optimize", "--iterations", "three"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == 'w4s: error: Invalid value for --iterations: unable to convert "three" into int.'
+    assert cli(["optimize", "--no-such-flag", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "w4s: error: Unknown option: --no-such-flag."
+    assert cli(["optimize", "--iterations", "0"]) == 2  # the model's own check, named
+    assert "`iterations`: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert cli([]) == 2 and "Usage: w4s COMMAND" in capsys.readouterr().out
 
 
 def test_set_items_merge_deeply_and_win_over_flags():
@@ -210,7 +233,7 @@ def test_tables_piped_are_plain_text_one_line_per_row(capsys):
 
 
 def test_an_accuracy_never_scored_prints_as_a_dash():
-    from w4s.flows.cli import _score
+    from w4s.flows.cli_common import _score
 
     assert _score(None) == "-" and _score(0.5) == "0.50"  # e.g. a budget spent before the seed
 

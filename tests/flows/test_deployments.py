@@ -20,7 +20,9 @@ SPEC = ROOT / "deployments" / "prefect.yaml"
 
 def _flow(entrypoint: str):
     module, name = entrypoint.split(":")
-    return getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), name)
+    # flows/x.py installs as w4s.flows.x (pyproject maps the folders into one namespace)
+    return getattr(importlib.import_module("w4s." + module.removesuffix(".py").replace("/", ".")),
+                   name)
 
 
 def test_every_deployment_resolves_to_a_flow_with_valid_parameters():
@@ -99,11 +101,10 @@ def test_deploy_paused_then_check_then_trigger_with_one_field_changed(tmp_path, 
     """`w4s deploy --paused` says what the schedule would run; `--check` names the pools no
     worker polls, then passes once workers poll them; `w4s nightly --deployment --set`
     triggers the deployed config with one field changed, and refuses a bad one in a line."""
-    from types import SimpleNamespace
-
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
+    from w4s.flows.config_cli import Given, set_item
     from w4s.flows.deploy_cmd import check
     from w4s.flows.nightly_cmd import trigger
 
@@ -128,16 +129,14 @@ def test_deploy_paused_then_check_then_trigger_with_one_field_changed(tmp_path, 
     assert ok, lines
     assert "nightly/nightly: ok" in lines and "fit/gpu: ok" in lines
 
-    args = SimpleNamespace(set=["collect.episodes=3"], nightly_id=None)
-    out = trigger("nightly/nightly", None, args)
+    out = trigger("nightly/nightly", Given(overrides=set_item("collect.episodes=3")))
     assert out[0].startswith("triggered nightly/nightly: flow run ")
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(out[0].rsplit("(", 1)[1].rstrip(")"))
     assert run.parameters["config"]["collect"]["episodes"] == 3
     assert run.parameters["config"]["collect"]["iterations"] == 2  # the rest as deployed
     with pytest.raises(ConfigError, match=r"^`timezone`: Value error, unknown timezone"):
-        trigger("nightly/nightly", None, SimpleNamespace(set=["timezone=Mars/Olympus"],
-                                                         nightly_id=None))
+        trigger("nightly/nightly", Given(overrides=set_item("timezone=Mars/Olympus")))
     with get_client(sync_client=True) as client:  # leave nothing queued for other tests
         client.delete_flow_run(run.id)
         for pool in ("cpu", "gpu"):  # nor a worker that seems alive (no one would run it)

@@ -13,7 +13,7 @@ from configs import run_config
 from replies import GOOD, NO_CODE
 
 from w4s.config import BackendConfig, CollectConfig
-from w4s.flows.gate import GATE_FILE, GateOptions, run_gate
+from w4s.flows.gate import GATE_FILE, GateConfig, run_gate
 from w4s.storage import adapters
 
 
@@ -50,7 +50,7 @@ def _logliks(prefers: dict[str | None, str]):
     return score
 
 
-OPTIONS = GateOptions(states=2, candidates=2, split_seed=500)
+OPTIONS = GateConfig(states=2, candidates=2, split_seed=500)
 
 
 def test_the_gate_promotes_a_better_adapter_and_refuses_a_worse_one(tmp_path):
@@ -125,8 +125,8 @@ def test_the_real_margin_scores_both_policies_with_the_base_model(tmp_path, tmp_
     import pyarrow.parquet as pq
     from nightly_support import build_tiny_base
 
-    from w4s.flows.fit import fit_adapter
     from w4s.flows.gate import default_logliks
+    from w4s.tasks.fit import fit_adapter
 
     base = build_tiny_base(tmp_path_factory.mktemp("tiny-llama"))
     message = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -164,3 +164,40 @@ def test_with_a_remote_registry_the_verdict_lands_beside_the_registrys_copy(tmp_
     stored = json.loads((location(record.path) / GATE_FILE).read_text())
     assert stored == doc == json.loads((tmp_path / "fitted" / GATE_FILE).read_text())
     assert adapters.champion().id == record.id  # the registry at the URL records it
+
+
+def test_the_gate_stage_runs_without_prefect_on_a_plain_collect(tmp_path):
+    """`w4s.tasks.gate.run_gate` takes its collections from any function: here one that
+    writes trajectory rows itself, with no flow, task or server."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from prefect.context import FlowRunContext
+
+    from w4s.tasks.gate import run_gate as gate_stage
+
+    challenger = _adapter(tmp_path, "good")
+    runs, seen = tmp_path / "gates", []
+
+    def collect(cfg: CollectConfig, collection_id: str, name: str) -> dict:
+        assert FlowRunContext.get() is None
+        seen.append((collection_id, name, cfg.meta_agent.model,
+                     (cfg.episodes, cfg.candidates, cfg.iterations, cfg.split_seed)))
+        reward = 1.0 if cfg.meta_agent.model == "policy-good" else -0.1
+        episodes = [f"{collection_id}-e{k:03d}" for k in range(cfg.episodes)]
+        for e in episodes:
+            rows = [{"kind": "action", "run_id": e, "candidate": j, "status": "ok",
+                     "reward": reward, "reply": "r", "prompt_json": "[]", "conversation_json": "[]"}
+                    for j in range(cfg.candidates)]
+            (runs / e / "trajectories").mkdir(parents=True)
+            pq.write_table(pa.Table.from_pylist(rows), runs / e / "trajectories" / "iter-0.parquet")
+        return {"episodes": episodes}
+
+    doc = gate_stage(challenger, _env(tmp_path), OPTIONS, str(runs), collect=collect,
+                     policy=_scripted({None: "bad", "good": "good"}))
+    assert [s[:3] for s in seen] == [
+        (f"gate-{challenger.id}-champion", f"gate champion {challenger.id}", "policy-bad"),
+        (f"gate-{challenger.id}-challenger", f"gate challenger {challenger.id}", "policy-good")]
+    assert {s[3] for s in seen} == {(2, 2, 1, 500)}  # the same fresh states for both
+    assert doc["verdict"] == "promoted" and doc["measures"]["reward_diff"] == pytest.approx(1.1)
+    assert adapters.champion().id == challenger.id
+    assert json.loads((Path(challenger.path) / GATE_FILE).read_text()) == doc

@@ -53,20 +53,20 @@ def _count_model_calls(monkeypatch) -> dict:
                                                                      "meta_agent"))
     monkeypatch.setattr(runtime, "executor", lambda cfg: _Counting(executor(cfg), tally,
                                                                    "executor"))
-    from w4s.flows import fit as flows_fit
     from w4s.storage import dataset as storage_dataset
+    from w4s.tasks import fit as flows_fit
 
-    fit_adapter, build = flows_fit.fit_adapter, storage_dataset.build_dataset
+    fit_stage, build = flows_fit.fit_stage, storage_dataset.build_dataset
 
     def counted_fit(*a, **k):
         tally["fit"] += 1
-        return fit_adapter(*a, **k)
+        return fit_stage(*a, **k)
 
     def counted_build(*a, **k):
         tally["dataset"] += 1
         return build(*a, **k)
 
-    monkeypatch.setattr(flows_fit, "fit_adapter", counted_fit)
+    monkeypatch.setattr(flows_fit, "fit_stage", counted_fit)
     monkeypatch.setattr(storage_dataset, "build_dataset", counted_build)
     return tally
 
@@ -120,13 +120,15 @@ def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, ti
                                                                     monkeypatch):
     cfg = nightly_config(tmp_path, tiny_base)
     tally = _count_model_calls(monkeypatch)
-    real_task, real_evaluate = stage_flows.evaluate_task, stage_flows.evaluate_workflow
+    from w4s.tasks import evaluate as evaluate_work
+
+    real_task, real_evaluate = stage_flows.evaluate_task, evaluate_work.evaluate_workflow
 
     def lost(*_a, **_k):
         raise InfrastructureError("injected: the evaluation host went away")
 
     # the last stage fails (and is not retried within the run: retries off for the test)
-    monkeypatch.setattr(stage_flows, "evaluate_workflow", lost)
+    monkeypatch.setattr(evaluate_work, "evaluate_workflow", lost)
     monkeypatch.setattr(stage_flows, "evaluate_task", real_task.with_options(retries=0))
     with pytest.raises(InfrastructureError, match="injected"):
         nightly(cfg, nightly_id="n1")
@@ -140,7 +142,7 @@ def test_a_rerun_after_the_last_stage_failed_redoes_only_that_stage(tmp_path, ti
     before = _files(tmp_path)
 
     # the stage works again; count afresh
-    monkeypatch.setattr(stage_flows, "evaluate_workflow", real_evaluate)
+    monkeypatch.setattr(evaluate_work, "evaluate_workflow", real_evaluate)
     monkeypatch.setattr(stage_flows, "evaluate_task", real_task)
     tally.update(dict.fromkeys(tally, 0))
     clear_model_cache()

@@ -85,7 +85,7 @@ def test_cli_runs_and_show(tmp_path, capsys):
     assert "run-c" in out and "completed" in out
     assert cli(["show", "run-c", "--runs-dir", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "chosen_val" in out and "test 1.00" in out
+    assert "chosen_val" in out and "test accuracy:      1.00 on" in out
     sql = "SELECT run_id, count(*) AS n, max(val_accuracy) AS best FROM candidates GROUP BY run_id"
     assert cli(["query", sql, "--runs-dir", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
@@ -148,7 +148,7 @@ def test_cli_evaluate_a_workflow_file(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["reused_outcomes"] == 0
     assert cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
                 "--executor", "{kind: nope}"]) == 2
-    assert "`kind`" in capsys.readouterr().err
+    assert "`executor.kind`: Input should be" in capsys.readouterr().err
     assert cli(["evaluate", "--workflow", str(workflow), "--benchmark", "arithmetic",
                 "--executor", "{kind: ["]) == 2
     assert "`--executor` is not valid YAML" in capsys.readouterr().err

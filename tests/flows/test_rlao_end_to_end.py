@@ -11,9 +11,10 @@ import pytest
 from w4s.config import CollectConfig
 from w4s.flows.cli import main as cli
 from w4s.flows.collect import collect
-from w4s.flows.fit import fit_adapter
 from w4s.models.factory import clear_model_cache
-from w4s.storage.dataset import DatasetQuery, build_dataset
+from w4s.stage_config import DatasetConfig
+from w4s.storage.dataset import build_dataset
+from w4s.tasks.fit import fit_adapter
 
 SMOL = {"kind": "llamacpp", "model": "smollm2-135m-instruct"}
 
@@ -30,7 +31,7 @@ def test_collect_dataset_fit_then_optimize_with_the_adapter(tmp_path, capsys):
     summary = collect(cfg, collection_id="e2e")
     assert summary["rows"] == 2
 
-    data = build_dataset(runs, tmp_path / "d.parquet", DatasetQuery(include_skipped=True))
+    data = build_dataset(runs, tmp_path / "d.parquet", DatasetConfig(include_skipped=True))
     assert data.rows == 2
     fitted = fit_adapter(data.path, "embedded", tmp_path / "adapter", max_steps=2,
                          max_seq_len=1024, force=True)  # the plumbing, whatever the rewards

@@ -33,7 +33,7 @@ def _model(rlao, attn: str, share: bool):
                       num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
                       max_position_embeddings=4096)
     model = Qwen2ForCausalLM(cfg).to("cuda", torch.float32)
-    config = rlao.RLAOConfig(share_prefix=share, max_steps=3, step_samples=8, lr=1e-3,
+    config = rlao.TrainerConfig(share_prefix=share, max_steps=3, step_samples=8, lr=1e-3,
                              batch_tokens=4096, row_tokens=4096, max_seq_len=4096,
                              lora_dropout=0.0)
     model.set_attn_implementation("sdpa")

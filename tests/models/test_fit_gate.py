@@ -3,7 +3,6 @@ gate's offline margin: each policy's log-likelihood of the same completions."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from w4s.errors import NothingToLearn
-from w4s.flows import fit
-from w4s.flows.fit import fit_adapter
+from w4s.flows.cli import main
 from w4s.flows.gate import default_logliks
 from w4s.gate import paired_margin
 from w4s.storage import adapters
+from w4s.tasks.fit import fit_adapter
 
 MESSAGE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 USER = [{"role": "user", "content": "What is 2+3?"}]
@@ -46,16 +45,12 @@ def test_a_dataset_without_a_positive_reward_skips_the_fit_before_any_model_load
 
 def test_force_fits_anyway_and_the_cli_says_skipped(tiny_model_dir, tmp_path, capsys):
     data = _dataset(tmp_path / "d.parquet", [-0.1, 0.0])
-    parser = argparse.ArgumentParser(prog="w4s")
-    fit.add_parser(parser.add_subparsers(dest="command", required=True))
     common = ["fit", "--dataset", str(data), "--base", str(tiny_model_dir),
               "--max-steps", "1", "--batch-tokens", "128"]
-    args = parser.parse_args([*common, "--out", str(tmp_path / "skipped")])
-    assert args.func(args) == 0
+    assert main([*common, "--out", str(tmp_path / "skipped")]) == 0
     assert "w4s fit: fit skipped: dataset 'd.parquet'" in capsys.readouterr().out
     assert adapters.list_adapters() == []
-    args = parser.parse_args([*common, "--out", str(tmp_path / "forced"), "--force"])
-    assert args.func(args) == 0
+    assert main([*common, "--out", str(tmp_path / "forced"), "--force"]) == 0
     assert (tmp_path / "forced" / "adapter_config.json").is_file()
     assert len(adapters.list_adapters()) == 1
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from w4s.models import packing, rlao
+from w4s.trainer_config import TrainerConfig
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 STATES = [  # two states with three and two candidates, and a state with one
@@ -39,7 +40,7 @@ def lora_model(tiny, attn: str = "sdpa"):
     """The tiny Llama with a LoRA whose B is random, so both A and B get gradients."""
     model, tok = rlao.load_base(tiny)
     model.set_attn_implementation(attn)
-    model = rlao.add_lora(model, rlao.RLAOConfig(lora_dropout=0.0, lora_r=4))
+    model = rlao.add_lora(model, TrainerConfig(lora_dropout=0.0, lora_r=4))
     torch.manual_seed(1)
     for name, p in model.named_parameters():
         if "lora_B" in name:
@@ -157,12 +158,12 @@ def test_the_schedule_puts_a_states_candidates_in_one_row():
         for _ in range(4)
     ]
     # shared, one state takes 2 + 4 x 3 = 14 tokens; unshared 4 x 5 = 20
-    config = rlao.RLAOConfig(batch_tokens=64, row_tokens=14, max_steps=6)
+    config = TrainerConfig(batch_tokens=64, row_tokens=14, max_steps=6)
     for step in rlao.schedule(samples, config):
         for rows in step:
             for r in rows:
                 assert len({samples[i].input_ids[0] for i in r}) == 1 and len(r) == 4
-    off = rlao.RLAOConfig(batch_tokens=64, row_tokens=20, max_steps=6, share_prefix=False)
+    off = TrainerConfig(batch_tokens=64, row_tokens=20, max_steps=6, share_prefix=False)
     assert any(
         len({samples[i].input_ids[0] for i in r}) > 1
         for step in rlao.schedule(samples, off)
@@ -177,7 +178,7 @@ def test_one_fit_step_shared_equals_unshared(tiny, tmp_path):
     for share in (True, False):
         model, tok = lora_model(tiny)
         samples, _ = rlao.tokenize_rows(tok, rows_of(), 512)
-        config = rlao.RLAOConfig(
+        config = TrainerConfig(
             lora_dropout=0.0,
             lora_r=4,
             max_steps=1,

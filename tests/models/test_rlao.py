@@ -12,10 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from w4s.config import build_config
 from w4s.errors import W4SError
-from w4s.flows.fit import fit_adapter
 from w4s.models import rlao
+from w4s.stage_config import FitConfig
 from w4s.storage import adapters
+from w4s.tasks.fit import fit_adapter
+from w4s.trainer_config import TrainerConfig
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 MESSAGE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -191,7 +194,7 @@ def _lora_grads(model, batch) -> torch.Tensor:
 
 def test_doubling_a_weight_doubles_its_gradient(model_tok):
     model, tok = model_tok
-    model = rlao.add_lora(model, rlao.RLAOConfig(lora_dropout=0.0))
+    model = rlao.add_lora(model, TrainerConfig(lora_dropout=0.0))
     with torch.no_grad():  # lora_B starts at zero, so lora_A would get no gradient
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -276,7 +279,7 @@ def test_save_load_round_trip_of_a_trained_adapter(model_tok, tiny, tmp_path):
     from peft import PeftModel
 
     model, tok = model_tok
-    config = rlao.RLAOConfig(max_steps=2, lr=1e-2, **FAST)
+    config = TrainerConfig(max_steps=2, lr=1e-2, **FAST)
     model = rlao.add_lora(model, config)
     rlao.train(model, samples_of(tok), config, tmp_path / "ck")
     model.save_pretrained(tmp_path / "adapter")
@@ -380,7 +383,7 @@ def test_bad_input_is_a_one_line_error_before_any_model_loads(case, tiny, tmp_pa
 
 def test_bad_hyperparameter_is_named():
     with pytest.raises(W4SError, match="`batch_tokens`"):
-        rlao.RLAOConfig(batch_tokens=0)
+        build_config({"batch_tokens": 0}, FitConfig)
 
 
 # --------------------------------------------------------------------------- registry
@@ -425,14 +428,10 @@ def test_latest_with_an_empty_registry_is_an_error():
 
 
 def test_cli_fit_and_adapters(tiny, tmp_path, capsys):
-    import argparse
+    from w4s.flows.cli import main
 
-    from w4s.flows import fit
-
-    parser = argparse.ArgumentParser(prog="w4s")
-    fit.add_parser(parser.add_subparsers(dest="command", required=True))
     data = write_dataset(tmp_path / "d.parquet", ROWS)
-    args = parser.parse_args(
+    assert main(
         [
             "fit",
             "--dataset",
@@ -461,12 +460,10 @@ def test_cli_fit_and_adapters(tiny, tmp_path, capsys):
             "2",
             "--no-gradient-checkpointing",
         ]
-    )
-    assert args.func(args) == 0
+    ) == 0
     captured = capsys.readouterr()
     assert "step 2/2" in captured.err and "fitted " in captured.out
-    args = parser.parse_args(["adapters"])
-    assert args.func(args) == 0
+    assert main(["adapters"]) == 0
     assert str((tmp_path / "out").resolve()) in capsys.readouterr().out
     record = adapters.resolve("latest")
     assert record.hyperparameters["target_modules"] == ["q_proj", "k_proj"]
@@ -513,14 +510,14 @@ def test_packed_rows_in_one_batch_equal_the_padded_loss(model_tok):
 
 def test_schedule_steps_count_samples_not_rows():
     samples = [rlao.Sample([1] * n, [rlao.IGNORE] + [1] * (n - 1), 1.0) for n in [5] * 40]
-    config = rlao.RLAOConfig(batch_tokens=20, row_tokens=10, epochs=2, share_prefix=False)
+    config = TrainerConfig(batch_tokens=20, row_tokens=10, epochs=2, share_prefix=False)
     plan = rlao.schedule(samples, config)
     sizes = [sum(len(r) for rows in step for r in rows) for step in plan]
     assert sizes == [16, 16, 16, 16, 16]  # 80 samples; a step spans micro-batches of 2 rows
     assert all(len(rows) <= 2 and all(len(r) <= 2 for r in rows) for rows in plan[0])
     first = [i for rows in plan[0] for r in rows for i in r]
     assert first != sorted(first) and len(set(first)) == 16  # shuffled, no repeats
-    few = rlao.schedule(samples[:3], rlao.RLAOConfig(max_steps=5))
+    few = rlao.schedule(samples[:3], TrainerConfig(max_steps=5))
     assert len(few) == 5 and all(sorted(i for rows in s for r in rows for i in r) == [0, 1, 2]
                                  for s in few)
 
@@ -557,38 +554,34 @@ def test_the_weighting_survives_clipping(tiny, tmp_path):
     assert weighted > equal + 0.1 and weighted > 4 * equal, (weighted, equal)
 
 
-def test_the_fit_options_of_flows_and_nightly_reach_the_trainer():
-    """Every FitOptions field (the fit flow's and the nightly's `fit:`) is a fit_adapter
-    parameter and an RLAOConfig default, so `max_grad_norm` etc. are really passed on."""
+def test_the_fit_config_is_the_trainers_config_everywhere():
+    """One FitConfig (its trainer part declared in w4s/trainer_config.py): the fit flow's
+    `options` and the nightly's `fit:`; every keyword of fit_adapter is one of its fields,
+    checked by it (no second declaration)."""
     import inspect
 
-    from w4s.flows.nightly import NightlyConfig
-    from w4s.flows.stage_flows import FitOptions
+    from w4s.flows import stage_flows
+    from w4s.stage_config import NightlyConfig
 
-    params = inspect.signature(fit_adapter).parameters
-    options = FitOptions(max_grad_norm=0.5, estimator="mean", step_samples=32)
-    for name in options.model_dump():
-        if name != "base":
-            assert name in params, name
-            if name != "target_modules":
-                assert params[name].default == FitOptions.model_fields[name].default, name
-    assert options.model_dump()["max_grad_norm"] == 0.5
-    nightly = NightlyConfig.model_fields["fit"].annotation
-    assert nightly is FitOptions
-    with pytest.raises(ValueError, match="estimator"):
-        FitOptions(estimator="sum")
-
+    assert NightlyConfig.model_fields["fit"].annotation is FitConfig
+    assert inspect.signature(stage_flows.fit.fn).parameters["options"].annotation in (
+        "FitConfig | None", FitConfig | None)
+    assert "base" in FitConfig.model_fields and "share_prefix" in FitConfig.model_fields
+    with pytest.raises(W4SError, match="`estimator`"):
+        build_config({"estimator": "sum"}, FitConfig)
+    with pytest.raises(W4SError, match="`max_grad_nrom`: Extra inputs are not permitted"):
+        fit_adapter("d.parquet", "embedded", "out", max_grad_nrom=0.5)  # before any file
 
 def test_gradient_checkpointing_recomputes_layers_with_equal_gradients(tiny, tmp_path):
     """On by default on a GPU; on, each decoder layer runs again in the backward pass of the
     trainer's own forward path, and the LoRA gradients are unchanged."""
-    assert rlao.use_gradient_checkpointing(rlao.RLAOConfig(), "cuda")
-    assert not rlao.use_gradient_checkpointing(rlao.RLAOConfig(), "cpu")
-    assert rlao.use_gradient_checkpointing(rlao.RLAOConfig(gradient_checkpointing=True), "cpu")
+    assert rlao.use_gradient_checkpointing(TrainerConfig(), "cuda")
+    assert not rlao.use_gradient_checkpointing(TrainerConfig(), "cpu")
+    assert rlao.use_gradient_checkpointing(TrainerConfig(gradient_checkpointing=True), "cpu")
 
     def grads_and_layer_calls(checkpointing: bool) -> tuple[torch.Tensor, int]:
         base, tok = rlao.load_base(tiny)
-        model = rlao.add_lora(base, rlao.RLAOConfig(lora_dropout=0.0))
+        model = rlao.add_lora(base, TrainerConfig(lora_dropout=0.0))
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
@@ -610,3 +603,23 @@ def test_gradient_checkpointing_recomputes_layers_with_equal_gradients(tiny, tmp
     result = fit_adapter(write_dataset(tmp_path / "d.parquet", ROWS), str(tiny), tmp_path / "o",
                          max_steps=1, register=False, gradient_checkpointing=True, **FAST)
     assert result.metrics["gradient_checkpointing"] is True
+
+
+def test_the_fit_stage_runs_without_prefect_and_records_its_config(tiny, tmp_path):
+    """`fit_stage` is the fit flow's work, callable with no flow, task or server; metrics.json
+    and the registry record the FitConfig it ran, whole (max_seq_len resolved)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    from w4s.tasks.fit import fit_stage
+
+    assert FlowRunContext.get() is None and TaskRunContext.get() is None
+    config = FitConfig(base=str(tiny), max_steps=2, lr=1e-2, estimator="mean", **FAST)
+    steps = []
+    result = fit_stage(write_dataset(tmp_path / "d.parquet", ROWS), tmp_path / "out", config,
+                       on_step=lambda step, total, *_: steps.append((step, total)))
+    hyper = json.loads((tmp_path / "out" / "metrics.json").read_text())["hyperparameters"]
+    assert set(hyper) == set(FitConfig.model_fields)
+    assert hyper == {**config.model_dump(mode="json"), "max_seq_len": hyper["max_seq_len"]}
+    assert hyper["max_seq_len"] > 0 and steps == [(1, 2), (2, 2)]
+    assert adapters.resolve(result.adapter_id).hyperparameters == hyper
+    assert not (tmp_path / "out" / "report").exists()  # the report is the caller's (flows/ui)

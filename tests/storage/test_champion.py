@@ -8,7 +8,9 @@ from adapter_folders import make_adapter_folder
 
 from w4s.config import CollectConfig, OptimizeConfig
 from w4s.errors import W4SError
-from w4s.flows.cli import _load, with_resolved_adapter
+from w4s.flows.cli_common import with_resolved_adapter
+from w4s.flows.config_cli import Given
+from w4s.flows.optimize_cmd import load_with_adapter
 from w4s.storage import adapters
 
 BASE = "smollm2-135m-instruct"
@@ -37,8 +39,9 @@ def test_champion_resolves_to_the_last_promoted_adapter(tmp_path):
     assert adapters.champion().id == two.id
     assert adapters.resolve("champion").id == two.id != adapters.resolve("latest").id
     assert with_resolved_adapter(_config("champion")).meta_agent.adapter == two.path
-    cfg = _load({"meta_agent": {"kind": "embedded", "adapter": "champion"}}, None,
-                CollectConfig)
+    cfg = load_with_adapter(Given(overrides={"meta_agent": {"kind": "embedded",
+                                                            "adapter": "champion"}}),
+                            CollectConfig)
     assert cfg.meta_agent.adapter == two.path  # a config file or --adapter champion
     adapters.promote(one, previous=two.id)
     assert adapters.champion().id == one.id
@@ -59,20 +62,13 @@ def test_a_champion_whose_record_is_gone_is_an_error(tmp_path):
 
 
 def test_w4s_adapters_marks_the_champion_and_promotes_by_hand(tmp_path, capsys):
-    import argparse
+    from w4s.flows.cli import main
 
-    from w4s.flows import fit
-
-    parser = argparse.ArgumentParser(prog="w4s")
-    fit.add_parser(parser.add_subparsers(dest="command", required=True))
     one = adapters.register(make_adapter_folder(tmp_path / "one"), base_model=BASE)
-    args = parser.parse_args(["adapters"])
-    assert args.func(args) == 0
+    assert main(["adapters"]) == 0
     assert "champion: the base model" in capsys.readouterr().out
-    args = parser.parse_args(["adapters", "--promote", one.id])
-    assert args.func(args) == 0
+    assert main(["adapters", "--promote", one.id]) == 0
     assert capsys.readouterr().out.strip() == f"champion: {one.id} (was base)"
     assert adapters.champion().id == one.id
-    args = parser.parse_args(["adapters"])
-    assert args.func(args) == 0
+    assert main(["adapters"]) == 0
     assert f"*{one.id}" in capsys.readouterr().out

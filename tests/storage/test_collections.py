@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pyarrow.parquet as pq
@@ -10,7 +9,6 @@ import pytest
 
 from w4s.config import OptimizeConfig
 from w4s.errors import W4SError
-from w4s.flows.dataset_cmd import add_parser
 from w4s.mdp import Candidate, State
 from w4s.storage.collections import last_nights, nightly_collections
 from w4s.storage.run_store import RunStore
@@ -70,12 +68,11 @@ def test_window_errors_are_one_line(runs, tmp_path):
 
 
 def test_w4s_dataset_last_nights_records_the_collections_in_its_card(runs, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="w4s")
-    add_parser(parser.add_subparsers(dest="command"))
+    from w4s.flows.cli import main
+
     out = tmp_path / "d.parquet"
-    args = parser.parse_args(["dataset", "--runs-dir", str(runs), "--out", str(out),
-                              "--last-nights", "2"])
-    assert args.func(args) == 0
+    assert main(["dataset", "--runs-dir", str(runs), "--out", str(out),
+                 "--last-nights", "2"]) == 0
     assert "window: 3 collection(s) of the last 2 night(s)" in capsys.readouterr().out
     assert sorted({r["run_id"] for r in pq.read_table(out).to_pylist()}) == [
         "n2-e000", "n2-e001", "n2b-e000", "n3-e000"]
@@ -85,7 +82,7 @@ def test_w4s_dataset_last_nights_records_the_collections_in_its_card(runs, tmp_p
         ("nightly-20261202-aaaaaa-collect", ["n2-e000", "n2-e001"]),
         ("nightly-20261202-bbbbbb-collect", ["n2b-e000"]),
         ("nightly-20261203-aaaaaa-collect", ["n3-e000"])]
-    both = parser.parse_args(["dataset", "--runs-dir", str(runs), "--out", str(out),
-                              "--last-nights", "2", "--run", "n1-e000"])
-    with pytest.raises(W4SError, match="give one"):
-        both.func(both)
+    assert main(["dataset", "--runs-dir", str(runs), "--out", str(out),
+                 "--last-nights", "2", "--run", "n1-e000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("w4s: error: `--last-nights` and `--run` both choose the runs; give one")

@@ -7,12 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from w4s.config import OptimizeConfig
+from w4s.config import OptimizeConfig, build_config
 from w4s.errors import W4SError
-from w4s.flows.dataset_cmd import add_parser
 from w4s.mdp import Candidate, State
 from w4s.reward import rwr_weight
-from w4s.storage.dataset import DATASET_SCHEMA, DatasetQuery, build_dataset, card_path_for
+from w4s.stage_config import DatasetConfig
+from w4s.storage.dataset import DATASET_SCHEMA, build_dataset, card_path_for
 from w4s.storage.run_store import RunStore
 
 BENCH = "arithmetic (synthetic)"
@@ -77,7 +77,7 @@ def test_default_selection_is_ok_actions_with_rewards(runs, tmp_path):
 
 
 def test_skipped_only_with_the_flag_and_lost_rows_never(runs, tmp_path):
-    res = build_dataset(runs, tmp_path / "d.parquet", DatasetQuery(include_skipped=True))
+    res = build_dataset(runs, tmp_path / "d.parquet", DatasetConfig(include_skipped=True))
     rows = pq.read_table(res.path).to_pylist()
     assert ("r1", 1, 2) in _keys(res.path) and ("r2", 1, 1) in _keys(res.path)
     assert len(rows) == 7
@@ -86,29 +86,29 @@ def test_skipped_only_with_the_flag_and_lost_rows_never(runs, tmp_path):
     assert (1, 4) not in [(r["turn"], r["candidate"]) for r in rows if r["run_id"] == "r1"]
     assert res.card["counts"]["excluded"] == {"budget_exceeded": 1, "infra_error": 1, "seed": 1}
     only_skipped = build_dataset(runs, tmp_path / "s.parquet",
-                                 DatasetQuery(include_skipped=True, statuses=("skipped",)))
+                                 DatasetConfig(include_skipped=True, statuses=("skipped",)))
     assert _keys(only_skipped.path) == [("r1", 1, 2), ("r2", 1, 1)]
 
 
 def test_selection_by_run_benchmark_date_and_reward(runs, tmp_path):
     out = tmp_path / "d.parquet"
-    assert _keys(build_dataset(runs, out, DatasetQuery(runs=("r2",))).path) == [("r2", 1, 0)]
-    res = build_dataset(runs, out, DatasetQuery(runs=("r1",)))
+    assert _keys(build_dataset(runs, out, DatasetConfig(runs=("r2",))).path) == [("r2", 1, 0)]
+    res = build_dataset(runs, out, DatasetConfig(runs=("r1",)))
     assert res.card["counts"]["considered"] == 8
-    by_bench = build_dataset(runs, out, DatasetQuery(benchmarks=("arithmetic",)))
+    by_bench = build_dataset(runs, out, DatasetConfig(benchmarks=("arithmetic",)))
     assert {k[0] for k in _keys(by_bench.path)} == {"r1"}
     assert by_bench.card["counts"]["excluded"]["benchmark"] == 2  # r2: ok + skipped
-    assert _keys(build_dataset(runs, out, DatasetQuery(benchmarks=("HumanEval",))).path) == [
+    assert _keys(build_dataset(runs, out, DatasetConfig(benchmarks=("HumanEval",))).path) == [
         ("r2", 1, 0)]
-    day2 = build_dataset(runs, out, DatasetQuery(since="2026-12-02", until="2026-12-03"))
+    day2 = build_dataset(runs, out, DatasetConfig(since="2026-12-02", until="2026-12-03"))
     assert _keys(day2.path) == [("r1", 2, 0), ("r1", 2, 1)]
     # half-open: until excludes its own instant; an offset is honoured
-    assert _keys(build_dataset(runs, out, DatasetQuery(
+    assert _keys(build_dataset(runs, out, DatasetConfig(
         until="2026-12-02T11:00:00+01:00")).path) == [("r1", 1, 0), ("r1", 1, 1)]
-    high = build_dataset(runs, out, DatasetQuery(min_reward=0.5))
+    high = build_dataset(runs, out, DatasetConfig(min_reward=0.5))
     assert _keys(high.path) == [("r1", 1, 0), ("r1", 1, 1), ("r2", 1, 0)]
     assert high.card["counts"]["excluded"]["reward"] == 2
-    mid = build_dataset(runs, out, DatasetQuery(min_reward=0.0, max_reward=0.5))
+    mid = build_dataset(runs, out, DatasetConfig(min_reward=0.0, max_reward=0.5))
     assert _keys(mid.path) == [("r1", 1, 1), ("r1", 2, 0)]
 
 
@@ -118,9 +118,9 @@ def test_weights_are_rwr_and_one_for_sft(runs, tmp_path):
         assert r["weight"] == pytest.approx(rwr_weight(r["reward"], 0.4), rel=1e-12)
     assert round(next(r["weight"] for r in rows if r["reward"] == 1.0), 2) == 12.18
     tau1 = pq.read_table(build_dataset(runs, tmp_path / "t.parquet",
-                                       DatasetQuery(tau=1.0)).path).to_pylist()
+                                       DatasetConfig(tau=1.0)).path).to_pylist()
     assert [r["weight"] for r in tau1] == pytest.approx([math.exp(r["reward"]) for r in tau1])
-    sft = build_dataset(runs, tmp_path / "s.parquet", DatasetQuery(sft=True))
+    sft = build_dataset(runs, tmp_path / "s.parquet", DatasetConfig(sft=True))
     assert {r["weight"] for r in pq.read_table(sft.path).to_pylist()} == {1.0}
     assert sft.card["sft"] and sft.card["weights"] == {"min": 1.0, "max": 1.0}
 
@@ -148,7 +148,7 @@ def test_trl_layout_and_prompt_is_the_stored_state(runs, tmp_path):
 def test_card_beside_the_file_with_hash_and_query(runs, tmp_path):
     import hashlib
 
-    res = build_dataset(runs, tmp_path / "out" / "d.parquet", DatasetQuery(min_reward=0.0))
+    res = build_dataset(runs, tmp_path / "out" / "d.parquet", DatasetConfig(min_reward=0.0))
     assert res.card_path == tmp_path / "out" / "d.card.json" == card_path_for(res.path)
     card = json.loads(res.card_path.read_text())
     assert card == res.card
@@ -162,23 +162,23 @@ def test_card_beside_the_file_with_hash_and_query(runs, tmp_path):
 
 
 @pytest.mark.parametrize(("query", "match"), [
-    (DatasetQuery(tau=0), "`tau` must be > 0"),
-    (DatasetQuery(tau=-1), "`tau` must be > 0"),
-    (DatasetQuery(statuses=("done",)), "`status` 'done' is unknown"),
-    (DatasetQuery(statuses=("infra_error",), include_skipped=True), "never in a dataset"),
-    (DatasetQuery(statuses=("budget_exceeded",)), "never in a dataset"),
-    (DatasetQuery(statuses=("skipped",)), "needs include_skipped"),
-    (DatasetQuery(runs=("nope",)), "`run` 'nope' has no trajectory rows"),
-    (DatasetQuery(benchmarks=("gsm8k",)), "the selection is empty: 10 rows considered"),
-    (DatasetQuery(min_reward=2.0), "the selection is empty"),
-    (DatasetQuery(since="yesterday"), "`since` is not an ISO 8601"),
-    (DatasetQuery(since="2026-12-03", until="2026-12-01"), "is not before"),
-    (DatasetQuery(min_reward=1, max_reward=0), "is above"),
+    (dict(tau=0), "`tau`: Input should be greater than 0"),
+    (dict(tau=-1), "`tau`: Input should be greater than 0"),
+    (dict(statuses=("done",)), "`status` 'done' is unknown"),
+    (dict(statuses=("infra_error",), include_skipped=True), "never in a dataset"),
+    (dict(statuses=("budget_exceeded",)), "never in a dataset"),
+    (dict(statuses=("skipped",)), "needs include_skipped"),
+    (dict(runs=("nope",)), "`run` 'nope' has no trajectory rows"),
+    (dict(benchmarks=("gsm8k",)), "the selection is empty: 10 rows considered"),
+    (dict(min_reward=2.0), "the selection is empty"),
+    (dict(since="yesterday"), "`since` is not an ISO 8601"),
+    (dict(since="2026-12-03", until="2026-12-01"), "is not before"),
+    (dict(min_reward=1, max_reward=0), "is above"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, query, match):
     out = tmp_path / "o" / "d.parquet"
-    with pytest.raises(W4SError, match=match) as e:
-        build_dataset(runs, out, query)
+    with pytest.raises(W4SError, match=match) as e:  # the config's own checks, or the build's
+        build_dataset(runs, out, build_config(query, DatasetConfig))
     assert "\n" not in str(e.value)
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
@@ -199,12 +199,11 @@ def test_only_seeds_is_an_empty_selection(tmp_path):
 
 
 def _cli(argv):
-    import argparse
+    """The `w4s` command without main's error printing: its W4SError propagates."""
+    from w4s.flows.cli import build_app
 
-    parser = argparse.ArgumentParser(prog="w4s")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    command, bound, _ = build_app().parse_args(argv, exit_on_error=False, print_error=False)
+    return command(*bound.args, **bound.kwargs)
 
 
 def test_cli_writes_the_dataset_and_prints_a_summary(runs, tmp_path, capsys):
@@ -220,7 +219,7 @@ def test_cli_writes_the_dataset_and_prints_a_summary(runs, tmp_path, capsys):
     assert _cli(["dataset", "--runs-dir", str(runs), "--out", str(out), "--sft",
                  "--status", "ok"]) == 0
     assert "weights 1..1 (sft)" in capsys.readouterr().out
-    with pytest.raises(W4SError, match="`tau` must be > 0"):
+    with pytest.raises(W4SError, match="`tau`: Input should be greater than 0"):
         _cli(["dataset", "--runs-dir", str(runs), "--out", str(out), "--tau", "0"])
 
 
@@ -266,7 +265,6 @@ def test_a_repaired_sample_carries_the_conversation_it_was_sampled_from(tmp_path
 
 def test_repaired_samples_can_be_dropped_or_paired_with_the_state(tmp_path):
     plain, fixed = _repaired_run(tmp_path / "runs")
-    from w4s.flows.stage_flows import DatasetOptions
     from w4s.tasks.dataset import build
 
     assert _cli(["dataset", "--runs-dir", str(tmp_path / "runs"), "--out",
@@ -275,10 +273,11 @@ def test_repaired_samples_can_be_dropped_or_paired_with_the_state(tmp_path):
     card = json.loads(card_path_for(tmp_path / "a.parquet").read_text())
     assert card["counts"]["excluded"] == {"repaired": 1}
     state = build(str(tmp_path / "runs"), str(tmp_path / "b.parquet"), [],
-                  DatasetOptions(repaired="state").model_dump())  # the nightly's option
+                  DatasetConfig(repaired="state").model_dump())  # the nightly's option
     assert pq.read_table(state["path"]).to_pylist()[1]["prompt"] == fixed.prompt
-    with pytest.raises(W4SError, match="`repaired` 'keep' is unknown"):
-        build_dataset(tmp_path / "runs", tmp_path / "c.parquet", DatasetQuery(repaired="keep"))
+    with pytest.raises(W4SError, match="`repaired`: Input should be 'conversation', 'drop' or "
+                                       "'state', but received 'keep'"):
+        build_config({"repaired": "keep"}, DatasetConfig)
 
 
 def test_a_repaired_row_without_its_conversation_is_never_paired_with_the_state(tmp_path):

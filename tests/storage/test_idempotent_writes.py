@@ -227,8 +227,8 @@ class _FakePeft:
 
 def test_fit_output_is_an_adapter_only_once_its_weights_are_whole(tmp_path, monkeypatch):
     from w4s.errors import ConfigError
-    from w4s.flows.fit import save_adapter
     from w4s.models.lora_gguf import check_adapter_dir
+    from w4s.tasks.fit import save_adapter
 
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)

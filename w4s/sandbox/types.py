@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from w4s import limits
+
 
 @dataclass(frozen=True, slots=True)
 class SandboxSettings:
     """Limits for running untrusted workflows and programs."""
 
-    item_timeout_s: float = 60.0  # hard wall clock per item (the whole solver call)
-    code_timeout_s: float = 5.0  # agent.execute_code and each test program
-    concurrency: int = 4  # items in flight at once across the harness
+    item_timeout_s: float = limits.ITEM_TIMEOUT_S
+    code_timeout_s: float = limits.CODE_TIMEOUT_S
+    concurrency: int = limits.CONCURRENCY
     # address-space limit per jailed process, and (memory cgroup) on a job's whole tree
     memory_mb: int = 2048
     max_output_chars: int = 20_000  # caps on answers, stdout and tracebacks coming back
