@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from w4s.embedded_model import EMBEDDED_MODEL_ID
+
 
 def stdout_console(file: Any = None) -> Any:
     """A rich console on stdout; piped (not a terminal): no colour, no width limit, so
@@ -109,7 +111,7 @@ def with_resolved_adapter(cfg: Any) -> Any:
     if record is None:
         return cfg.model_copy(update={"meta_agent": meta.model_copy(update={"adapter": None})})
     base = (str(Path(meta.model).expanduser().resolve()) if meta.kind == "transformers"
-            else meta.model or "smollm2-135m-instruct")
+            else meta.model or EMBEDDED_MODEL_ID)
     if meta.kind in ("embedded", "llamacpp", "transformers", "vllm"):
         check_base(record, base)
     # a registry at a URL: the adapter is downloaded once into this host's cache

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from w4s.config import CollectConfig, OptimizeConfig
+from w4s.embedded_model import EMBEDDED_MODEL_ID
 from w4s.errors import W4SError
 from w4s.flows.cli_common import print_run, with_resolved_adapter
 from w4s.flows.config_cli import Given, config_command, option
@@ -16,7 +17,7 @@ from w4s.flows.config_cli import Given, config_command, option
 # transformers (docs/configuration.md, benchmarks/bench_backends.py) and batches concurrent
 # calls, such as the candidates' repairs. `kind: embedded` (transformers) is the meta-agent
 # RLAO fits.
-_EMBEDDED_LLAMACPP = {"kind": "llamacpp", "model": "smollm2-135m-instruct"}
+_EMBEDDED_LLAMACPP = {"kind": "llamacpp", "model": EMBEDDED_MODEL_ID}
 DEMO = {
     "arithmetic": {"benchmark": "arithmetic", "seed_workflow": "direct", "val_size": 10,
                    "test_size": 20, "iterations": 2, "candidates": 3,

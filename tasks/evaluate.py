@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from w4s.cost import PriceTable
 from w4s.errors import BenchmarkError, ConfigError, InfrastructureError, W4SError
 from w4s.sandbox import EvalResult, Harness, SandboxSettings, check_workflow_source
 from w4s.sandbox.pool import isolation_report
 from w4s.stage_config import EvaluateConfig
 from w4s.storage.files import atomic_write
+from w4s.tasks.runtime import new_harness
 
 EXIT_OK, EXIT_INVALID_WORKFLOW, EXIT_BUDGET = 0, 1, 3
 SPLITS = ("validation", "test", "all")
@@ -90,11 +90,10 @@ def run_evaluation(workflow: str | Path, config: EvaluateConfig, *,
                                concurrency=config.concurrency,
                                reuse_outcomes=config.reuse_outcomes)
     executor = build_chat_model(config.executor, role="executor")
-    prices = PriceTable.for_executor(config.executor.kind, executor.model_id)
     try:
-        with Harness(executor, settings=settings, cache=cache, prices=prices,
-                     budget_usd=config.budget_usd,
-                     budget_tokens=config.budget_tokens) as harness:
+        with new_harness(executor, config.executor.kind, settings, cache=cache,
+                         budget_usd=config.budget_usd,
+                         budget_tokens=config.budget_tokens) as harness:
             if run_items is not None:
                 result = run_items(harness, code, items, bench,
                                    f"{bench.display_name} ({split})")

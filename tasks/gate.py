@@ -13,7 +13,6 @@ into the registry (`w4s.storage.adapters.promote`) when promoted; the `gate` flo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 from w4s.config import BackendConfig, CollectConfig
 from w4s.errors import InfrastructureError
 from w4s.gate import PROMOTED, decide, paired_margin, paired_reward
+from w4s.hashing import sha256_text
 from w4s.paths import is_url, location
 from w4s.stage_config import GateConfig
 from w4s.storage import adapters
@@ -41,7 +41,7 @@ LoglikFn = Callable[[dict[str, str | None], list[dict[str, Any]]],
 def fresh_split_seed(challenger_id: str) -> int:
     """Stable for a rerun of the same gate, different per challenger, and far from the seeds
     collections use (`split_seed` + episode)."""
-    return 1_000_000 + int(hashlib.sha256(challenger_id.encode()).hexdigest()[:6], 16)
+    return 1_000_000 + int(sha256_text(challenger_id)[:6], 16)
 
 
 def sample_config(env: CollectConfig, options: GateConfig, split_seed: int,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +17,9 @@ from pydantic import (
 )
 
 from w4s import limits
+from w4s.embedded_model import EMBEDDED_MODEL_ID
 from w4s.errors import ConfigError
+from w4s.hashing import json_sha256
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -71,7 +71,7 @@ class BackendConfig(_Frozen):
 
     @property
     def label(self) -> str:
-        return f"{self.kind}:{self.model or 'smollm2-135m-instruct'}"
+        return f"{self.kind}:{self.model or EMBEDDED_MODEL_ID}"
 
 
 class SandboxLimits(_Frozen):
@@ -217,8 +217,7 @@ class CollectConfig(OptimizeConfig):
 
 def hash_json(value: Any) -> str:
     """Content hash of a JSON-able value; keys sorted so equal configs hash equal."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_sha256(value, ascii_only=True)[:16]
 
 
 def format_validation_error(err: ValidationError) -> str:

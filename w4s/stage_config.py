@@ -22,6 +22,7 @@ from w4s.config import (
     _Frozen,
     hash_json,
 )
+from w4s.embedded_model import EMBEDDED_MODEL_ID
 from w4s.gate import GateRule
 from w4s.reward import TAU
 from w4s.trainer_config import TrainerConfig
@@ -195,7 +196,7 @@ class NightlyConfig(_Frozen):
             return self  # a vLLM server loads the adapter at runtime
         if self.fit.base == "embedded":
             ok = meta.kind in ("embedded", "llamacpp") and meta.model in (
-                None, "smollm2-135m-instruct")
+                None, EMBEDDED_MODEL_ID)
         else:  # a local base folder: transformers or an in-process vLLM engine loads it
             ok = meta.kind in ("transformers", "vllm") and meta.model is not None and (
                 Path(meta.model).expanduser().resolve()

@@ -18,20 +18,7 @@ ALLOWED = {"core": {"core"}, "models": {"core"}, "storage": {"core"},
 
 # Cycles inside flows/ that its rewrite (the CLI on cyclopts, issue 16 items 1 and 3) removes;
 # each is (smallest module, ...) in import order. The lead empties this after the merge.
-FLOWS_CYCLES_PENDING = {
-    ("cli", "deploy_cmd", "nightly_checks", "nightly"),
-    ("cli", "deploy_cmd", "nightly_checks", "nightly", "gate", "stage_flows", "evaluate_cmd"),
-    ("cli", "deploy_cmd", "nightly_checks", "nightly", "stage_flows", "evaluate_cmd"),
-    ("cli", "evaluate_cmd"),
-    ("cli", "nightly_cmd"),
-    ("cli", "nightly_cmd", "nightly"),
-    ("cli", "nightly_cmd", "nightly", "gate", "stage_flows", "evaluate_cmd"),
-    ("cli", "nightly_cmd", "nightly", "stage_flows", "evaluate_cmd"),
-    ("cli", "nightly_cmd", "nightly_checks", "nightly"),
-    ("cli", "nightly_cmd", "nightly_checks", "nightly", "gate", "stage_flows", "evaluate_cmd"),
-    ("cli", "nightly_cmd", "nightly_checks", "nightly", "stage_flows", "evaluate_cmd"),
-    ("nightly", "nightly_checks"),
-}
+FLOWS_CYCLES_PENDING: set[tuple[str, ...]] = set()  # none left: the CLI rewrite removed them
 
 
 def modules() -> dict[str, Path]:
