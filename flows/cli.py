@@ -13,6 +13,11 @@ from cyclopts.exceptions import CycloptsError
 
 from w4s.errors import W4SError
 
+HELP = ("w4s: a weak meta-agent writes and refines workflows for a strong executor LLM, "
+        "and RLAO fits it on its own trajectories. Start with `w4s demo`; "
+        "`w4s COMMAND --help` for a command's options (every stage takes --config FILE "
+        "and dotted --set overrides).")
+
 COMMANDS = {  # name -> (the module:function, one line of help)
     "demo": ("optimize_cmd:demo", "a small run on the embedded model, offline"),
     "optimize": ("optimize_cmd:optimize", "an optimization run from a config file and options"),
@@ -34,7 +39,7 @@ COMMANDS = {  # name -> (the module:function, one line of help)
 
 
 def build_app() -> App:
-    app = App(name="w4s", help=__doc__, help_format="plaintext", version_flags=(),
+    app = App(name="w4s", help=HELP, help_format="plaintext", version_flags=(),
               result_action="return_value")
     for name, (target, text) in COMMANDS.items():
         app.command(f"w4s.flows.{target}", name=name, help=text)
