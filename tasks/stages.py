@@ -75,17 +75,23 @@ class _RunSplit:
 
 def _split(config: OptimizeConfig) -> _RunSplit:
     """The run's validation/test split and the example its states show, drawn from neither
-    (the example's gold in view must not be worth any validation accuracy). With
-    `test_size: None` ("all the rest") the example is drawn from that rest first."""
+    (the example's gold in view must not be worth any validation accuracy). When validation
+    and test take every item (`test_size: None` is "all the rest"), the example is drawn
+    from the test items and leaves them, one fewer; with one test item that is an error."""
     bench = runtime.benchmark(config)
     split = bench.split(seed=config.split_seed, val_size=config.val_size,
                         test_size=config.test_size)
+    items = bench.load()
     test = list(split.test)
-    if config.test_size is None and len(test) > 1:
+    if len(items) > len(split.validation) + len(test) or len(test) < 2:
+        example = pick_example(items, split, seed=config.split_seed)
+    else:
         example = pick_example(test, Split(validation=[], test=[]), seed=config.split_seed)
         test = [i for i in test if i.id != example.id]
-    else:
-        example = pick_example(bench.load(), split, seed=config.split_seed)
+        if config.test_size is not None:
+            log.warning("%s: validation (%d) and test (%d) take all %d items; the example "
+                        "shown to the meta-agent is taken out of the test items",
+                        bench.name, len(split.validation), len(split.test), len(items))
     return _RunSplit(list(split.validation), test, example)
 
 

@@ -143,18 +143,20 @@ def test_an_old_split_without_an_example_gets_one_outside_it_and_keeps_it(tmp_pa
     assert store.load_state(0).example_question == by_id[again["example"]].question
 
 
-def test_all_the_rest_as_test_leaves_the_example_out_of_it(tmp_path):
-    cfg = _example_cfg(tmp_path, test_size=None)
-    run_dir = stages.prepare_run(cfg, tmp_path / "runs", "rest")
-    ids = RunStore(run_dir).split_ids()
-    assert len(ids["validation"]) == 4 and len(ids["test"]) == 7
-    assert ids["example"] not in ids["validation"] + ids["test"]
+def test_with_no_item_left_over_the_example_leaves_the_test_items(tmp_path):
+    for name, test_size in (("rest", None), ("all", 8)):  # None: "all the rest"
+        cfg = _example_cfg(tmp_path, test_size=test_size)
+        run_dir = stages.prepare_run(cfg, tmp_path / "runs", name)
+        ids = RunStore(run_dir).split_ids()
+        assert len(ids["validation"]) == 4 and len(ids["test"]) == 7
+        assert ids["example"] not in ids["validation"] + ids["test"]
+        assert len({*ids["validation"], *ids["test"], ids["example"]}) == 12
 
 
-def test_no_item_left_for_the_example_is_one_line_naming_the_sizes(tmp_path):
-    cfg = _example_cfg(tmp_path, val_size=4, test_size=8)
+def test_no_item_for_the_example_is_one_line_naming_the_sizes(tmp_path):
+    cfg = _example_cfg(tmp_path, benchmark_options={"size": 5}, val_size=4, test_size=1)
     with pytest.raises(BenchmarkError, match=r"^no item is left for the example shown to the "
-                       r"meta-agent: the benchmark has 12 items, validation takes 4 and test "
-                       r"8; lower `val_size` or `test_size`$"):
+                       r"meta-agent: the benchmark has 5 items, validation takes 4 and test "
+                       r"1; lower `val_size` or `test_size`$"):
         stages.prepare_run(cfg, tmp_path / "runs", "full")
     assert not (tmp_path / "runs" / "full").exists()
