@@ -31,6 +31,10 @@ base policy's candidates on the evaluation states), forward passes only
 (`models/policy_eval.py`). Intervals: 95% cluster bootstrap over states; RWR - base,
 SFT - base and RWR - SFT are paired differences on the same states (`w4s/stats.py`).
 Candidates lost to infrastructure (reward None) are never measured; they are counted.
+Audit: for each positive candidate, whether its code hard-codes a gold its state showed
+(the example's, or a failure case's "expected"); the example is an item outside the split
+(tasks/stages.py), so only the failure cases' golds can pay. Per-stage times of the states
+(thread seconds: two states overlap) are in `state_stage_seconds`.
 
 Everything lives under `--work`; a rerun with the same folder resumes (finished states,
 datasets and complete adapters are kept). Results are rewritten after every stage, so a
@@ -203,6 +207,7 @@ def make_config(args: argparse.Namespace, root: Path, *, item_seed: int, split_s
         "benchmark": "arithmetic",
         "benchmark_options": {"seed": item_seed, "size": args.pool},
         "seeds": ["direct", "code"], "seed_workflow": "direct", "initial_state": "all_seeds",
+        "split_seed": split_seed,  # missing before 2026-12-04 15:50: every state was split 0
         "iterations": 1, "candidates": candidates, "meta_temperature": temperature,
         "val_size": args.val_size, "test_size": 1, "max_repairs": args.max_repairs,
         "item_timeout_s": args.item_timeout, "concurrency": args.concurrency,
@@ -467,7 +472,8 @@ class Experiment:
         temps = a.collect_temperatures
         configs = []
         share = a.candidates // len(policy)
-        for k, st in enumerate(self.states[states_key]):
+        states = self.states[states_key][: a.states]  # a resume may ask for fewer
+        for k, st in enumerate(states):
             for tag, adapter in policy.items():
                 configs.append((f"{name}{tag}-{k:03d}", make_config(
                     a, self.work / "train", item_seed=0, split_seed=st["split_seed"],
@@ -478,7 +484,7 @@ class Experiment:
         m = measures(rows)
         aud = audit(rows, run_states_json(self.work / "train", rows))
         self.out.setdefault("collections", {})[name] = {
-            "states": len(self.states[states_key]), "failed": failed, **m,
+            "states": len(states), "failed": failed, **m,
             "reward_histogram": histogram(rows), "audit": aud}
         say(f"collection {name}: {len(rows)} candidates, positive share "
             f"{m['positive']['mean']}, rewards {histogram(rows)}; positive ones hard-coding "
@@ -517,7 +523,7 @@ class Experiment:
         """Every policy on every evaluation state, state chunk by chunk."""
         t0 = time.monotonic()
         a = self.args
-        states = self.states["eval"]
+        states = self.states["eval"][: a.eval_states]
         for lo in range(0, len(states), a.chunk):
             for policy in policies:
                 if not self.time_left(f"evaluation of {policy}, states {lo}+"):

@@ -122,3 +122,13 @@ def test_the_audit_flags_positive_candidates_that_hard_code_a_shown_gold(ls):
     assert (out["positive"], out["hard_code_example"], out["hard_code_failure_case"],
             out["hard_code_any"]) == (4, 2, 1, 3)
     assert [f["run_id"] for f in out["flagged"]] == ["r-ex-literal", "r-ex-expr", "r-fc"]
+
+
+def test_each_state_runs_on_its_own_split(ls, tmp_path):
+    # the split seed was dropped: every "state" of the 2026-12-04 runs was split 0
+    args = argparse.Namespace(pool=20, val_size=5, max_repairs=0, item_timeout=60.0,
+                              concurrency=1, meta_tokens=64)
+    cfgs = [ls.make_config(args, tmp_path, item_seed=1, split_seed=k, temperature=0.7,
+                           candidates=2) for k in (0, 7)]
+    assert [c.split_seed for c in cfgs] == [0, 7]
+    assert cfgs[1].benchmark_options == {"seed": 1, "size": 20}
