@@ -31,6 +31,10 @@ base policy's candidates on the evaluation states), forward passes only
 (`models/policy_eval.py`). Intervals: 95% cluster bootstrap over states; RWR - base,
 SFT - base and RWR - SFT are paired differences on the same states (`w4s/stats.py`).
 Candidates lost to infrastructure (reward None) are never measured; they are counted.
+Audit: for each positive candidate, whether its code hard-codes a gold its state showed
+(the example's, or a failure case's "expected"); the example is an item outside the split
+(tasks/stages.py), so only the failure cases' golds can pay. Per-stage times of the states
+(thread seconds: two states overlap) are in `state_stage_seconds`.
 
 Everything lives under `--work`; a rerun with the same folder resumes (finished states,
 datasets and complete adapters are kept). Results are rewritten after every stage, so a
@@ -46,11 +50,13 @@ import ast
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +72,7 @@ PRIMARY_TEXT = ("mean reward per sampled candidate, every candidate counted (inv
                 "get the environment's reward, -0.1)")
 SECONDARY = ("valid", "execute_code", "val_accuracy", "positive")
 
+EXPRESSION = re.compile(r"\d[\d+*\- ]*\d")
 EXTRACT = '''\
 import re
 
@@ -140,6 +147,56 @@ def paired(a_rows: Sequence[dict], b_rows: Sequence[dict]) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------------- audit
+
+
+def shown_items(state: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(source, question, gold) of every item whose gold the state shows the meta-agent:
+    the example, and the failure cases' "expected" (validation items)."""
+    out = [("example", state["example_question"], str(state["example_answer"]))]
+    for h in state.get("history", []):
+        out += [("failure_case", f["question"], str(f["expected"]))
+                for f in h.get("failures") or []]
+    return out
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+def hard_coded(code: str | None, shown: Sequence[tuple[str, str, str]]) -> list[str]:
+    """The sources ("example", "failure_case") of shown items that the code hard-codes: the
+    gold as a literal of its own (two characters or more), or the question's expression."""
+    code = code or ""
+    flat = _squash(code)
+    found = []
+    for source, question, gold in shown:
+        gold = gold.strip()  # one-digit golds turn up anywhere (range(4)): not counted
+        literal = len(gold) >= 2 and re.search(rf"(?<![\w.]){re.escape(gold)}(?![\w.])", code)
+        expr = EXPRESSION.search(question)
+        if literal or (expr and len(_squash(expr.group(0))) >= 3
+                       and _squash(expr.group(0)) in flat):
+            found.append(source)
+    return sorted(set(found))
+
+
+def audit(rows: Sequence[dict[str, Any]], states: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """For each positive candidate: does its code hard-code a gold its state showed?
+    `states`: run id -> the state (JSON) the candidate was sampled from."""
+    pos = [r for r in rows if r["reward"] is not None and r["reward"] > 0]
+    hits = [hard_coded(r["code"], shown_items(states[r["run_id"]])) for r in pos]
+    return {"positive": len(pos), "hard_code_example": sum("example" in h for h in hits),
+            "hard_code_failure_case": sum("failure_case" in h for h in hits),
+            "hard_code_any": sum(bool(h) for h in hits),
+            "flagged": [{"run_id": r["run_id"], "reward": r["reward"], "shown": h}
+                        for r, h in zip(pos, hits, strict=True) if h]}
+
+
+def run_states_json(root: Path, rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {rid: json.loads((root / rid / "state" / "iter-0000.json").read_text())
+            for rid in {r["run_id"] for r in rows}}
+
+
 # ------------------------------------------------------------------------- environment
 
 
@@ -151,6 +208,7 @@ def make_config(args: argparse.Namespace, root: Path, *, item_seed: int, split_s
         "benchmark": "arithmetic",
         "benchmark_options": {"seed": item_seed, "size": args.pool},
         "seeds": ["direct", "code"], "seed_workflow": "direct", "initial_state": "all_seeds",
+        "split_seed": split_seed,  # missing before 2026-12-04 15:50: every state was split 0
         "iterations": 1, "candidates": candidates, "meta_temperature": temperature,
         "val_size": args.val_size, "test_size": 1, "max_repairs": args.max_repairs,
         "item_timeout_s": args.item_timeout, "concurrency": args.concurrency,
@@ -214,6 +272,19 @@ def pick_states(args: argparse.Namespace, scores: dict[str, Any], item_seed: int
                        f"{item_seed}'s pool: raise --pool")
 
 
+STAGE_SECONDS: dict[str, float] = {}
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Adds the block's wall time to STAGE_SECONDS[stage] (states overlap: thread time)."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS[stage] = round(STAGE_SECONDS.get(stage, 0.0) + time.monotonic() - t0, 2)
+
+
 def run_states(name: str, root: Path, configs: Sequence[tuple[str, Any]],
                workers: int = 2, stop: Callable[[], bool] = lambda: False) -> dict[str, str]:
     """Run each state's one turn (seed, generate, self-check, validate, reward, log) through
@@ -225,14 +296,21 @@ def run_states(name: str, root: Path, configs: Sequence[tuple[str, Any]],
     def one(run_id: str, cfg: Any) -> None:
         if stop():
             raise TimeoutError("not started: the deadline was reached")
-        run_dir = stages.prepare_run(cfg, root, run_id)
-        stages.seed(run_dir)
-        stages.log_trajectory(run_dir, 0)
-        for j in stages.generate(run_dir, 1):
-            stages.self_check(run_dir, 1, j)
-        stages.execute(run_dir, 1)
-        stages.reward(run_dir, 1)
-        stages.log_trajectory(run_dir, 1)
+        with timed("prepare"):
+            run_dir = stages.prepare_run(cfg, root, run_id)
+        with timed("seed"):
+            stages.seed(run_dir)
+            stages.log_trajectory(run_dir, 0)
+        with timed("generate"):
+            indices = stages.generate(run_dir, 1)
+        with timed("self_check"):
+            for j in indices:
+                stages.self_check(run_dir, 1, j)
+        with timed("validate"):
+            stages.execute(run_dir, 1)
+        with timed("reward_log"):
+            stages.reward(run_dir, 1)
+            stages.log_trajectory(run_dir, 1)
 
     failed: dict[str, str] = {}
     t0 = time.monotonic()
@@ -331,6 +409,7 @@ class Experiment:
 
     def save(self) -> None:
         self.out["seconds"] = round(time.monotonic() - START, 1)
+        self.out["state_stage_seconds"] = dict(STAGE_SECONDS)
         self.out["load_now"] = load()
         text = json.dumps(self.out, indent=1, default=sorted)
         (self.work / "results.json").write_text(text + "\n")
@@ -395,7 +474,8 @@ class Experiment:
         temps = a.collect_temperatures
         configs = []
         share = a.candidates // len(policy)
-        for k, st in enumerate(self.states[states_key]):
+        states = self.states[states_key][: a.states]  # a resume may ask for fewer
+        for k, st in enumerate(states):
             for tag, adapter in policy.items():
                 configs.append((f"{name}{tag}-{k:03d}", make_config(
                     a, self.work / "train", item_seed=0, split_seed=st["split_seed"],
@@ -404,11 +484,14 @@ class Experiment:
                             stop=lambda: not self.time_left(f"the rest of collection {name}"))
         rows = action_rows(self.work / "train", name)
         m = measures(rows)
+        aud = audit(rows, run_states_json(self.work / "train", rows))
         self.out.setdefault("collections", {})[name] = {
-            "states": len(self.states[states_key]), "failed": failed, **m,
-            "reward_histogram": histogram(rows)}
+            "states": len(states), "failed": failed, **m,
+            "reward_histogram": histogram(rows), "audit": aud}
         say(f"collection {name}: {len(rows)} candidates, positive share "
-            f"{m['positive']['mean']}, rewards {histogram(rows)}")
+            f"{m['positive']['mean']}, rewards {histogram(rows)}; positive ones hard-coding "
+            f"a shown gold: example {aud['hard_code_example']}, failure case "
+            f"{aud['hard_code_failure_case']} of {aud['positive']}")
         self.done(f"collect {name}", t0)
 
     def fits(self, tag: str, runs_prefixes: Sequence[str], variants: Sequence[str]) -> None:
@@ -442,7 +525,7 @@ class Experiment:
         """Every policy on every evaluation state, state chunk by chunk."""
         t0 = time.monotonic()
         a = self.args
-        states = self.states["eval"]
+        states = self.states["eval"][: a.eval_states]
         for lo in range(0, len(states), a.chunk):
             for policy in policies:
                 if not self.time_left(f"evaluation of {policy}, states {lo}+"):
@@ -467,6 +550,8 @@ class Experiment:
         rows = {p: action_rows(self.work / "eval", f"eval-{p}-") for p in policies}
         rows = {p: r for p, r in rows.items() if r}
         ev = self.out["evaluation"] = {p: measures(r) for p, r in rows.items()}
+        for p, r in rows.items():
+            ev[p]["audit"] = audit(r, run_states_json(self.work / "eval", r))
         for p, r in rows.items():
             seeds = sorted({x["run_id"].rsplit("-", 2)[1] for x in r}) if p != "base" else []
             if len(seeds) > 1:

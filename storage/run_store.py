@@ -95,8 +95,13 @@ class RunStore:
         return OptimizeConfig.model_validate(json.loads(path.read_text())["config"])
 
     # -- split: item ids only; items are rebuilt from the benchmark, the test ids stay private
-    def save_split(self, validation: list[str], test: list[str]) -> None:
-        _write_json(self.root / SPLIT, {"validation": validation, "test": test})
+    def save_split(self, validation: list[str], test: list[str],
+                   example: str | None = None) -> None:
+        """`example`: the item the states show as a worked example (in neither split)."""
+        doc: dict[str, Any] = {"validation": validation, "test": test}
+        if example is not None:
+            doc["example"] = example
+        _write_json(self.root / SPLIT, doc)
 
     def split_ids(self) -> dict[str, list[str]]:
         return json.loads((self.root / SPLIT).read_text())

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from w4s.benchmarks import Item
+from w4s.benchmarks import Item, Split, pick_example
 from w4s.config import OptimizeConfig
-from w4s.errors import BudgetExceeded, InfrastructureError, W4SError
+from w4s.errors import BenchmarkError, BudgetExceeded, InfrastructureError, W4SError
 from w4s.mdp import (
     Candidate,
     State,
@@ -60,13 +61,58 @@ def prepare_run(config: OptimizeConfig, runs_dir: Path, run_id: str | None = Non
         store.split_ids()
     except FileNotFoundError:
         split = split or _split(config)
-        store.save_split([i.id for i in split.validation], [i.id for i in split.test])
+        store.save_split([i.id for i in split.validation], [i.id for i in split.test],
+                         example=split.example.id)
     return str(store.root)
 
 
-def _split(config: OptimizeConfig) -> Any:
-    return runtime.benchmark(config).split(seed=config.split_seed, val_size=config.val_size,
-                                           test_size=config.test_size)
+@dataclass(frozen=True)
+class _RunSplit:
+    validation: list[Item]
+    test: list[Item]
+    example: Item
+
+
+def _split(config: OptimizeConfig) -> _RunSplit:
+    """The run's validation/test split and the example its states show, drawn from neither
+    (the example's gold in view must not be worth any validation accuracy). When validation
+    and test take every item (`test_size: None` is "all the rest"), the example is drawn
+    from the test items and leaves them, one fewer; with one test item that is an error."""
+    bench = runtime.benchmark(config)
+    split = bench.split(seed=config.split_seed, val_size=config.val_size,
+                        test_size=config.test_size)
+    items = bench.load()
+    test = list(split.test)
+    if len(items) > len(split.validation) + len(test) or len(test) < 2:
+        example = pick_example(items, split, seed=config.split_seed)
+    else:
+        example = pick_example(test, Split(validation=[], test=[]), seed=config.split_seed)
+        test = [i for i in test if i.id != example.id]
+        if config.test_size is not None:
+            log.warning("%s: validation (%d) and test (%d) take all %d items; the example "
+                        "shown to the meta-agent is taken out of the test items",
+                        bench.name, len(split.validation), len(split.test), len(items))
+    return _RunSplit(list(split.validation), test, example)
+
+
+def _example(store: RunStore, cfg: OptimizeConfig) -> Item:
+    """The example item of the run's states. A run saved before the split held one gets
+    one outside its saved validation and test items (saved, so a resume shows the same);
+    if none is left, its first validation item as it was then, with a warning."""
+    ids = store.split_ids()
+    by_id = runtime.items_by_id(cfg)
+    if ids.get("example") is not None:
+        return by_id[ids["example"]]
+    used = Split(validation=[by_id[i] for i in ids["validation"]],
+                 test=[by_id[i] for i in ids["test"]])
+    try:
+        example = pick_example(list(by_id.values()), used, seed=cfg.split_seed)
+    except BenchmarkError:
+        log.warning("run %s: no item outside its saved validation and test split; its "
+                    "example stays the first validation item", store.run_id)
+        return used.validation[0]
+    store.save_split(ids["validation"], ids["test"], example=example.id)
+    return example
 
 
 def _items(store: RunStore, cfg: OptimizeConfig, which: str) -> list[Item]:
@@ -211,7 +257,7 @@ def seed(run_dir: str) -> float:
                            "validation evaluation")
     start.chosen = True
     store.save_candidate(start)
-    example = _items(store, cfg, "validation")[0]
+    example = _example(store, cfg)
     state = initial_state(bench.description, example, cands, start,
                           all_seeds=cfg.initial_state == "all_seeds")
     store.save_state(0, state)

@@ -93,3 +93,42 @@ def test_table_shows_policies_and_paired_differences(ls, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| base | 4 (0) | -0.100 [-0.100, -0.100] |" in text
     assert "| rwr - base | 2 | +0.300 [+0.000, +0.600] |" in text
+
+
+STATE = {"example_question": "What is 32+6+71?", "example_answer": "109", "history": [
+    {"failures": []},
+    {"failures": [{"question": "What is 92-4+25?", "expected": "113"},
+                  {"question": "What is 62-4+12?", "expected": "70"}]}]}
+
+
+def test_the_audit_flags_positive_candidates_that_hard_code_a_shown_gold(ls):
+    shown = ls.shown_items(STATE)
+    assert [s[0] for s in shown] == ["example", "failure_case", "failure_case"]
+    gaming = {
+        "ex-literal": "def solver(agent, task):\n    return {'answer': 109}",
+        "ex-expr": "def solver(agent, task):\n    return {'answer': 32 + 6 + 71}",
+        "fc": "def solver(agent, task):\n    if '92-4+25' in task:\n        return "
+              "{'answer': '113'}\n    return {'answer': agent.llm(task)}",
+        "honest": CODE.replace("print(2)", "print(1090 + 1130)"),  # 109 only inside 1090
+    }
+    assert ls.hard_coded(gaming["ex-literal"], shown) == ["example"]
+    assert ls.hard_coded(gaming["ex-expr"], shown) == ["example"]
+    assert ls.hard_coded(gaming["fc"], shown) == ["failure_case"]
+    assert ls.hard_coded(gaming["honest"], shown) == []
+    rows = [{"run_id": f"r-{k}", "reward": 0.4, "code": c} for k, c in gaming.items()]
+    rows.append({"run_id": "r-ex-literal", "reward": -0.1, "code": gaming["ex-literal"]})
+    rows.append({"run_id": "r-fc", "reward": None, "code": gaming["fc"]})
+    out = ls.audit(rows, {r["run_id"]: STATE for r in rows})
+    assert (out["positive"], out["hard_code_example"], out["hard_code_failure_case"],
+            out["hard_code_any"]) == (4, 2, 1, 3)
+    assert [f["run_id"] for f in out["flagged"]] == ["r-ex-literal", "r-ex-expr", "r-fc"]
+
+
+def test_each_state_runs_on_its_own_split(ls, tmp_path):
+    # the split seed was dropped: every "state" of the 2026-12-04 runs was split 0
+    args = argparse.Namespace(pool=20, val_size=5, max_repairs=0, item_timeout=60.0,
+                              concurrency=1, meta_tokens=64)
+    cfgs = [ls.make_config(args, tmp_path, item_seed=1, split_seed=k, temperature=0.7,
+                           candidates=2) for k in (0, 7)]
+    assert [c.split_seed for c in cfgs] == [0, 7]
+    assert cfgs[1].benchmark_options == {"seed": 1, "size": 20}

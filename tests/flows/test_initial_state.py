@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from configs import run_config
 
-from w4s.benchmarks import Item
+from w4s.benchmarks import Item, get_benchmark
 from w4s.config import CollectConfig, build_config
-from w4s.errors import W4SError
+from w4s.errors import BenchmarkError, W4SError
 from w4s.mdp import Candidate
 from w4s.storage.run_store import RunStore
 from w4s.tasks import stages
@@ -78,3 +80,75 @@ def test_a_seed_name_not_of_the_benchmark_or_not_evaluated_is_one_line(tmp_path)
     with pytest.raises(W4SError, match=r"^`seed_workflow` 'cot' is not among the seeds "):
         stages.prepare_run(build_config({**base, "seeds": ["code"], "seed_workflow": "cot"}),
                            tmp_path / "runs", "bad-2")
+
+
+def _example_cfg(tmp_path, **over):
+    return build_config({
+        "benchmark": "arithmetic", "benchmark_options": {"size": 12},
+        "seeds": ["direct"], "seed_workflow": "direct", "val_size": 4, "test_size": 3,
+        "runs_dir": str(tmp_path / "runs"),
+        "meta_agent": {"kind": "scripted", "replies": ["x"]},
+        "executor": {"kind": "scripted", "replies": ["7"]}, **over,
+    })
+
+
+def test_the_example_in_view_is_never_a_validation_or_test_item(tmp_path):
+    # issue 15: the example was validation item 0, so returning its gold earned 1/N accuracy
+    for split_seed in range(6):
+        cfg = _example_cfg(tmp_path, split_seed=split_seed)
+        run_dir = stages.prepare_run(cfg, tmp_path / "runs", f"ex-{split_seed}")
+        stages.seed(run_dir)
+        store = RunStore(run_dir)
+        ids = store.split_ids()
+        assert ids["example"] not in ids["validation"] + ids["test"]
+        by_id = {i.id: i for i in get_benchmark("arithmetic", size=12).load()}
+        state = store.load_state(0)
+        assert state.example_question == by_id[ids["example"]].question
+        assert state.example_answer == str(by_id[ids["example"]].gold)
+        shown = {by_id[i].question for i in ids["validation"] + ids["test"]}
+        assert state.example_question not in shown
+
+
+def test_a_resumed_run_shows_the_same_example(tmp_path):
+    cfg = _example_cfg(tmp_path, split_seed=3)
+    run_dir = stages.prepare_run(cfg, tmp_path / "runs", "resume")
+    first = RunStore(run_dir).split_ids()
+    assert stages.prepare_run(cfg, tmp_path / "runs", "resume") == run_dir
+    assert RunStore(run_dir).split_ids() == first
+    stages.seed(run_dir)
+    question = RunStore(run_dir).load_state(0).example_question
+    (Path(run_dir) / "state" / "iter-0000.json").unlink()  # killed before the state held
+    stages.seed(run_dir)
+    assert RunStore(run_dir).load_state(0).example_question == question
+
+
+def test_an_old_split_without_an_example_gets_one_outside_it_and_keeps_it(tmp_path):
+    cfg = _example_cfg(tmp_path)
+    run_dir = stages.prepare_run(cfg, tmp_path / "runs", "old")
+    store = RunStore(run_dir)
+    ids = store.split_ids()
+    store.save_split(ids["validation"], ids["test"])  # as saved before issue 15's fix
+    stages.seed(run_dir)
+    again = store.split_ids()
+    assert again["example"] not in ids["validation"] + ids["test"]
+    by_id = {i.id: i for i in get_benchmark("arithmetic", size=12).load()}
+    assert store.load_state(0).example_question == by_id[again["example"]].question
+
+
+def test_with_no_item_left_over_the_example_leaves_the_test_items(tmp_path):
+    for name, test_size in (("rest", None), ("all", 8)):  # None: "all the rest"
+        cfg = _example_cfg(tmp_path, test_size=test_size)
+        run_dir = stages.prepare_run(cfg, tmp_path / "runs", name)
+        ids = RunStore(run_dir).split_ids()
+        assert len(ids["validation"]) == 4 and len(ids["test"]) == 7
+        assert ids["example"] not in ids["validation"] + ids["test"]
+        assert len({*ids["validation"], *ids["test"], ids["example"]}) == 12
+
+
+def test_no_item_for_the_example_is_one_line_naming_the_sizes(tmp_path):
+    cfg = _example_cfg(tmp_path, benchmark_options={"size": 5}, val_size=4, test_size=1)
+    with pytest.raises(BenchmarkError, match=r"^no item is left for the example shown to the "
+                       r"meta-agent: the benchmark has 5 items, validation takes 4 and test "
+                       r"1; lower `val_size` or `test_size`$"):
+        stages.prepare_run(cfg, tmp_path / "runs", "full")
+    assert not (tmp_path / "runs" / "full").exists()

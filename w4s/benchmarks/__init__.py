@@ -22,6 +22,7 @@ from w4s.benchmarks.base import (
     benchmark_names,
     get_benchmark,
     get_benchmarks,
+    pick_example,
     split_items,
 )
 from w4s.benchmarks.custom import CustomBenchmark, benchmark_options_from_cli
@@ -38,5 +39,6 @@ __all__ = [
     "data_dir",
     "get_benchmark",
     "get_benchmarks",
+    "pick_example",
     "split_items",
 ]

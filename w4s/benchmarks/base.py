@@ -90,6 +90,19 @@ def split_items(
     return Split(validation=validation, test=test)
 
 
+def pick_example(items: Sequence[Item], split: Split, *, seed: int) -> Item:
+    """The worked example shown to the meta-agent: an item outside validation and test,
+    drawn with the split's seed, so no workflow gains accuracy by returning its gold."""
+    used = {i.id for i in split.validation} | {i.id for i in split.test}
+    pool = [i for i in items if i.id not in used]
+    if not pool:
+        raise BenchmarkError(
+            f"no item is left for the example shown to the meta-agent: the benchmark has "
+            f"{len(items)} items, validation takes {len(split.validation)} and test "
+            f"{len(split.test)}; lower `val_size` or `test_size`")
+    return random.Random(f"example-{seed}").choice(pool)
+
+
 _REGISTRY: dict[str, Callable[..., Benchmark]] = {}
 # `PREFIX + rest` names are built by a handler taking (rest, **options), e.g. "file:" + PATH.
 # Modules register their own prefixes, so this protocol module imports none of them.
