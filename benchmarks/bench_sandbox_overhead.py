@@ -28,16 +28,21 @@ def code_tests(problems: list[dict]) -> list:
                      entry_point=p["entry_point"], setup=p["prompt"]) for p in problems]
 
 
-def time_tests(tests: list) -> tuple[float, int]:
-    from w4s.sandbox import run_tests
-
+def _timed(run, jobs: list, label: str) -> tuple[float, int]:
+    """Wall time of one pooled batch, and how many passed (failures printed, not hidden)."""
     start = time.perf_counter()
-    results = run_tests(tests, timeout_s=5.0)
+    results = run(jobs, timeout_s=5.0)
     elapsed = time.perf_counter() - start
     failed = [r.error for r in results if not r.ok]
     if failed:
-        print(f"  run_tests failures: {len(failed)}; first: {failed[0][-300:]}")
+        print(f"  {label} failures: {len(failed)}; first: {failed[0][-300:]}")
     return elapsed, sum(r.ok for r in results)
+
+
+def time_tests(tests: list) -> tuple[float, int]:
+    from w4s.sandbox import run_tests
+
+    return _timed(run_tests, tests, "run_tests")
 
 
 def programs() -> tuple[list[dict], list[str]]:
@@ -64,13 +69,7 @@ def time_check_correctness(problems: list[dict]) -> tuple[float, int]:
 def time_pooled(sources: list[str]) -> tuple[float, int]:
     from w4s.sandbox import run_programs
 
-    start = time.perf_counter()
-    results = run_programs(sources, timeout_s=5.0)
-    elapsed = time.perf_counter() - start
-    failed = [r.error for r in results if not r.ok]
-    if failed:
-        print(f"  pooled failures: {len(failed)}; first: {failed[0][-300:]}")
-    return elapsed, sum(r.ok for r in results)
+    return _timed(run_programs, sources, "pooled")
 
 
 def time_in_process(sources: list[str]) -> tuple[float, int]:
