@@ -19,7 +19,9 @@ llama.cpp), on the synthetic arithmetic benchmark:
 5. evaluation: base, SFT and RWR each sample m candidates from every evaluation state (a
    two-seed policy: m/2 from each seed's adapter), states in chunks so that a run stopped by
    `--deadline` still holds paired results;
-6. round 2: collect again with the RWR adapters, refit RWR on both rounds' rows, evaluate.
+6. offline margins of round 1's policies;
+7. round 2: collect again with the RWR adapters, refit RWR on both rounds' rows, evaluate,
+   and its margin.
 
 PRIMARY metric (named here, before any run): mean reward per sampled candidate over all
 candidates of a policy on the evaluation states; an invalid candidate (unparsed, or failing
@@ -406,6 +408,7 @@ class Experiment:
             "settings": {k: v for k, v in vars(args).items() if k != "json"},
             "load_start": load(), "finished": [], "stopped": None,
         }
+        self.margin_results: dict[str, Any] = {}
 
     def save(self) -> None:
         self.out["seconds"] = round(time.monotonic() - START, 1)
@@ -584,15 +587,18 @@ class Experiment:
             kinds.setdefault(r["state"], set()).add(r["reward"] > 0)
         cands = [Candidate(json.loads(r["prompt_json"]), r["reply"], r["reward"] > 0,
                            r["state"]) for r in base_rows if len(kinds[r["state"]]) == 2]
-        out = self.out["offline_margin"] = {"candidates": len(cands), "policies": {}}
+        out = self.out.setdefault("offline_margin", {"policies": {}})
+        out["candidates"] = len(cands)
         if not cands:
             say("offline margin: no evaluation state has both positive and other candidates")
             self.done("margins", t0)
             return
-        results = {}
+        results = self.margin_results  # a second call (round 2) measures only what is new
         names = ["base"] + [f"{p}-s{s}" for p in policies if p != "base"
                             for s in range(self.args.fit_seeds)]
         for name in names:
+            if name in results:
+                continue
             if not self.time_left(f"offline margin of {name}"):
                 break
             adapter = None if name == "base" else self.work / "adapters" / name
@@ -707,14 +713,15 @@ def main(argv: list[str] | None = None) -> int:
         ("collect r1", lambda: ex.collect("r1", "collect", base)),
     ]
     if args.only == "all":
+        # round 1 is whole (evaluation and margins) before round 2 starts
         steps += [("fits r1", lambda: ex.fits("", ["r1"], ["rwr", "sft"])),
-                  ("evaluate", lambda: ex.evaluate(["base", "rwr", "sft"]))]
+                  ("evaluate", lambda: ex.evaluate(["base", "rwr", "sft"])),
+                  ("margins", lambda: ex.margins(["rwr", "sft"]))]
         if args.rounds == 2:
             steps += [("collect r2", lambda: ex.collect("r2", "collect2", ex.adapters("rwr"))),
                       ("fits r2", lambda: ex.fits("2", ["r1", "r2"], ["rwr"])),
-                      ("evaluate r2", lambda: ex.evaluate(["base", "rwr", "sft", "rwr2"]))]
-        steps += [("margins", lambda: ex.margins(
-            ["rwr", "sft"] + (["rwr2"] if args.rounds == 2 else [])))]
+                      ("evaluate r2", lambda: ex.evaluate(["base", "rwr", "sft", "rwr2"])),
+                      ("margins r2", lambda: ex.margins(["rwr", "sft", "rwr2"]))]
     for stage, run in steps:
         if not ex.time_left(stage):
             break

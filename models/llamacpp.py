@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,11 +78,12 @@ class _SharedOrAlone:
 class LlamaCppChatModel:
     """ChatModel over an in-process llama.cpp server; thread-safe.
 
-    `n > 1` is sent as n single requests, so each reports its exact usage (llama.cpp's own
-    `n` reports only the first choice's): every choice's tokens are counted. Unseeded, they
-    run concurrently and llama.cpp decodes them in one batch; seeded (`seed + i`), they run
-    one after another, because the batch a row shares changes its numerics and so its
-    samples. Seeded calls are therefore reproducible only when no other call overlaps them.
+    `n > 1` is one request with llama.cpp's own `n` (up to `n_parallel` choices a request):
+    the prompt is read once and its cache copied to the choices' slots, which decode in one
+    batch. Its `usage` counts the first choice only, so every choice's tokens are counted from
+    its per-token log-probabilities; the prompt counts once, as it was read once. Seeded
+    samples are reproducible only when no other call overlaps them: the batch a row shares
+    changes its numerics.
     `json_mode` uses llama.cpp's JSON grammar, so replies are valid JSON unless cut by
     `max_tokens` (transformers: no grammar).
     One unified KV cache of `n_ctx` tokens is shared by `n_parallel` slots, so one long
@@ -138,7 +138,7 @@ class LlamaCppChatModel:
                 infrastructure=True,
             ) from e
         log.info("llama.cpp loaded %s in %.2fs", path.name, time.perf_counter() - start)
-        self._pool = ThreadPoolExecutor(max_workers=n_parallel, thread_name_prefix="llamacpp-n")
+        self.n_parallel = n_parallel
         self._kv = _SharedOrAlone()
 
     @classmethod
@@ -187,20 +187,19 @@ class LlamaCppChatModel:
         }
         if json_mode:
             request["response_format"] = {"type": "json_object"}
-        if n == 1:
-            replies = [self._one(request, seed)]
-        elif seed is not None:  # batch composition changes the numerics, hence the samples
-            replies = [self._one(request, seed + i) for i in range(n)]
-        else:
-            replies = list(self._pool.map(lambda _: self._one(request, None), range(n)))
-        return Completion(
-            texts=tuple(text for text, _, _ in replies),
-            prompt_tokens=sum(p for _, p, _ in replies),  # each request read the prompt
-            completion_tokens=sum(c for _, _, c in replies),
-            model=self.model_id,
-        )
+        texts: list[str] = []
+        prompt_tokens = completion_tokens = 0
+        for start in range(0, n, self.n_parallel):  # llama.cpp wants a slot per choice
+            size = min(self.n_parallel, n - start)
+            chunk = {**request, "n": size, "logprobs": True} if size > 1 else request
+            got, p, c = self._one(chunk, None if seed is None else seed + start)
+            texts += got
+            prompt_tokens += p
+            completion_tokens += c
+        return Completion(texts=tuple(texts), prompt_tokens=prompt_tokens,
+                          completion_tokens=completion_tokens, model=self.model_id)
 
-    def _one(self, request: dict[str, Any], seed: int | None) -> tuple[str, int, int]:
+    def _one(self, request: dict[str, Any], seed: int | None) -> tuple[list[str], int, int]:
         """One request. The slots share one KV cache, so a request may find the context full
         of other requests' tokens: it is then retried alone, and only a request that does not
         fit on its own is the caller's fault."""
@@ -221,7 +220,7 @@ class LlamaCppChatModel:
                 raise BackendError(f"llama.cpp error: {last}", model=self.model_id,
                                    infrastructure=False) from None
 
-    def _send(self, request: dict[str, Any]) -> tuple[str, int, int]:
+    def _send(self, request: dict[str, Any]) -> tuple[list[str], int, int]:
         try:
             resp = self._server.handle_chat_completions(request)
         except ValueError as e:  # the request's shape (e.g. its response_format)
@@ -242,9 +241,17 @@ class LlamaCppChatModel:
             raise BackendError(f"llama.cpp error: {one_line(str(msg))}", model=self.model_id,
                                infrastructure=not rejected)
         usage = resp.get("usage") or {}
-        text = resp["choices"][0]["message"].get("content") or ""
-        return text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        choices = sorted(resp.get("choices") or [], key=lambda c: c.get("index", 0))
+        want = request.get("n", 1)
+        if len(choices) != want:
+            raise BackendError(f"llama.cpp returned {len(choices)} choice(s) for n={want}",
+                               model=self.model_id, infrastructure=True)
+        texts = [c["message"].get("content") or "" for c in choices]
+        if want == 1:
+            return texts, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        # llama.cpp's usage for n > 1 is the first choice's: count each from its log-probs
+        completion = sum(len((c.get("logprobs") or {}).get("content") or []) for c in choices)
+        return texts, int(usage.get("prompt_tokens", 0)), completion
 
     def close(self) -> None:
-        """Stop the helper threads; the llama.cpp server stops when this object is freed."""
-        self._pool.shutdown(wait=False)
+        """Nothing to stop: the llama.cpp server stops when this object is freed."""

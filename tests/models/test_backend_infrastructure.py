@@ -93,11 +93,25 @@ def test_llamacpp_errors(outcome, infra):
 
     model = LlamaCppChatModel.__new__(LlamaCppChatModel)  # no GGUF needed for the mapping
     model.model_id, model.max_new_tokens, model._server = "llama", 16, _Server(outcome)
-    model._kv = _SharedOrAlone()
+    model._kv, model.n_parallel = _SharedOrAlone(), 8
     with pytest.raises(BackendError) as info:
         model.complete(ASK)
     assert info.value.infrastructure is infra
     assert "\n" not in str(info.value)
+
+
+def test_llamacpp_short_of_choices_is_infrastructure():
+    from w4s.models.llamacpp import LlamaCppChatModel, _SharedOrAlone
+
+    one = {"choices": [{"index": 0, "message": {"content": "hi"}, "logprobs": {"content": [{}]}}],
+           "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    model = LlamaCppChatModel.__new__(LlamaCppChatModel)
+    model.model_id, model.max_new_tokens, model._server = "llama", 16, _Server(one)
+    model._kv, model.n_parallel = _SharedOrAlone(), 8
+    assert model.complete(ASK).texts == ("hi",)
+    with pytest.raises(BackendError, match=r"returned 1 choice\(s\) for n=2$") as info:
+        model.complete(ASK, n=2)
+    assert info.value.infrastructure is True
 
 
 def test_transformers_prompt_too_long_is_the_requests_fault(tiny_model_dir):

@@ -46,6 +46,26 @@ def test_n_samples_seeded_and_counted(model) -> None:
     assert a.completion_tokens == 36  # none stops before 12 tokens here
 
 
+def test_n_samples_read_the_prompt_once(model) -> None:
+    """llama.cpp's own `n`: the prompt is read once and copied to each choice's slot."""
+    story = [{"role": "user", "content": "Tell me a story about a cat."}]
+    one = model.complete(story, temperature=1.0, max_tokens=4, seed=1)
+    four = model.complete(story, n=4, temperature=1.0, max_tokens=4, seed=1)
+    assert four.prompt_tokens == one.prompt_tokens and four.completion_tokens == 16
+
+
+def test_more_samples_than_slots_come_in_chunks() -> None:
+    from w4s.models.llamacpp import LlamaCppChatModel
+
+    cfg = BackendConfig(kind="llamacpp", model="smollm2-135m-instruct", max_new_tokens=8)
+    m = LlamaCppChatModel.from_config(cfg, n_threads=1, n_parallel=2)
+    story = [{"role": "user", "content": "Tell me a story about a dog."}]
+    a = m.complete(story, n=5, temperature=1.0, max_tokens=6, seed=7)
+    b = m.complete(story, n=5, temperature=1.0, max_tokens=6, seed=7)
+    assert len(a.texts) == 5 and a.texts == b.texts and len(set(a.texts)) > 2
+    assert a.completion_tokens == 30 and a.prompt_tokens == 3 * m.complete(story).prompt_tokens
+
+
 def test_json_mode_is_valid_json(model) -> None:
     ask = [{"role": "user", "content": 'What is 2+3? Reply as JSON: {"answer": <number>}'}]
     out = model.complete(ask, json_mode=True)
