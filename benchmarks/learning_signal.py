@@ -497,7 +497,8 @@ class Experiment:
             f"{aud['hard_code_failure_case']} of {aud['positive']}")
         self.done(f"collect {name}", t0)
 
-    def fits(self, tag: str, runs_prefixes: Sequence[str], variants: Sequence[str]) -> None:
+    def fits(self, tag: str, runs_prefixes: Sequence[str], variants: Sequence[str],
+             seeds: int | None = None) -> None:
         t0 = time.monotonic()
         root = self.work / "train"
         runs = sorted(p.name for p in root.iterdir() if p.is_dir()
@@ -509,7 +510,7 @@ class Experiment:
             ds = build(root, self.work / f"{variant}{tag}.parquet", runs, sft=variant == "sft")
             self.out["datasets"][f"{variant}{tag}"] = {k: v for k, v in ds.items() if k != "path"}
             paths[variant] = ds["path"]
-        for seed in range(self.args.fit_seeds):  # seed 0 of every variant first
+        for seed in range(seeds or self.args.fit_seeds):  # seed 0 of every variant first
             for variant in variants:
                 if not self.time_left(f"fit {variant}{tag} seed {seed}"):
                     return
@@ -679,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--fit-seeds", type=int, default=2)
+    p.add_argument("--refit-seeds", type=int, default=None,
+                   help="seeds of round 2's RWR refit (default: --fit-seeds)")
     p.add_argument("--chunk", type=int, default=4, help="evaluation states per chunk")
     p.add_argument("--rounds", type=int, choices=(1, 2), default=2)
     p.add_argument("--only", choices=("collect", "all"), default="all",
@@ -719,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
                   ("margins", lambda: ex.margins(["rwr", "sft"]))]
         if args.rounds == 2:
             steps += [("collect r2", lambda: ex.collect("r2", "collect2", ex.adapters("rwr"))),
-                      ("fits r2", lambda: ex.fits("2", ["r1", "r2"], ["rwr"])),
+                      ("fits r2", lambda: ex.fits("2", ["r1", "r2"], ["rwr"],
+                                                  args.refit_seeds)),
                       ("evaluate r2", lambda: ex.evaluate(["base", "rwr", "sft", "rwr2"])),
                       ("margins r2", lambda: ex.margins(["rwr", "sft", "rwr2"]))]
     for stage, run in steps:
