@@ -5,7 +5,8 @@ against m concurrent single requests (what it sent before 2026-12-04: each reads
     .venv/bin/python benchmarks/bench_meta_sampling.py [--m 8] [--max-tokens 256] [--repeat 2]
 
 The state is the arithmetic benchmark's initial state with both seeds in view (about 900
-prompt tokens on SmolLM2). Both ways run in this process, alternated; compare the ratio.
+prompt tokens on SmolLM2), its first line changed per call so no prompt is served from
+llama.cpp's cache. Both ways run in this process, alternated; compare the ratio.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from w4s.models.llamacpp import LlamaCppChatModel
 from w4s.prompts import FailureCase, HistoryEntry
 
 
-def initial_state() -> list[dict[str, str]]:
+def initial_state(nonce: str = "") -> list[dict[str, str]]:
+    """The state's messages; `nonce` goes first, so llama.cpp's prompt cache (which reuses
+    a common prefix) cannot serve one timed call from an earlier one."""
     bench = get_benchmark("arithmetic", seed=0, size=20)
     items, seeds = bench.load(), bench.seed_workflows()
     fails = tuple(FailureCase(question=i.question, answer="0", expected=str(i.gold))
@@ -34,7 +37,8 @@ def initial_state() -> list[dict[str, str]]:
                   example_answer=str(items[0].gold),
                   history=(HistoryEntry(0, 0.2, seeds["code"], fails[:1]),
                            HistoryEntry(0, 0.0, seeds["direct"], fails)))
-    return state.messages()
+    messages = state.messages()
+    return [{**messages[0], "content": nonce + messages[0]["content"]}, *messages[1:]]
 
 
 def main() -> None:
@@ -47,8 +51,7 @@ def main() -> None:
     print(f"# {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}, {args}", flush=True)
     model = LlamaCppChatModel.from_config(BackendConfig(
         kind="llamacpp", model=EMBEDDED_MODEL_ID, max_new_tokens=args.max_tokens))
-    prompt = initial_state()
-    model.complete(prompt, max_tokens=1)  # load the kernels; both ways then find it cached
+    model.complete(initial_state(), max_tokens=1)  # load the kernels
 
     def one_request() -> tuple[int, int]:
         out = model.complete(prompt, n=args.m, temperature=args.temperature,
@@ -65,6 +68,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"n": [], "single": []}
     for r in range(args.repeat):
         for name, run in (("n", one_request), ("single", single_requests)):
+            prompt = initial_state(f"[{name} {r}] ")  # read afresh by both ways
             t0 = time.perf_counter()
             prompt_tokens, completion_tokens = run()
             dt = time.perf_counter() - t0
