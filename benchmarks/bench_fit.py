@@ -9,6 +9,10 @@ as their loss loops. Tokens/s counts real tokens only, so padding shows as lost 
 All three use the same loss (the LM head on completion positions only): the ratios
 measure the batching alone.
 
+With `--base`, the CPU's defaults too: bf16 autocast and rows of the longest state laid out
+shared, against fp32 in rows of 4096 (the earlier default), on states shaped like the
+learning-signal experiment's (a prompt of 850 tokens, 3 candidates of 210).
+
 Prefix sharing (models/packing.py): W4S-shaped states, by default 2 states of a 4096-token
 prompt with 5 candidates of 500 tokens, each candidate packed with its own copy of the
 prompt (unshared) or one prompt per state under the block mask (shared). Tokens/s counts the
@@ -129,6 +133,38 @@ def measure_sharing(model, samples, row_tokens: int, repeats: int) -> dict:
     return result
 
 
+def measure_cpu_defaults(model, samples, repeats: int) -> dict:
+    """The CPU's defaults against the earlier ones, on shared rows: fp32 in rows of 4096
+    (min(batch_tokens, max_seq_len)) vs bf16 autocast and/or rows of the longest state."""
+    import torch
+
+    config = TrainerConfig()
+    rows = {"4096": 4096, "longest_state": rlao.cpu_row_tokens(samples, config)}
+    batches = {k: [packing.collate_shared_rows([[samples[i] for i in r]])
+                   for r in packing.pack_shared(samples, n, packing.grouped_order(samples, 0))]
+               for k, n in rows.items()}
+    ways = {"fp32_rows_4096": ("4096", False), "bf16_rows_4096": ("4096", True),
+            "fp32_rows_longest_state": ("longest_state", False),
+            "bf16_rows_longest_state": ("longest_state", True)}
+
+    def run(row: str, bf16: bool, limit: int | None = None) -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return _run(model, batches[row][:limit], len(samples))
+
+    for row, bf16 in ways.values():
+        run(row, bf16, 1)  # warm-up
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(repeats):
+        for name, (row, bf16) in ways.items():
+            best[name] = min(best[name], run(row, bf16))
+    real = sum(len(s.input_ids) for s in samples)
+    before = best["fp32_rows_4096"]
+    return {"samples": len(samples), "tokens": real, "row_tokens": rows,
+            "cpu_has_bf16_matmul": rlao.cpu_has_bf16_matmul(),
+            "ways": {k: {"seconds": v, "tokens_per_s": real / v, "speedup": before / v}
+                     for k, v in best.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -140,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", type=int, default=4096, help="prompt tokens of a state")
     p.add_argument("--completion", type=int, default=500, help="tokens of each candidate")
     p.add_argument("--candidates", type=int, default=5, help="candidates per state (m)")
+    p.add_argument("--cpu-states", type=int, default=4,
+                   help="states of the CPU-defaults measure (with --base)")
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args(argv)
 
@@ -161,9 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         folder, base_id = resolve_base(args.base)
         base, _ = rlao.load_base(folder)
         n = max(4, args.samples // 4)
-        runs[base_id] = measure(rlao.add_lora(base, config),
-                                synthetic_samples(n, 32, 256, base.config.vocab_size),
+        lora = rlao.add_lora(base, config)
+        runs[base_id] = measure(lora, synthetic_samples(n, 32, 256, base.config.vocab_size),
                                 256, 1024, args.repeats)
+        # the learning signal's states: a prompt of ~850 tokens, ~3 valid candidates of ~210
+        shaped = state_samples(rlao, args.cpu_states, 850, 210, 3, base.config.vocab_size)
+        cpu = measure_cpu_defaults(lora, shaped, args.repeats)
     print(f"torch threads {torch.get_num_threads()}")
     for name, r in runs.items():
         w = r["ways"]
@@ -183,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
               f"computed); {r['token_ratio_unshared_vs_shared']:.2f}x fewer tokens, "
               f"{r['speedup_shared_vs_unshared']:.2f}x faster")
     runs.update(sharing)
+    if args.base:
+        print(f"{base_id} CPU defaults, {cpu['samples']} samples of {args.cpu_states} states "
+              f"(850 + 3 x 210 tokens), bf16 units {cpu['cpu_has_bf16_matmul']}: "
+              + ", ".join(f"{k} {v['tokens_per_s']:,.0f} tok/s ({v['speedup']:.2f}x)"
+                          for k, v in cpu["ways"].items()))
+        runs[f"{base_id} cpu defaults"] = cpu
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=2))
     return 0

@@ -251,6 +251,8 @@ def _estimator_line(metrics: dict[str, Any]) -> str:
         line += f" (clipped {metrics['clipped_steps']} of {metrics['steps']} steps)"
     if "gradient_checkpointing" in metrics:
         line += f"; gradient checkpointing {'on' if metrics['gradient_checkpointing'] else 'off'}"
+    if metrics.get("bf16_autocast"):
+        line += "; bf16 autocast on the CPU"
     return line
 
 

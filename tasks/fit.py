@@ -98,7 +98,12 @@ def fit_stage(dataset: str | Path, out: str | Path, config: FitConfig, *,
         )
     if not any(s.weight > 0 for s in samples):
         raise ConfigError("every sample left after dropping the too long ones has weight zero")
-    trainer = config.trainer()  # the trainer's part, max_seq_len resolved
+    if device == "cpu":  # recorded resolved, so metrics.json says what ran
+        update = {"cpu_bf16": rlao.use_bf16_autocast(config.trainer(), device)}
+        if config.row_tokens is None:
+            update["row_tokens"] = rlao.cpu_row_tokens(samples, config.trainer())
+        config = config.model_copy(update=update)
+    trainer = config.trainer()  # the trainer's part, max_seq_len (and the CPU's) resolved
     model = rlao.add_lora(model, trainer)
     checkpointing = rlao.use_gradient_checkpointing(trainer, device)
     if checkpointing:
@@ -139,6 +144,7 @@ def fit_stage(dataset: str | Path, out: str | Path, config: FitConfig, *,
         "glue_tokens_masked": stats.glue_masked,
         "no_end_of_turn": stats.no_end_of_turn,
         "gradient_checkpointing": checkpointing,
+        "bf16_autocast": rlao.use_bf16_autocast(trainer, device),
         "attention": getattr(model.config, "_attn_implementation", None),
         "tokens_total": stats.tokens,
         "tokens_completion": stats.completion_tokens,

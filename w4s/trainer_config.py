@@ -40,13 +40,16 @@ class TrainerConfig:
     batch_tokens: int = _field(4096, ge=1, description="tokens per forward pass (micro-batch)")
     row_tokens: int | None = _field(
         None, ge=2, description="tokens per packed row; default: min(batch_tokens, "
-        "max_seq_len). Attention cost grows with its square: on a CPU, rows of about the "
-        "longest sample are fastest")
+        "max_seq_len) on a GPU; on the CPU, where attention's cost grows with the row's "
+        "square, the longest state laid out shared (the longest sample unshared)")
     max_seq_len: int | None = _field(
         None, ge=2, description="default: the base model's context; longer samples are "
         "dropped and counted, never cut")
     gradient_checkpointing: bool | None = _field(
         None, description="recompute activations in the backward pass; default: on on a GPU")
+    cpu_bf16: bool | None = _field(
+        None, description="bf16 autocast on the CPU (the LoRA weights stay fp32); default: on "
+        "where the CPU has bf16 matrix units (AMX or AVX512-BF16), fp32 elsewhere")
     seed: int = _field(0, description="seed of the LoRA init, dropout and sample order")
     checkpoint_every: int = _field(50, ge=0, description="optimizer steps; 0 = none")
     keep_checkpoints: int = _field(

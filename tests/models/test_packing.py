@@ -187,6 +187,7 @@ def test_one_fit_step_shared_equals_unshared(tiny, tmp_path):
             max_grad_norm=None,
             lr=1e-2,
             share_prefix=share,
+            cpu_bf16=False,  # an exact comparison: fp32 (bf16 rounds each layout differently)
         )
         state, _ = rlao.train(model, samples, config, tmp_path / str(share))
         params = [p.detach().clone() for p in model.parameters() if p.requires_grad]
@@ -204,3 +205,22 @@ def test_a_state_too_long_for_a_row_is_split_with_one_warning(caplog):
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1
     assert "1 of 1 states" in warnings[0] and "of 15 tokens" in warnings[0]
+
+
+def test_the_cpus_default_row_holds_the_longest_state_shared():
+    """On the CPU a row is the longest state laid out shared (its dense mask makes attention
+    grow with the row's square), bounded by batch_tokens and max_seq_len."""
+
+    def sample(prompt: list[int], completion: list[int]) -> rlao.Sample:
+        return rlao.Sample(prompt + completion, [rlao.IGNORE] * len(prompt) + completion, 1.0)
+
+    a, b = [1] * 10, [2] * 4
+    samples = [sample(a, [5] * 3), sample(a, [6] * 5), sample(b, [7] * 20)]
+    # state a: its 9-token prefix once, then segments of 1 + 3 and 1 + 5; state b alone: 24
+    assert rlao.cpu_row_tokens(samples, TrainerConfig(batch_tokens=4096)) == 24
+    samples.append(sample(a, [8] * 9))  # state a now: 9 + 4 + 6 + 10 = 29
+    assert rlao.cpu_row_tokens(samples, TrainerConfig(batch_tokens=4096)) == 29
+    assert rlao.cpu_row_tokens(samples, TrainerConfig(batch_tokens=16)) == 16
+    assert rlao.cpu_row_tokens(samples, TrainerConfig(max_seq_len=20)) == 20
+    unshared = TrainerConfig(share_prefix=False)
+    assert rlao.cpu_row_tokens(samples, unshared) == 24  # the longest sample

@@ -572,6 +572,41 @@ def test_the_fit_config_is_the_trainers_config_everywhere():
     with pytest.raises(W4SError, match="`max_grad_nrom`: Extra inputs are not permitted"):
         fit_adapter("d.parquet", "embedded", "out", max_grad_nrom=0.5)  # before any file
 
+def test_bf16_autocast_is_the_cpus_default_only_where_it_has_bf16_units(monkeypatch):
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert not rlao.cpu_has_bf16_matmul()
+    assert not rlao.use_bf16_autocast(TrainerConfig(), "cpu")
+    assert rlao.use_bf16_autocast(TrainerConfig(cpu_bf16=True), "cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert rlao.cpu_has_bf16_matmul() and rlao.use_bf16_autocast(TrainerConfig(), "cpu")
+    assert not rlao.use_bf16_autocast(TrainerConfig(cpu_bf16=False), "cpu")
+    assert not rlao.use_bf16_autocast(TrainerConfig(cpu_bf16=True), "cuda")  # bf16 weights
+
+
+def test_a_bf16_step_runs_its_forward_under_autocast_and_stays_close_to_fp32(tiny, tmp_path):
+    """The trainer's matmuls run in bf16 (the LoRA weights and the loss stay fp32): its
+    first-step loss is near the fp32 one but not equal, and the fit records that it ran so."""
+    losses, dtypes = {}, {}
+    for bf16 in (False, True):
+        base, tok = rlao.load_base(tiny)
+        config = TrainerConfig(max_steps=1, cpu_bf16=bf16, lora_dropout=0.0, checkpoint_every=0)
+        model = rlao.add_lora(base, config)
+        seen = []
+        model.get_decoder().layers[0].self_attn.q_proj.register_forward_hook(
+            lambda _m, _i, out, seen=seen: seen.append(out.dtype))
+        state, _ = rlao.train(model, samples_of(tok), config, tmp_path / str(bf16))
+        losses[bf16], dtypes[bf16] = state.losses[0], set(seen)
+        assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert dtypes == {False: {torch.float32}, True: {torch.bfloat16}}
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)
+    assert losses[True] != losses[False]
+    result = fit_adapter(write_dataset(tmp_path / "d.parquet", ROWS), str(tiny), tmp_path / "o",
+                         max_steps=1, register=False, cpu_bf16=True, **FAST)
+    assert result.metrics["bf16_autocast"] is True
+    assert result.metrics["hyperparameters"]["cpu_bf16"] is True
+
+
 def test_gradient_checkpointing_recomputes_layers_with_equal_gradients(tiny, tmp_path):
     """On by default on a GPU; on, each decoder layer runs again in the backward pass of the
     trainer's own forward path, and the LoRA gradients are unchanged."""
@@ -619,7 +654,9 @@ def test_the_fit_stage_runs_without_prefect_and_records_its_config(tiny, tmp_pat
                        on_step=lambda step, total, *_: steps.append((step, total)))
     hyper = json.loads((tmp_path / "out" / "metrics.json").read_text())["hyperparameters"]
     assert set(hyper) == set(FitConfig.model_fields)
-    assert hyper == {**config.model_dump(mode="json"), "max_seq_len": hyper["max_seq_len"]}
+    resolved = ("max_seq_len", "row_tokens", "cpu_bf16")  # left to the fit, recorded as run
+    assert hyper == {**config.model_dump(mode="json"), **{k: hyper[k] for k in resolved}}
     assert hyper["max_seq_len"] > 0 and steps == [(1, 2), (2, 2)]
+    assert hyper["row_tokens"] > 0 and isinstance(hyper["cpu_bf16"], bool)
     assert adapters.resolve(result.adapter_id).hyperparameters == hyper
     assert not (tmp_path / "out" / "report").exists()  # the report is the caller's (flows/ui)
