@@ -20,8 +20,8 @@ llama.cpp), on the synthetic arithmetic benchmark:
    two-seed policy: m/2 from each seed's adapter), states in chunks so that a run stopped by
    `--deadline` still holds paired results;
 6. offline margins of round 1's policies;
-7. round 2: collect again with the RWR adapters, refit RWR on both rounds' rows, evaluate,
-   and its margin.
+7. round 2: collect again with the RWR adapters, refit RWR and SFT (its control, unless
+   `--no-refit-sft`) on both rounds' rows, identical steps, evaluate, and their margins.
 
 PRIMARY metric (named here, before any run): mean reward per sampled candidate over all
 candidates of a policy on the evaluation states; an invalid candidate (unparsed, or failing
@@ -386,7 +386,8 @@ def fit(dataset: str, out: Path, args: argparse.Namespace, seed: int) -> dict[st
 
         m = fit_adapter(dataset, "embedded", out, epochs=args.epochs, max_steps=args.max_steps,
                         lr=args.lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, seed=seed,
-                        register=False, on_step=progress).metrics
+                        register=False, on_step=progress,
+                        force=args.smoke).metrics  # a smoke run's rows may earn nothing
         say(f"fit {out.name}: {time.monotonic() - t0:.0f}s")
     curve = m.get("loss_curve") or []
     keep = ("samples", "tokens_total", "steps", "seconds", "tokens_per_s", "estimator",
@@ -568,7 +569,7 @@ class Experiment:
         self.out["eval_states_identical_across_policies"] = all(len(v) == 1
                                                                 for v in hashes.values())
         pairs = [("rwr", "base"), ("sft", "base"), ("rwr", "sft"), ("rwr2", "base"),
-                 ("rwr2", "rwr")]
+                 ("rwr2", "rwr"), ("sft2", "base"), ("sft2", "sft"), ("rwr2", "sft2")]
         self.out["paired"] = {f"{x} - {y}": paired(rows[x], rows[y]) for x, y in pairs
                               if x in rows and y in rows}
         self.save()
@@ -682,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-seeds", type=int, default=2)
     p.add_argument("--refit-seeds", type=int, default=None,
                    help="seeds of round 2's RWR refit (default: --fit-seeds)")
+    p.add_argument("--refit-sft", action=argparse.BooleanOptionalAction, default=True,
+                   help="round 2 also refits SFT on both rounds' rows (RWR2's control)")
     p.add_argument("--chunk", type=int, default=4, help="evaluation states per chunk")
     p.add_argument("--rounds", type=int, choices=(1, 2), default=2)
     p.add_argument("--only", choices=("collect", "all"), default="all",
@@ -715,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     steps: list[tuple[str, Callable[[], None]]] = [
         ("collect r1", lambda: ex.collect("r1", "collect", base)),
     ]
+    refits = ["rwr", "sft"] if args.refit_sft else ["rwr"]  # SFT2: the control of RWR2
+    round2 = [f"{v}2" for v in refits]
     if args.only == "all":
         # round 1 is whole (evaluation and margins) before round 2 starts
         steps += [("fits r1", lambda: ex.fits("", ["r1"], ["rwr", "sft"])),
@@ -722,10 +727,10 @@ def main(argv: list[str] | None = None) -> int:
                   ("margins", lambda: ex.margins(["rwr", "sft"]))]
         if args.rounds == 2:
             steps += [("collect r2", lambda: ex.collect("r2", "collect2", ex.adapters("rwr"))),
-                      ("fits r2", lambda: ex.fits("2", ["r1", "r2"], ["rwr"],
+                      ("fits r2", lambda: ex.fits("2", ["r1", "r2"], refits,
                                                   args.refit_seeds)),
-                      ("evaluate r2", lambda: ex.evaluate(["base", "rwr", "sft", "rwr2"])),
-                      ("margins r2", lambda: ex.margins(["rwr", "sft", "rwr2"]))]
+                      ("evaluate r2", lambda: ex.evaluate(["base", "rwr", "sft", *round2])),
+                      ("margins r2", lambda: ex.margins(["rwr", "sft", *round2]))]
     for stage, run in steps:
         if not ex.time_left(stage):
             break
