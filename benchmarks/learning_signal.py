@@ -568,9 +568,7 @@ class Experiment:
                 hashes.setdefault(k, set()).update(v)
         self.out["eval_states_identical_across_policies"] = all(len(v) == 1
                                                                 for v in hashes.values())
-        pairs = [("rwr", "base"), ("sft", "base"), ("rwr", "sft"), ("rwr2", "base"),
-                 ("rwr2", "rwr"), ("sft2", "base"), ("sft2", "sft"), ("rwr2", "sft2")]
-        self.out["paired"] = {f"{x} - {y}": paired(rows[x], rows[y]) for x, y in pairs
+        self.out["paired"] = {f"{x} - {y}": paired(rows[x], rows[y]) for x, y in PAIRS
                               if x in rows and y in rows}
         self.save()
 
@@ -618,6 +616,29 @@ class Experiment:
             say(f"offline margin {name}: {out['policies'][name]}")
             self.save()
         self.done("margins", t0)
+
+
+PAIRS = [("rwr", "base"), ("sft", "base"), ("rwr", "sft"), ("rwr2", "base"), ("rwr2", "rwr"),
+         ("sft2", "base"), ("sft2", "sft"), ("rwr2", "sft2")]
+
+
+def pooled(works: Sequence[Path]) -> dict[str, Any]:
+    """Independent runs (their own collections and fits) on the same evaluation states, as
+    one sample: each state holds every run's candidates of a policy, so the paired
+    differences weigh the runs as replications."""
+    seeds = {str(w): [st["split_seed"] for st in
+                      json.loads((w / "states.json").read_text())["eval"]] for w in works}
+    if len({tuple(v) for v in seeds.values()}) != 1:
+        raise SystemExit(f"--pool-runs: the runs' evaluation states differ: {seeds}")
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for w in works:
+        for policy in ("base", "rwr", "sft", "rwr2", "sft2"):
+            rows.setdefault(policy, []).extend(action_rows(w / "eval", f"eval-{policy}-"))
+    rows = {p: r for p, r in rows.items() if r}
+    return {"runs": [str(w) for w in works],
+            "evaluation": {p: measures(r) for p, r in rows.items()},
+            "paired": {f"{x} - {y}": paired(rows[x], rows[y]) for x, y in PAIRS
+                       if x in rows and y in rows}}
 
 
 def fmt(m: dict[str, Any] | None, key: str = "mean") -> str:
@@ -692,9 +713,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline-min", type=float, default=None,
                    help="start no stage after this many minutes; results so far are kept")
     p.add_argument("--table", metavar="JSON", help="only print the tables of a results file")
+    p.add_argument("--pool-runs", metavar="WORK", nargs="+", help="only pool the evaluations of "
+                   "finished runs' --work folders (same evaluation states) into one table")
     args = p.parse_args(argv)
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
+        return 0
+    if args.pool_runs:
+        out = pooled([Path(w).resolve() for w in args.pool_runs])
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        print(table(out))
         return 0
     if args.smoke:
         args.states, args.eval_states, args.candidates, args.pool = 2, 2, 2, 12

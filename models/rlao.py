@@ -469,8 +469,8 @@ def use_gradient_checkpointing(config: TrainerConfig, device: str) -> bool:
 
 
 def cpu_has_bf16_matmul() -> bool:
-    """AMX or AVX512-BF16: there bf16 autocast made a SmolLM2 LoRA step 1.7x faster than fp32
-    (docs/rlao.md); without them bf16 matmuls are emulated and slower."""
+    """AMX or AVX512-BF16: there bf16 autocast ran SmolLM2's LoRA steps 1.96x as fast as fp32
+    (docs/performance.md); without them bf16 matmuls are emulated and slower."""
     import torch
 
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
@@ -488,7 +488,8 @@ def use_bf16_autocast(config: TrainerConfig, device: str) -> bool:
 def cpu_row_tokens(samples: Sequence[Sample], config: TrainerConfig) -> int:
     """The CPU's default row: the longest state laid out shared (the longest sample when not
     sharing), within batch_tokens and max_seq_len. Its dense mask makes attention grow with
-    the row's square: rows of 4096 ran at 308 tok/s, of 1536 at 529 (docs/rlao.md)."""
+    the row's square: fp32 rows of 4096 ran at 249 tok/s, of the longest state (1,480) at 550
+    (docs/performance.md)."""
     if config.share_prefix:
         longest = max(packing.shared_length(samples, g) for g in packing.group_by_prompt(samples))
     else:

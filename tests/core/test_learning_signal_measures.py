@@ -132,3 +132,31 @@ def test_each_state_runs_on_its_own_split(ls, tmp_path):
                            candidates=2) for k in (0, 7)]
     assert [c.split_seed for c in cfgs] == [0, 7]
     assert cfgs[1].benchmark_options == {"seed": 1, "size": 20}
+
+
+def test_pooling_runs_weighs_each_as_a_replication_on_the_same_states(ls, tmp_path,
+                                                                      monkeypatch):
+    import json
+
+    works = [tmp_path / "a", tmp_path / "b"]
+    for w in works:
+        w.mkdir()
+        (w / "states.json").write_text(json.dumps({"eval": [{"split_seed": 3},
+                                                             {"split_seed": 9}]}))
+    # run a: RWR beats SFT on both states; run b: SFT beats RWR by as much
+    by_run = {"a": {"rwr": 0.5, "sft": -0.1}, "b": {"rwr": -0.1, "sft": 0.5}}
+
+    def rows(root, prefix):
+        policy = prefix.split("-")[1]
+        reward = by_run[root.parent.name].get(policy)
+        return [] if reward is None else [row(s, "ok", reward, 0.2) for s in ("000", "001")]
+
+    monkeypatch.setattr(ls, "action_rows", rows)
+    out = ls.pooled(works)
+    assert out["evaluation"]["rwr"]["candidates"] == 4  # both runs' candidates
+    diff = out["paired"]["rwr - sft"]["reward"]
+    assert diff["diff"] == pytest.approx(0.0, abs=1e-9) and diff["clusters"] == 2
+    assert "rwr - base" not in out["paired"]  # no base rows
+    (works[1] / "states.json").write_text(json.dumps({"eval": [{"split_seed": 4}]}))
+    with pytest.raises(SystemExit, match="evaluation states differ"):
+        ls.pooled(works)
