@@ -474,6 +474,10 @@ class Experiment:
     def collect(self, name: str, states_key: str, policy: dict[str, str | None]) -> None:
         """m candidates per state from `policy` (adapters split m between them)."""
         t0 = time.monotonic()
+        if not policy:
+            say(f"collection {name} skipped: the policy has no fitted adapter")
+            self.done(f"collect {name} (skipped)", t0)
+            return
         a = self.args
         temps = a.collect_temperatures
         configs = []
@@ -507,8 +511,17 @@ class Experiment:
         self.out.setdefault("datasets", {})
         self.out.setdefault("fits", {})
         paths = {}
+        from w4s.errors import W4SError
+
         for variant in variants:
-            ds = build(root, self.work / f"{variant}{tag}.parquet", runs, sft=variant == "sft")
+            try:
+                ds = build(root, self.work / f"{variant}{tag}.parquet", runs,
+                           sft=variant == "sft")
+            except W4SError as e:  # e.g. no valid candidate was collected: nothing to fit
+                say(f"fits {tag or 'round 1'} skipped: {e}")
+                self.out["datasets"][f"{variant}{tag}"] = {"error": str(e)}
+                self.done(f"fits {tag or 'round 1'} (skipped)", t0)
+                return
             self.out["datasets"][f"{variant}{tag}"] = {k: v for k, v in ds.items() if k != "path"}
             paths[variant] = ds["path"]
         for seed in range(seeds or self.args.fit_seeds):  # seed 0 of every variant first

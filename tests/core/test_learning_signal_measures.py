@@ -160,3 +160,18 @@ def test_pooling_runs_weighs_each_as_a_replication_on_the_same_states(ls, tmp_pa
     (works[1] / "states.json").write_text(json.dumps({"eval": [{"split_seed": 4}]}))
     with pytest.raises(SystemExit, match="evaluation states differ"):
         ls.pooled(works)
+
+
+def test_a_round_with_nothing_to_fit_is_skipped_not_fatal(ls, tmp_path):
+    """No valid candidate collected: the fits record why and stop; round 2's collection,
+    with no adapter to sample from, is skipped; the run goes on to what it can measure."""
+    args = argparse.Namespace(
+        deadline_min=None, json=None, fit_seeds=2, candidates=8)
+    (tmp_path / "train").mkdir()
+    ex = ls.Experiment(args, tmp_path)
+    ex.fits("", ["r1"], ["rwr", "sft"])
+    assert "error" in ex.out["datasets"]["rwr"] and not ex.out["fits"]
+    assert ex.adapters("rwr") == {}
+    ex.collect("r2", "collect2", ex.adapters("rwr"))
+    stages = [f["stage"] for f in ex.out["finished"]]
+    assert stages == ["fits round 1 (skipped)", "collect r2 (skipped)"]
