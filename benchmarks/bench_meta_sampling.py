@@ -53,12 +53,12 @@ def main() -> None:
         kind="llamacpp", model=EMBEDDED_MODEL_ID, max_new_tokens=args.max_tokens))
     model.complete(initial_state(), max_tokens=1)  # load the kernels
 
-    def one_request() -> tuple[int, int]:
+    def one_request(prompt: list[dict[str, str]]) -> tuple[int, int]:
         out = model.complete(prompt, n=args.m, temperature=args.temperature,
                              max_tokens=args.max_tokens)
         return out.prompt_tokens, out.completion_tokens
 
-    def single_requests() -> tuple[int, int]:
+    def single_requests(prompt: list[dict[str, str]]) -> tuple[int, int]:
         with ThreadPoolExecutor(args.m) as pool:
             outs = list(pool.map(lambda _: model.complete(
                 prompt, temperature=args.temperature, max_tokens=args.max_tokens),
@@ -70,7 +70,7 @@ def main() -> None:
         for name, run in (("n", one_request), ("single", single_requests)):
             prompt = initial_state(f"[{name} {r}] ")  # read afresh by both ways
             t0 = time.perf_counter()
-            prompt_tokens, completion_tokens = run()
+            prompt_tokens, completion_tokens = run(prompt)
             dt = time.perf_counter() - t0
             times[name].append(dt)
             print(json.dumps({"way": name, "repeat": r, "seconds": round(dt, 2),

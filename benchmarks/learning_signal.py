@@ -475,8 +475,7 @@ class Experiment:
         """m candidates per state from `policy` (adapters split m between them)."""
         t0 = time.monotonic()
         if not policy:
-            say(f"collection {name} skipped: the policy has no fitted adapter")
-            self.done(f"collect {name} (skipped)", t0)
+            self.skip(f"collect {name}", "the policy has no fitted adapter", t0)
             return
         a = self.args
         temps = a.collect_temperatures
@@ -510,34 +509,43 @@ class Experiment:
                       and any(p.name.startswith(x) for x in runs_prefixes))
         self.out.setdefault("datasets", {})
         self.out.setdefault("fits", {})
+        stage = f"fits {tag or 'round 1'}"
+        if not any(r["status"] == "ok" for x in runs_prefixes for r in action_rows(root, x)):
+            self.skip(stage, "no valid candidate was collected", t0)
+            return
         paths = {}
-        from w4s.errors import W4SError
-
         for variant in variants:
-            try:
-                ds = build(root, self.work / f"{variant}{tag}.parquet", runs,
-                           sft=variant == "sft")
-            except W4SError as e:  # e.g. no valid candidate was collected: nothing to fit
-                say(f"fits {tag or 'round 1'} skipped: {e}")
-                self.out["datasets"][f"{variant}{tag}"] = {"error": str(e)}
-                self.done(f"fits {tag or 'round 1'} (skipped)", t0)
-                return
+            ds = build(root, self.work / f"{variant}{tag}.parquet", runs, sft=variant == "sft")
             self.out["datasets"][f"{variant}{tag}"] = {k: v for k, v in ds.items() if k != "path"}
             paths[variant] = ds["path"]
+        from w4s.errors import NothingToLearn
+
         for seed in range(seeds or self.args.fit_seeds):  # seed 0 of every variant first
             for variant in variants:
                 if not self.time_left(f"fit {variant}{tag} seed {seed}"):
                     return
                 name = f"{variant}{tag}-s{seed}"
-                self.out["fits"][name] = fit(paths[variant], self.work / "adapters" / name,
-                                             self.args, seed)
+                try:
+                    self.out["fits"][name] = fit(paths[variant], self.work / "adapters" / name,
+                                                 self.args, seed)
+                except NothingToLearn as e:  # no positive row (a smoke run forces its fits)
+                    self.skip(stage, str(e), t0)
+                    return
                 self.save()
-        self.done(f"fits {tag or 'round 1'}", t0)
+        self.done(stage, t0)
+
+    def skip(self, stage: str, why: str, t0: float) -> None:
+        say(f"{stage} skipped: {why}")
+        self.out.setdefault("skipped", {})[stage] = why
+        self.done(f"{stage} (skipped)", t0)
 
     def adapters(self, variant: str) -> dict[str, str | None]:
-        folder = self.work / "adapters"
-        return {f"-s{s}": str(folder / f"{variant}-s{s}") for s in range(self.args.fit_seeds)
-                if (folder / f"{variant}-s{s}" / "adapter_config.json").is_file()}
+        """The variant's complete adapters on disk, by seed tag ("-s0", ...): round 2 may
+        have fitted another number of seeds than round 1."""
+        found = (self.work / "adapters").glob(f"{variant}-s*/adapter_config.json")
+        done = sorted((p.parent for p in found if p.parent.name[len(variant) + 2:].isdigit()),
+                      key=lambda d: int(d.name[len(variant) + 2:]))
+        return {d.name[len(variant):]: str(d) for d in done}
 
     def evaluate(self, policies: Sequence[str]) -> None:
         """Every policy on every evaluation state, state chunk by chunk."""
@@ -607,16 +615,15 @@ class Experiment:
             self.done("margins", t0)
             return
         results = self.margin_results  # a second call (round 2) measures only what is new
-        names = ["base"] + [f"{p}-s{s}" for p in policies if p != "base"
-                            for s in range(self.args.fit_seeds)]
-        for name in names:
+        paths: dict[str, str | None] = {"base": None}
+        for p in policies:
+            if p != "base":
+                paths.update({f"{p}{tag}": path for tag, path in self.adapters(p).items()})
+        for name, adapter in paths.items():
             if name in results:
                 continue
             if not self.time_left(f"offline margin of {name}"):
                 break
-            adapter = None if name == "base" else self.work / "adapters" / name
-            if adapter is not None and not (adapter / "adapter_config.json").is_file():
-                continue
             model, tok = load_policy("embedded", adapter)
             results[name] = offline_margin(model, tok, cands)
             del model
@@ -716,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--fit-seeds", type=int, default=2)
     p.add_argument("--refit-seeds", type=int, default=None,
-                   help="seeds of round 2's RWR refit (default: --fit-seeds)")
+                   help="seeds of round 2's refits (default: --fit-seeds)")
     p.add_argument("--refit-sft", action=argparse.BooleanOptionalAction, default=True,
                    help="round 2 also refits SFT on both rounds' rows (RWR2's control)")
     p.add_argument("--chunk", type=int, default=4, help="evaluation states per chunk")

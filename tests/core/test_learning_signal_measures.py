@@ -170,8 +170,21 @@ def test_a_round_with_nothing_to_fit_is_skipped_not_fatal(ls, tmp_path):
     (tmp_path / "train").mkdir()
     ex = ls.Experiment(args, tmp_path)
     ex.fits("", ["r1"], ["rwr", "sft"])
-    assert "error" in ex.out["datasets"]["rwr"] and not ex.out["fits"]
+    assert ex.out["skipped"]["fits round 1"] == "no valid candidate was collected"
+    assert not ex.out["fits"] and not ex.out["datasets"]
     assert ex.adapters("rwr") == {}
     ex.collect("r2", "collect2", ex.adapters("rwr"))
     stages = [f["stage"] for f in ex.out["finished"]]
     assert stages == ["fits round 1 (skipped)", "collect r2 (skipped)"]
+
+
+def test_a_policys_adapters_are_the_complete_ones_on_disk(ls, tmp_path):
+    """Round 2 may fit more or fewer seeds than round 1: the policy is what was fitted."""
+    ex = ls.Experiment(argparse.Namespace(deadline_min=None, json=None, fit_seeds=1), tmp_path)
+    for name in ("rwr2-s0", "rwr2-s1", "rwr2-s10", "rwr-s0"):
+        (tmp_path / "adapters" / name).mkdir(parents=True)
+        (tmp_path / "adapters" / name / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapters" / "rwr2-s2").mkdir()  # a fit that did not finish
+    assert list(ex.adapters("rwr2")) == ["-s0", "-s1", "-s10"]
+    assert ex.adapters("rwr") == {"-s0": str(tmp_path / "adapters" / "rwr-s0")}
+    assert ex.adapters("sft") == {}
